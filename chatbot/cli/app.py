@@ -1,0 +1,91 @@
+"""The root command: global options, command groups, and one-line errors instead of tracebacks."""
+
+import sys
+
+import click
+import typer
+
+from chatbot.cli.state import AppState
+from chatbot.config import Settings
+from chatbot.errors import UserError
+
+app = typer.Typer(
+    name="chatbot",
+    help="A terminal chatbot with conversation memory and personas.",
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    db: str | None = typer.Option(None, "--db", help="Database path or SQLAlchemy URL [env CHATBOT_DB]."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model: a transformers directory, a .gguf file or a hub id [env CHATBOT_MODEL]."
+    ),
+    engine: str | None = typer.Option(None, "--engine", help="Decode engine: auto, reference or fast."),
+    resume: str | None = typer.Option(
+        None, "--resume", help="Open the TUI on a conversation (ID, or 'last').", show_default=False
+    ),
+    persona: str | None = typer.Option(None, "--persona", help="Persona to start the TUI with."),
+) -> None:
+    overrides = {k: v for k, v in {"db": db, "model": model, "engine": engine}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except Exception as exc:  # pydantic.ValidationError: bad env or option value
+        raise UserError(f"invalid setting: {_first_error(exc)}", exit_code=2) from exc
+    ctx.obj = AppState(settings=settings)
+    if ctx.invoked_subcommand is None:
+        from chatbot.cli.chat import open_default_chat
+
+        open_default_chat(ctx.obj, resume=resume, persona=persona)
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg')}"
+    return str(exc)
+
+
+def _register_groups() -> None:
+    from chatbot.cli import ask, chat, model_cmd  # noqa: F401  (commands register themselves)
+
+    for optional in ("history", "db_cmd", "persona_cmd"):
+        try:
+            __import__(f"chatbot.cli.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"chatbot.cli.{optional}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script: run, and map every user error to one line."""
+    _register_groups()
+    try:
+        app(args=argv, prog_name="chatbot", standalone_mode=False)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _fail("aborted", 1)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. `| head`); nothing to say
+        return 0
+    return 0
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "error"
+    print(f"chatbot: error: {first_line}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,36 @@
+"""Settings from the environment (CHATBOT_*) with defaults, via pydantic-settings."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatbot import locations
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATBOT_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=locations.data_dir)
+    cache_dir: Path = Field(default_factory=locations.cache_dir)
+    # A path or any SQLAlchemy URL; empty means `<data_dir>/chatbot.db`.
+    db: str = ""
+    # A local transformers directory, a .gguf file or a hub id; empty means the bundled model.
+    model: str = ""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    engine: Literal["auto", "reference", "fast"] = "auto"
+    context_budget: int = Field(default=2048, ge=64)
+    max_new_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    top_k: int = Field(default=50, ge=0)
+    repetition_penalty: float = Field(default=1.1, gt=0)
+    persona: str = "assistant"
+
+    def database_url(self) -> str:
+        if not self.db:
+            return f"sqlite:///{self.data_dir / 'chatbot.db'}"
+        if "://" in self.db:
+            return self.db
+        return f"sqlite:///{Path(self.db).expanduser()}"
