@@ -1,0 +1,338 @@
+"""Opening a database: where it is, engine and SQLite pragmas, schema checks, backup, migrations.
+
+Opening is careful about files it does not own: before anything is written, the file is read
+through a read-only connection; a file that is not SQLite, is corrupt, belongs to something else
+or carries a schema newer than this code is refused with a `UserError` naming it, untouched.
+An older schema is upgraded after a timestamped backup copy is made, in one transaction (SQLite
+has transactional DDL), so a failed migration leaves the original as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from chatbot.errors import UserError
+from chatbot.locations import ensure_private_dir
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+FTS_TABLE = "messages_fts"
+BUSY_TIMEOUT_S = 15.0
+VERSION_TABLE = "alembic_version"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A database URL, and its file when it is a SQLite file (None: in memory, or another server)."""
+
+    url: str
+    path: Path | None
+    dialect: str
+
+    @property
+    def display(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+
+@dataclass(frozen=True)
+class OpenReport:
+    """What opening did: the schema before and after, the backup made, replies recovered."""
+
+    previous_revision: str | None
+    revision: str
+    backup: Path | None = None
+    recovered: int = 0
+
+    @property
+    def upgraded(self) -> bool:
+        return self.previous_revision != self.revision
+
+
+def locate(url: str) -> Location:
+    """Where a database is: a SQLAlchemy URL, or (as for `--db`) a plain path to a SQLite file."""
+    if "://" not in url:
+        path = Path(url).expanduser().absolute()
+        return Location(f"sqlite:///{path}", path, "sqlite")
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise UserError(f"not a database path or URL: {url!r}", exit_code=2) from exc
+    dialect = parsed.get_backend_name()
+    if dialect != "sqlite":
+        return Location(url, None, dialect)
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:") or parsed.query.get("mode") == "memory":
+        return Location(url, None, dialect)
+    return Location(url, Path(database).expanduser().absolute(), dialect)
+
+
+# --- Alembic ---------------------------------------------------------------------------------
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Hide the FTS5 index (a virtual table and its shadow tables) from autogenerate."""
+    return not (type_ == "table" and (name or "").startswith(FTS_TABLE))
+
+
+def alembic_config(url: str | None = None, connection: object | None = None) -> Config:
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise UserError(f"the migrations folder is missing: {MIGRATIONS_DIR}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    head = script_directory().get_current_head()
+    assert head is not None
+    return head
+
+
+def known_revisions() -> set[str]:
+    return {script.revision for script in script_directory().walk_revisions()}
+
+
+def check_revision(revision: str | None, where: str) -> None:
+    if revision is not None and revision not in known_revisions():
+        raise UserError(
+            f"{where} has schema version {revision!r}, newer than this chatbot knows "
+            f"(latest {head_revision()!r}); upgrade the chatbot to use it. The file was not changed."
+        )
+
+
+# --- Read-only inspection ------------------------------------------------------------------------
+
+
+def _readonly(path: Path) -> sqlite3.Connection:
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+
+
+def read_revision(path: Path) -> str | None:
+    """The schema revision of a SQLite file, read without writing; None for an empty database.
+
+    Raises UserError (naming the file) for a directory, a non-SQLite or corrupt file, or a SQLite
+    database that is not a chatbot database.
+    """
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a database file")
+    if path.stat().st_size == 0:
+        return None
+    try:
+        with _closing(_readonly(path)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return None
+            if VERSION_TABLE not in tables:
+                raise UserError(f"{path} is a SQLite database but not a chatbot database; refusing to change it")
+            rows = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path} is not a SQLite database or is corrupt ({exc}); it was not changed") from exc
+    if len(rows) > 1:
+        raise UserError(f"{path} has several schema heads ({', '.join(r[0] for r in rows)}); refusing to change it")
+    return rows[0][0] if rows else None
+
+
+class _closing:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+
+def current_revision(location: Location) -> str | None:
+    """The schema revision without writing anything (None: no database yet, or an empty one)."""
+    if location.path is not None:
+        return read_revision(location.path) if location.path.exists() else None
+    engine = create_engine_for(location)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+# --- Engine ------------------------------------------------------------------------------------
+
+
+def create_engine_for(location: Location) -> Engine:
+    """An engine; for SQLite with WAL, foreign keys, a busy timeout, and BEGIN under our control.
+
+    Transactions begin with a plain BEGIN; an engine derived with
+    `engine.execution_options(sqlite_begin="IMMEDIATE")` takes the write lock up front, so that a
+    writer waits for another (busy timeout) instead of failing when it upgrades a read lock.
+    """
+    if not location.is_sqlite:
+        return create_engine(location.url, pool_pre_ping=True)
+    if location.path is None:
+        engine = create_engine(
+            location.url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        engine = create_engine(location.url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, record: object) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        dbapi_conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        dbapi_conn.execute("PRAGMA foreign_keys = ON")
+        if location.path is not None:
+            _retry_busy(lambda: dbapi_conn.execute("PRAGMA journal_mode = WAL").fetchall())
+            dbapi_conn.execute("PRAGMA synchronous = FULL")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: object) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "")  # type: ignore[attr-defined]
+        conn.exec_driver_sql(f"BEGIN {mode}".strip())  # type: ignore[attr-defined]
+
+    return engine
+
+
+def is_busy(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+def _retry_busy(action, attempts: int = 8):  # type: ignore[no-untyped-def]
+    for attempt in range(attempts):
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+    return None
+
+
+def translate_error(exc: DatabaseError, location: Location) -> Exception:
+    """A user-facing error for a database failure a user can cause (corrupt file, lock held too long)."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, OperationalError) and is_busy(exc):
+        return UserError(f"{location.display} stayed busy (another process kept it locked); try again")
+    if type(orig) is sqlite3.DatabaseError or "malformed" in str(orig):
+        return UserError(f"{location.display} is not a SQLite database or is corrupt ({orig})")
+    return exc
+
+
+# --- Files and backups -------------------------------------------------------------------------
+
+
+def create_private_file(path: Path) -> None:
+    """Create an empty database file readable by its owner only (its data dir 0700 if new)."""
+    if not path.parent.exists():
+        ensure_private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+
+
+def backup_path_for(path: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    candidate = path.with_name(f"{path.stem}.backup-{stamp}{path.suffix}")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}.backup-{stamp}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def backup_file(path: Path, dest: Path | None = None) -> Path:
+    """A consistent copy of a SQLite file (WAL content included) through SQLite's backup API, 0600."""
+    dest = backup_path_for(path) if dest is None else dest.expanduser().absolute()
+    if dest.exists():
+        raise UserError(f"{dest} already exists; not overwriting it")
+    if dest.resolve() == path.resolve():
+        raise UserError(f"cannot back up {path} onto itself")
+    create_private_file(dest)
+    try:
+        with _closing(_readonly(path)) as source, _closing(sqlite3.connect(dest)) as target:
+            source.backup(target)
+    except sqlite3.Error as exc:
+        dest.unlink(missing_ok=True)
+        raise UserError(f"could not back up {path} to {dest}: {exc}") from exc
+    return dest
+
+
+# --- Opening -----------------------------------------------------------------------------------
+
+
+def open_database(url: str) -> tuple[Engine, Location, OpenReport]:
+    """Open (creating if needed) and bring the schema to head; see the module docstring."""
+    location = locate(url)
+    head = head_revision()
+    backup = None
+    if location.path is not None:
+        existed = location.path.exists()
+        if not existed:
+            create_private_file(location.path)
+        before = read_revision(location.path)
+        check_revision(before, str(location.path))
+        if before is not None and before != head:
+            backup = backup_file(location.path)
+    engine = create_engine_for(location)
+    try:
+        if location.path is None:
+            before = current_revision_of(engine)
+            check_revision(before, location.display)
+        if before != head:
+            upgrade(engine, location)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine, location, OpenReport(previous_revision=before, revision=head, backup=backup)
+
+
+def current_revision_of(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, location: Location, target: str = "head") -> None:
+    """Run the migrations in one transaction, holding the write lock (so two processes starting on
+    a new file do not both migrate: the second sees the first's result and does nothing)."""
+    writer = engine.execution_options(sqlite_begin="IMMEDIATE") if location.is_sqlite else engine
+    try:
+        with writer.begin() as conn:
+            check_revision(MigrationContext.configure(conn).get_current_revision(), location.display)
+            command.upgrade(alembic_config(connection=conn), target)
+    except DatabaseError as exc:
+        raise translate_error(exc, location) from exc
+
+
+def downgrade(engine: Engine, location: Location, target: str) -> None:
+    writer = engine.execution_options(sqlite_begin="IMMEDIATE") if location.is_sqlite else engine
+    with writer.begin() as conn:
+        command.downgrade(alembic_config(connection=conn), target)

@@ -1,0 +1,111 @@
+"""Full-text search over message text: FTS5 (ranked by bm25, with snippets) on SQLite, LIKE elsewhere.
+
+The user's words are never passed to FTS5 as query syntax: each whitespace-separated word becomes a
+quoted string (an implicit AND of them), so `"`, `*`, `-`, `:`, `(`, `NEAR`, `OR`... are just text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from chatbot.errors import UsageError
+from chatbot.store.models import Conversation, Message, UTCDateTime
+from chatbot.store.records import SearchHit
+
+OPEN, CLOSE = "\x02", "\x03"  # snippet markers, removed before a hit is handed out
+SNIPPET_TOKENS = 12
+FALLBACK_CONTEXT = 40
+
+FTS_QUERY = text(
+    f"""
+    SELECT m.id, m.conversation_id, m.role, m.created_at, c.title,
+           snippet(messages_fts, 0, :open, :close, '…', {SNIPPET_TOKENS}) AS snippet,
+           bm25(messages_fts) AS rank
+    FROM messages_fts
+    JOIN messages AS m ON m.id = messages_fts.rowid
+    JOIN conversations AS c ON c.id = m.conversation_id
+    WHERE messages_fts MATCH :query
+    ORDER BY rank, m.id DESC
+    LIMIT :limit
+    """
+)
+
+
+def fts_query(query: str) -> str:
+    words = query.split()
+    if not words:
+        raise UsageError("the search query is empty")
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def split_markers(marked: str) -> tuple[str, list[tuple[int, int]]]:
+    """Remove the snippet markers, returning the plain text and the [start, end) of each highlight."""
+    plain: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = 0
+    start = None
+    for ch in marked:
+        if ch == OPEN:
+            start = length
+        elif ch == CLOSE and start is not None:
+            spans.append((start, length))
+            start = None
+        else:
+            plain.append(ch)
+            length += 1
+    return "".join(plain), spans
+
+
+def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
+    if session.get_bind().dialect.name != "sqlite":
+        return _search_like(session, query, limit)
+    rows = session.execute(
+        FTS_QUERY.columns(created_at=UTCDateTime()),
+        {"open": OPEN, "close": CLOSE, "query": fts_query(query), "limit": limit},
+    )
+    hits = []
+    for row in rows:
+        snippet, spans = split_markers(row.snippet)
+        hits.append(
+            SearchHit(
+                conversation_id=row.conversation_id,
+                conversation_title=row.title,
+                message_id=row.id,
+                role=row.role,
+                created_at=row.created_at,
+                snippet=snippet,
+                highlights=spans,
+                score=-row.rank,
+            )
+        )
+    return hits
+
+
+def _search_like(session: Session, query: str, limit: int) -> list[SearchHit]:
+    """A plain substring search (every word must appear) for databases without FTS5."""
+    words = query.split()
+    if not words:
+        raise UsageError("the search query is empty")
+    stmt = select(Message, Conversation.title).join(Conversation)
+    for word in words:
+        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(Message.content.ilike(f"%{escaped}%", escape="\\"))
+    hits = []
+    for message, title in session.execute(stmt.order_by(Message.id.desc()).limit(limit)):
+        at = message.content.lower().find(words[0].lower())
+        lo = max(0, at - FALLBACK_CONTEXT)
+        snippet = message.content[lo : at + len(words[0]) + FALLBACK_CONTEXT]
+        hits.append(
+            SearchHit(
+                conversation_id=message.conversation_id,
+                conversation_title=title,
+                message_id=message.id,
+                role=message.role,
+                created_at=message.created_at,
+                snippet=snippet,
+                highlights=[(at - lo, at - lo + len(words[0]))],
+                score=0.0,
+            )
+        )
+    return hits

@@ -1,0 +1,229 @@
+"""`Store`: the conversation memory as the rest of the app sees it. One transaction per call.
+
+Writes on SQLite begin with `BEGIN IMMEDIATE` (take the write lock first, waiting up to the busy
+timeout) and are retried with backoff if the database still reports being locked, so two processes
+appending at once both succeed. Reads use plain transactions (WAL lets them run beside a writer).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session
+
+from chatbot.errors import UsageError
+from chatbot.store import database, exchange, repository, search
+from chatbot.store.database import Location, OpenReport
+from chatbot.store.exchange import ExportDocument
+from chatbot.store.models import utcnow
+from chatbot.store.records import ConversationRecord, ConversationSummary, MessageRecord, SearchHit
+
+T = TypeVar("T")
+RETRIES = 6
+# A streaming reply owned by another host counts as crashed once silent this long.
+STALE_AFTER = timedelta(minutes=10)
+
+# Replies being streamed by Stores in this process: (database, message id).
+_live_replies: set[tuple[str, int]] = set()
+_live_lock = threading.Lock()
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    def __init__(self, engine: Any, location: Location, report: OpenReport):
+        self._engine = engine
+        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if location.is_sqlite else engine
+        self.location = location
+        self.report = report
+
+    # --- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open a database (a path or URL), creating and upgrading it as needed; then mark replies
+        left `streaming` by a process that is gone as `interrupted`."""
+        engine, location, report = database.open_database(url)
+        store = cls(engine, location, report)
+        try:
+            recovered = store._write(store._recover)
+        except BaseException:
+            store.close()
+            raise
+        store.report = OpenReport(report.previous_revision, report.revision, report.backup, recovered)
+        return store
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def backup(self, dest: Path | None = None) -> Path:
+        if self.location.path is None:
+            raise UsageError(f"backups are for SQLite files; {self.location.display} is not one")
+        return database.backup_file(self.location.path, dest)
+
+    # --- transactions --------------------------------------------------------------------------
+
+    def _run(self, engine: Any, fn: Callable[[Session], T]) -> T:
+        for attempt in range(RETRIES + 1):
+            try:
+                with Session(engine, expire_on_commit=False) as session, session.begin():
+                    return fn(session)
+            except OperationalError as exc:
+                if database.is_busy(exc) and attempt < RETRIES:
+                    time.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random()))
+                    continue
+                raise database.translate_error(exc, self.location) from exc
+            except DatabaseError as exc:
+                raise database.translate_error(exc, self.location) from exc
+        raise AssertionError("unreachable")
+
+    def _read(self, fn: Callable[[Session], T]) -> T:
+        return self._run(self._engine, fn)
+
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        return self._run(self._writer, fn)
+
+    def _recover(self, session: Session) -> int:
+        host = socket.gethostname()
+        crashed = []
+        for message_id, owner, updated_at in repository.streaming_replies(session):
+            owner_host, _, pid = (owner or "").rpartition(":")
+            if owner_host != host or not pid.isdigit():
+                alive = owner is not None and utcnow() - updated_at < STALE_AFTER
+            elif int(pid) == os.getpid():
+                alive = (self.location.display, message_id) in _live_replies
+            else:
+                alive = _pid_alive(int(pid))
+            if not alive:
+                crashed.append(message_id)
+        repository.mark_interrupted(session, crashed)
+        return len(crashed)
+
+    # --- personas and conversations ------------------------------------------------------------
+
+    def persona_version(self, name: str, kind: str, definition: dict[str, Any]) -> int:
+        """The id of this exact persona definition (sha256 of its canonical JSON), created if new.
+        `definition` must be JSON-serialisable (e.g. a pydantic `model_dump(mode="json")`)."""
+        return self._write(lambda s: repository.persona_version(s, name, kind, definition))
+
+    def new_conversation(self, title: str | None, model: str) -> int:
+        """A new conversation; with title None, the first user message gives it one."""
+        return self._write(lambda s: repository.new_conversation(s, title, model))
+
+    def latest_conversation_id(self) -> int | None:
+        """The most recently active conversation (not archived), or None."""
+        return self._read(repository.latest_conversation_id)
+
+    def conversation(self, conversation_id: int) -> ConversationRecord:
+        """The conversation with its whole message tree; NotFoundError if there is none."""
+        return self._read(lambda s: repository.load_conversation(s, conversation_id))
+
+    def list_conversations(self, limit: int | None = None) -> list[ConversationSummary]:
+        """Most recently active first."""
+        return self._read(lambda s: repository.list_conversations(s, limit))
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        self._write(lambda s: repository.rename(s, conversation_id, title))
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Delete a conversation, its messages and switches (persona versions stay)."""
+        self._write(lambda s: repository.delete(s, conversation_id))
+
+    def search(self, query: str, limit: int = 20) -> list[SearchHit]:
+        return self._read(lambda s: search.search(s, query, limit))
+
+    def export_conversation(self, conversation_id: int) -> ExportDocument:
+        return self._read(lambda s: exchange.export_document(s, conversation_id))
+
+    def import_conversation(self, doc: ExportDocument) -> int:
+        """Write a validated export as a new conversation (all or nothing); returns its id."""
+        return self._write(lambda s: exchange.import_document(s, doc))
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def add_user_message(self, conversation_id: int, content: str, parent_id: int | None) -> int:
+        """Commit a user message (before generation starts); returns its id."""
+        return self._write(
+            lambda s: repository.add_message(
+                s, conversation_id, "user", content=content, parent_id=parent_id, status="complete"
+            )
+        )
+
+    def start_reply(
+        self,
+        conversation_id: int,
+        parent_id: int,
+        persona_version_id: int | None,
+        settings: dict[str, Any],
+        seed: int | None,
+        model: str,
+    ) -> int:
+        """Create the assistant row, status `streaming`, owned by this process; returns its id."""
+        message_id = self._write(
+            lambda s: repository.add_message(
+                s,
+                conversation_id,
+                "assistant",
+                content="",
+                parent_id=parent_id,
+                status="streaming",
+                persona_version_id=persona_version_id,
+                settings=settings,
+                seed=seed,
+                model=model,
+                owner=_owner(),
+            )
+        )
+        with _live_lock:
+            _live_replies.add((self.location.display, message_id))
+        return message_id
+
+    def update_reply(self, message_id: int, content: str) -> None:
+        """Flush a streaming reply's text so far (and its heartbeat)."""
+        self._write(lambda s: repository.update_content(s, message_id, content))
+
+    def finish_reply(self, message_id: int, content: str, status: str, stats: dict[str, Any]) -> None:
+        """End a reply: status complete, interrupted or error; stats as reported by the engine
+        (prompt_tokens, reused_tokens, new_tokens, ttft_ms, tokens_per_s, and any others)."""
+        self._write(lambda s: repository.finish(s, message_id, content, status, stats))
+        with _live_lock:
+            _live_replies.discard((self.location.display, message_id))
+
+    def active_branch(self, conversation_id: int, leaf_id: int | None = None) -> list[MessageRecord]:
+        """Root → leaf; by default the leaf is the most recently created message without children."""
+        return self._read(lambda s: repository.active_branch(s, conversation_id, leaf_id))
+
+    def siblings(self, message_id: int) -> list[MessageRecord]:
+        """The messages sharing this one's parent, itself included, oldest first."""
+        return self._read(lambda s: repository.siblings(s, message_id))
+
+    def record_persona_switch(self, conversation_id: int, persona_version_id: int) -> int:
+        """Record that the conversation switched persona after its current leaf; returns the id."""
+        return self._write(lambda s: repository.record_persona_switch(s, conversation_id, persona_version_id))
