@@ -308,7 +308,16 @@ def open_database(url: str) -> tuple[Engine, Location, OpenReport]:
             before = current_revision_of(engine)
             check_revision(before, location.display)
         if before != head:
-            upgrade(engine, location)
+            try:
+                upgrade(engine, location)
+            except UserError:
+                raise
+            except Exception as exc:
+                kept = f"; a backup is at {backup}" if backup else ""
+                raise UserError(
+                    f"upgrading {location.display} from schema {before or 'empty'} failed ({exc.__class__.__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); the database was left as it was{kept}"
+                ) from exc
     except BaseException:
         engine.dispose()
         raise

@@ -32,10 +32,13 @@ FTS_QUERY = text(
 )
 
 
-def fts_query(query: str) -> str:
-    words = query.split()
-    if not words:
+def fts_query(query: str) -> str | None:
+    """The FTS5 query for the user's words; None when no word has a letter or digit to look for."""
+    if not query.split():
         raise UsageError("the search query is empty")
+    words = [w for w in query.split() if any(ch.isalnum() for ch in w)]
+    if not words:
+        return None
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
 
 
@@ -60,9 +63,12 @@ def split_markers(marked: str) -> tuple[str, list[tuple[int, int]]]:
 def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
     if session.get_bind().dialect.name != "sqlite":
         return _search_like(session, query, limit)
+    match = fts_query(query)
+    if match is None:
+        return []
     rows = session.execute(
         FTS_QUERY.columns(created_at=UTCDateTime()),
-        {"open": OPEN, "close": CLOSE, "query": fts_query(query), "limit": limit},
+        {"open": OPEN, "close": CLOSE, "query": match, "limit": limit},
     )
     hits = []
     for row in rows:
