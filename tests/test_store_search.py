@@ -1,0 +1,84 @@
+"""Full-text search: ranked hits with snippets, kept in step with edits and deletes, any query safe."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatbot.errors import UsageError
+from chatbot.store.search import fts_query, split_markers
+from test_store_support import db_path, store  # noqa: F401
+
+
+@pytest.fixture
+def filled(store):
+    a = store.new_conversation("fruit", "m")
+    b = store.new_conversation("mixed", "m")
+    u = store.add_user_message(a, "pineapple pineapple pineapple on pizza", None)
+    store.add_user_message(b, "the weather today, and a pineapple later maybe, among many other words here", None)
+    store.add_user_message(b, "C++ (templates) AND \"quotes\" NEAR: col:umn -minus *star", None)
+    return store, a, b, u
+
+
+def test_ranked_with_snippets(filled):
+    store, a, b, u = filled
+    hits = store.search("pineapple")
+    assert [h.conversation_id for h in hits] == [a, b]  # denser match first
+    first = hits[0]
+    assert first.message_id == u and first.conversation_title == "fruit" and first.role == "user"
+    assert all(first.snippet[s:e].lower() == "pineapple" for s, e in first.highlights)
+    assert len(first.highlights) == 3
+
+
+def test_all_words_must_match(filled):
+    store, a, b, _ = filled
+    assert [h.conversation_id for h in store.search("pineapple weather")] == [b]
+    assert store.search("pineapple nothinglikethis") == []
+
+
+@pytest.mark.parametrize(
+    "query", ['"', '"unbalanced', "AND", "OR NOT", "NEAR(", "col:umn", "-minus", "*", "C++", "(templates)", "^x", "a*b"]
+)
+def test_query_syntax_is_taken_literally(filled, query):
+    store, *_ = filled
+    store.search(query)  # no crash is the point; words match as words
+    assert store.search("NEAR:")[0].snippet.startswith("C++")
+
+
+def test_empty_query_is_a_usage_error(store):
+    with pytest.raises(UsageError):
+        store.search("   ")
+
+
+def test_index_follows_updates_and_deletes(store):
+    c = store.new_conversation(None, "m")
+    u = store.add_user_message(c, "hi", None)
+    r = store.start_reply(c, u, None, {}, None, "m")
+    store.update_reply(r, "draft about walruses")
+    assert [h.message_id for h in store.search("walruses")] == [r]
+    store.finish_reply(r, "final about narwhals", "complete", {})
+    assert store.search("walruses") == []
+    assert [h.message_id for h in store.search("narwhals")] == [r]
+    store.delete_conversation(c)
+    assert store.search("narwhals") == []
+
+
+def test_unicode_words(store):
+    c = store.new_conversation(None, "m")
+    store.add_user_message(c, "Crème brûlée à Zürich — 東京", None)
+    assert store.search("creme")[0].conversation_id == c  # diacritics folded
+    assert store.search("Zürich")[0].conversation_id == c
+
+
+def test_markers_are_split_off():
+    assert split_markers("a \x02bc\x03 d \x02e\x03") == ("a bc d e", [(2, 4), (7, 8)])
+    assert fts_query('say "hi"') == '"say" """hi"""'
+    assert fts_query("((( ***") is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(min_size=1, max_size=40).filter(lambda q: q.strip()))
+def test_any_query_is_safe(filled, query):
+    store, *_ = filled
+    assert isinstance(store.search(query), list)
