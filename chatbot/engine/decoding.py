@@ -123,6 +123,12 @@ class Engine:
         generation._deltas = self._decode(generation, list(prompt_ids), params, prefix, cancel, reuse)
         return generation
 
+    def next_token_logits(self, prompt_ids: list[int], prefix: Prefix | None = None, reuse: bool = True) -> torch.Tensor:
+        """The logits for the token after `prompt_ids` (1-D, float32), through the same cache and
+        prefix reuse as `generate`."""
+        with self._lock, torch.inference_mode():
+            return self._prefill(list(prompt_ids), prefix, reuse, GenerationStats())[0, -1].float()
+
     # -- internals ------------------------------------------------------------------------------
 
     def _decode(self, gen, prompt_ids, params, prefix, cancel, reuse) -> Iterator[str]:

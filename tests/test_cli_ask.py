@@ -1,0 +1,95 @@
+"""`chatbot ask`, `chatbot chat --plain` and `chatbot model info` as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(args, env_dirs, stdin=None):
+    env = {**os.environ, **env_dirs, "TQDM_DISABLE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "chatbot", *args], input=stdin, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.fixture
+def env_dirs(tmp_path, model_cache_dir):
+    return {
+        "CHATBOT_DATA_DIR": str(tmp_path / "data"),
+        "CHATBOT_CACHE_DIR": str(model_cache_dir),
+        "CHATBOT_DB": str(tmp_path / "chat.db"),
+    }
+
+
+def test_ask_json_reply_and_stats(env_dirs, bundled_fp32):
+    result = run(["ask", "What is the capital of France?", "--temperature", "0", "--json"], env_dirs)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert "Paris" in payload["reply"]
+    assert payload["persona"] == "assistant"
+    assert isinstance(payload["conversation_id"], int)
+    assert set(payload["stats"]) >= {"prompt_tokens", "reused_tokens", "new_tokens", "ttft_ms", "tokens_per_s"}
+    assert payload["stats"]["new_tokens"] > 0
+
+
+def test_ask_streams_and_continue_remembers(env_dirs, bundled_fp32):
+    first = run(["ask", "The secret word is PINEAPPLE. Say OK.", "--temperature", "0"], env_dirs)
+    assert first.returncode == 0, first.stderr
+    second = run(["ask", "What is the secret word?", "--continue", "--temperature", "0", "--verbose"], env_dirs)
+    assert second.returncode == 0, second.stderr
+    assert "PINEAPPLE" in second.stdout.upper()
+    assert "tok/s" in second.stderr
+
+
+def test_same_seed_same_reply(env_dirs, bundled_fp32):
+    args = ["ask", "Tell me a short story about a cat.", "--seed", "11", "--max-new-tokens", "24", "--no-save"]
+    assert run(args, env_dirs).stdout == run(args, env_dirs).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "hi", "--temperature", "-1"],
+        ["ask", "hi", "--top-p", "0"],
+        ["ask", "hi", "--top-p", "1.5"],
+        ["ask", "hi", "--top-k", "-2"],
+        ["ask", "hi", "--max-new-tokens", "0"],
+        ["ask", "   "],
+        ["ask"],
+        ["ask", "hi", "--temperature", "warm"],
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(env_dirs, args):
+    result = run(args, env_dirs)
+    assert result.returncode == 2
+    assert result.stderr.startswith("chatbot: error:") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_things_exit_1(env_dirs, tmp_path):
+    for args in (["--model", str(tmp_path / "none.gguf"), "ask", "hi"], ["ask", "hi", "--persona", "nobody"]):
+        result = run(args, env_dirs)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("chatbot: error:") and "Traceback" not in result.stderr
+
+
+def test_plain_chat_in_a_pipe_keeps_memory(env_dirs, bundled_fp32):
+    stdin = "My name is Zorblax. Say hello.\n\nWhat is my name?\n"
+    result = run(["chat", "--plain", "--temperature", "0", "--max-new-tokens", "40"], env_dirs, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) >= 2
+    assert "Zorblax" in result.stdout.split("\n", 1)[1]
+    assert "empty message" in result.stderr
+
+
+def test_model_info_json(env_dirs, bundled_fp32):
+    result = run(["model", "info", "--json"], env_dirs)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert info["context_length"] == 8192
+    assert info["source_kind"] == "bundled gguf" and info["cache_path"]
