@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import ValidationError, model_validator
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chatbot.errors import NotFoundError, UserError
@@ -60,16 +61,14 @@ class ExportDocument(Record):
 
 def export_document(session: Session, conversation_id: int) -> ExportDocument:
     record = repository.load_conversation(session, conversation_id)
-    persona_ids = {m.persona_version_id for m in session.get(Conversation, conversation_id).messages}
-    persona_ids |= {
-        s.persona_version_id
-        for s in session.query(PersonaSwitch).filter(PersonaSwitch.conversation_id == conversation_id)
-    }
-    persona_ids.discard(None)
+    used = select(Message.persona_version_id).where(Message.conversation_id == conversation_id).union(
+        select(PersonaSwitch.persona_version_id).where(PersonaSwitch.conversation_id == conversation_id)
+    )
+    persona_ids = {pid for pid in session.scalars(used) if pid is not None}
     return ExportDocument(
         exported_at=utcnow(),
         conversation=record,
-        personas=repository.persona_definitions(session, persona_ids),  # type: ignore[arg-type]
+        personas=repository.persona_definitions(session, persona_ids),
     )
 
 
