@@ -38,7 +38,7 @@ def test_all_words_must_match(filled):
 
 
 @pytest.mark.parametrize(
-    "query", ['"', '"unbalanced', "AND", "OR NOT", "NEAR(", "col:umn", "-minus", "*", "C++", "(templates)", "^x", "a*b"]
+    "query", ["0\x00", '"', '"unbalanced', "AND", "OR NOT", "NEAR(", "col:umn", "-minus", "*", "C++", "(templates)", "^x", "a*b"]
 )
 def test_query_syntax_is_taken_literally(filled, query):
     store, *_ = filled
@@ -75,6 +75,7 @@ def test_markers_are_split_off():
     assert split_markers("a \x02bc\x03 d \x02e\x03") == ("a bc d e", [(2, 4), (7, 8)])
     assert fts_query('say "hi"') == '"say" """hi"""'
     assert fts_query("((( ***") is None
+    assert fts_query("0\x00x") == '"0" "x"'  # found by hypothesis: a NUL ended FTS5's query string
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -34,6 +34,7 @@ FTS_QUERY = text(
 
 def fts_query(query: str) -> str | None:
     """The FTS5 query for the user's words; None when no word has a letter or digit to look for."""
+    query = query.replace("\x00", " ")  # FTS5 reads its query as a C string: a NUL would end it
     if not query.split():
         raise UsageError("the search query is empty")
     words = [w for w in query.split() if any(ch.isalnum() for ch in w)]
