@@ -1,0 +1,1 @@
+"""The Textual chat UI: `chatbot` with no command opens it (`run_tui` in `app.py`)."""

@@ -1,0 +1,87 @@
+"""The Textual app: `chatbot` (no command) opens it. The screen itself lives in `screen.py`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+
+from chatbot.tui.commands import ChatCommands
+from chatbot.tui.conversation import ChatController
+from chatbot.tui.keys import BY_ID
+from chatbot.tui.preferences import Preferences, default_path
+from chatbot.tui.screen import ChatScreen
+
+
+class ChatApp(App):
+    CSS_PATH = "chat.tcss"
+    TITLE = "chatbot"
+    COMMANDS = App.COMMANDS | {ChatCommands}
+    BINDINGS = [Binding(BY_ID["quit"].keys, "quit", "Quit", show=False, priority=True, id="quit")]
+
+    def __init__(
+        self,
+        controller: ChatController,
+        open_store: Callable[[], Any],
+        open_runtime: Callable[[Callable[[str], None]], Any],
+        prefs: Preferences | None = None,
+        resume: str | None = None,
+    ):
+        self.prefs = prefs if prefs is not None else Preferences(None)
+        self.COMMAND_PALETTE_BINDING = self.prefs.keys.get("palette", BY_ID["palette"].keys)
+        super().__init__()
+        self.controller = controller
+        self.open_store = open_store
+        self.open_runtime = open_runtime
+        self.resume = resume
+        self.fatal: Exception | None = None
+        self.set_keymap(self.prefs.keys)
+
+    @property
+    def keymap(self) -> dict[str, str]:
+        return dict(self.prefs.keys)
+
+    @property
+    def chat(self) -> ChatScreen:
+        return self.get_screen("chat")
+
+    def on_mount(self) -> None:
+        if self.prefs.theme and self.prefs.theme in self.available_themes:
+            self.theme = self.prefs.theme
+        elif self.prefs.theme:
+            self.prefs.problems.append(f"unknown theme '{self.prefs.theme}': using the default")
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.install_screen(ChatScreen(self.controller, self.resume), "chat")
+        self.push_screen("chat")
+        for problem in self.prefs.problems:
+            self.notify(problem, title="config", severity="warning", timeout=10)
+
+    def _remember_theme(self, theme) -> None:
+        if self.prefs.theme != theme.name:
+            self.prefs.theme = theme.name
+            self.prefs.save()
+
+
+def run_tui(state, resume: str | None = None, persona: str | None = None) -> None:
+    """Open the UI at once; the store and the model open behind it."""
+    from chatbot.personas.registry import scan
+
+    os.environ["TQDM_DISABLE"] = "1"  # a conversion progress bar would draw over the screen
+    settings = state.settings
+    installed = state.persona(persona)  # an unknown name: one line, before the screen opens
+    personas, _problems = scan(settings.data_dir)
+    personas.setdefault(installed.persona.name, installed)
+    controller = ChatController(settings, personas, installed)
+
+    def open_runtime(progress):
+        from chatbot.runtime import open_runtime as load
+
+        return load(settings, progress=progress)
+
+    app = ChatApp(controller, state.store, open_runtime, Preferences.load(default_path()), resume)
+    app.run()
+    if app.fatal is not None:
+        raise app.fatal

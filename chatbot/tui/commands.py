@@ -1,0 +1,48 @@
+"""Command-palette entries (Ctrl+P): switch persona, and every action of the chat screen."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.content import Content
+
+ACTIONS = (
+    ("New conversation", "new_conversation", "Start an empty conversation"),
+    ("Regenerate reply", "regenerate", "A new reply beside the selected one"),
+    ("Edit and resend", "edit", "Edit the selected (or last) message: a new branch"),
+    ("Export conversation…", "export", "Markdown or JSON"),
+    ("Replay conversation", "replay", "Play it back at its recorded speed"),
+    ("Rename conversation…", "rename", "Give the open conversation a title"),
+    ("Delete conversation…", "delete", "Asks first"),
+    ("Search conversations", "search", "Search every saved message"),
+    ("Toggle sidebar", "toggle_sidebar", "Saved conversations"),
+    ("Switch persona…", "pick_persona", "The persona picker"),
+    ("Keys (help)", "help", "Every key binding"),
+)
+
+
+class ChatCommands(Provider):
+    def _commands(self):
+        screen = self.app.get_screen("chat")
+        controller = screen.controller
+        for name, installed in sorted(controller.personas.items()):
+            title = installed.persona.title
+            yield (
+                f"Persona: {title}",
+                partial(screen.switch_persona, name),
+                installed.persona.description or f"Answer as {title} from now on",
+            )
+        for label, action, help_text in ACTIONS:
+            yield label, partial(screen.run_action, action), help_text
+
+    async def discover(self) -> Hits:
+        for label, callback, help_text in self._commands():
+            yield DiscoveryHit(Content(label), callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for label, callback, help_text in self._commands():
+            score = matcher.match(label)
+            if score > 0:
+                yield Hit(score, matcher.highlight(label), callback, help=help_text)

@@ -1,0 +1,554 @@
+"""The main screen: sidebar, chat log, composer, status bar; and what each key does."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from chatbot.errors import NotFoundError, UserError
+from chatbot.tui import keys
+from chatbot.tui.conversation import ChatController
+from chatbot.tui.widgets.chat_log import ChatLog, EventLine, MessageView
+from chatbot.tui.widgets.composer import Composer
+from chatbot.tui.widgets.dialogs import ConfirmDialog, ExportDialog, HelpScreen, PersonaPicker, TextPrompt
+from chatbot.tui.widgets.replay import ReplayScreen
+from chatbot.tui.widgets.sidebar import Sidebar, title_of
+from chatbot.tui.widgets.status_bar import StatusBar
+from chatbot.tui.widgets.text import literal
+
+
+LOADING = "Loading the model… type away: your message is sent when it is ready."
+
+
+class ChatScreen(Screen):
+    BINDINGS = keys.bindings("chat")
+
+    def __init__(self, controller: ChatController, resume: str | None = None):
+        super().__init__()
+        self.controller = controller
+        self.resume = resume
+        self.pending: list[tuple[str, MessageView]] = []  # typed before the model was ready
+        self.cancel_event: threading.Event | None = None
+        self.streaming: MessageView | None = None
+        self.editing: int | None = None  # the user message being edited
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            yield Sidebar(id="sidebar")
+            with Vertical(id="chat"):
+                yield ChatLog(id="log")
+                yield Static("", id="edit-banner", markup=False)
+                yield Composer(id="composer")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    @property
+    def log_view(self) -> ChatLog:
+        return self.query_one("#log", ChatLog)
+
+    @property
+    def composer(self) -> Composer:
+        return self.query_one("#composer", Composer)
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one("#status", StatusBar)
+
+    @property
+    def sidebar(self) -> Sidebar:
+        return self.query_one("#sidebar", Sidebar)
+
+    @property
+    def busy(self) -> bool:
+        return self.cancel_event is not None
+
+    def on_mount(self) -> None:
+        self._show_persona()
+        self.composer.focus()
+        self._loading_notice()
+        self.open_backend()
+
+    def _loading_notice(self) -> None:
+        self.log_view.add_event(LOADING).add_class("-loading")
+
+    # -- opening the store and the model in the background --------------------------------------
+
+    @work(thread=True, exclusive=True, group="backend")
+    def open_backend(self) -> None:
+        app = self.app
+        try:
+            store = app.open_store()
+        except Exception as exc:  # noqa: BLE001 - shown, not raised: the UI stays up
+            self._post(self._backend_failed, f"cannot open the database: {exc}")
+            return
+        self._post(self._store_ready, store)
+
+        def progress(message: str) -> None:
+            self._post(self._show_progress, message)
+
+        os.environ["TQDM_DISABLE"] = "1"
+        try:
+            runtime = app.open_runtime(progress)
+        except Exception as exc:  # noqa: BLE001
+            self._post(self._backend_failed, f"cannot load the model: {exc}")
+            return
+        self._post(self._runtime_ready, runtime)
+
+    def _post(self, callback, *args) -> None:
+        """From a worker thread: run `callback` on the UI; nothing if the UI is closing."""
+        try:
+            self.app.call_from_thread(callback, *args)
+        except Exception:  # noqa: BLE001 - the app is shutting down (or gone)
+            pass
+
+    def _show_progress(self, message: str) -> None:
+        if self.is_attached:
+            self.status.model = f"loading: {message}"
+
+    def _backend_failed(self, message: str) -> None:
+        if not self.is_attached:
+            return
+        self.status.model = "not loaded"
+        self.log_view.add_event(message, "bold red")
+        self.notify(message, severity="error", timeout=10)
+
+    async def _store_ready(self, store) -> None:
+        if not self.is_attached:
+            return
+        self.controller.attach_store(store)
+        self.sidebar.store = store
+        resume = self.resume
+        try:
+            if resume == "last":
+                latest = store.latest_conversation_id()
+                if latest is not None:
+                    self.controller.open(latest)
+            elif resume:
+                try:
+                    conversation_id = int(resume)
+                except ValueError:
+                    raise UserError(f"--resume takes a conversation id or 'last', not '{resume}'", 2) from None
+                self.controller.open(conversation_id)
+        except UserError as exc:
+            self.app.fatal = exc
+            self.app.exit(return_code=exc.exit_code)
+            return
+        await self._render_view(keep_notice=True)
+        self.sidebar.reload()
+
+    def _runtime_ready(self, runtime) -> None:
+        if not self.is_attached:
+            return
+        try:
+            self.controller.attach_runtime(runtime)
+        except Exception as exc:  # noqa: BLE001
+            self._backend_failed(f"cannot start the session: {exc}")
+            return
+        self.status.loading = False
+        self.status.model = runtime.model_name
+        for event in self.log_view.query(".event.-loading"):
+            event.remove()
+        self._send_next_pending()
+
+    # -- showing the open branch ----------------------------------------------------------------
+
+    def _label(self, name: str | None) -> str:
+        return self.controller.persona_title(name)
+
+    def _color(self, name: str | None) -> str:
+        return self.controller.persona_color(name)
+
+    def _message_view(self, m, siblings=(1, 1)) -> MessageView:
+        if m.role == "assistant":
+            name = m.persona.name if m.persona else None
+            return MessageView(
+                "assistant", m.content, label=self._label(name), color=self._color(name), message_id=m.id,
+                parent_id=m.parent_id, status=m.status, siblings=siblings,
+            )
+        return MessageView(m.role, m.content, message_id=m.id, parent_id=m.parent_id, status=m.status, siblings=siblings)
+
+    async def _render_view(self, keep_notice: bool = False, select_id: int | None = None) -> None:
+        from chatbot.store.replay import Switch
+
+        view = self.controller.view()
+        log = self.log_view
+        widgets = []
+        for item in view.items:
+            if isinstance(item, Switch):
+                widgets.append(EventLine(f"── persona: {self._label(item.after.name)} ──", "italic"))
+            else:
+                widgets.append(self._message_view(item, view.siblings.get(item.id, (1, 1))))
+        persona = self.controller.persona.persona
+        if not view.items and persona.greeting:
+            widgets.append(EventLine(f"{persona.title}: {persona.greeting}", "italic"))
+        if keep_notice and not self.controller.ready:
+            widgets.append(EventLine(LOADING, "italic"))
+            widgets[-1].add_class("-loading")
+        widgets += [pending for _, pending in self.pending]
+        async with self.batch():
+            await log.remove_children()
+            await log.mount_all(widgets)
+        self.sidebar.current_id = self.controller.conversation_id
+        if select_id is not None:
+            self.call_after_refresh(log.select_id, select_id)
+        self._show_persona()
+        self.app.sub_title = title_of(view.title, view.conversation_id) if view.conversation_id else "new conversation"
+
+    def _show_persona(self) -> None:
+        p = self.controller.persona.persona
+        self.status.persona = p.title
+        self.status.persona_color = p.color
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def on_composer_submitted(self, event: Composer.Submitted) -> None:
+        text = event.text
+        log = self.log_view
+        log.select(None)
+        if self.editing is not None:
+            if self.busy or not self.controller.ready:
+                self.notify("Wait for the model (or Esc the reply) before resending an edit.")
+                self.composer.text = text
+                return
+            user_id, self.editing = self.editing, None
+            self._show_edit_banner()
+            self._truncate_from(user_id, keep=False)
+            self._start_turn("edit", text, user_id)
+            return
+        if self.busy or not self.controller.ready:
+            view = MessageView("user", text, pending=True)
+            self.pending.append((text, view))
+            log.add_message(view)
+            return
+        self._start_turn("send", text)
+
+    def _send_next_pending(self) -> None:
+        if self.pending and self.controller.ready and not self.busy:
+            text, view = self.pending.pop(0)
+            view.remove()
+            self._start_turn("send", text)
+
+    def _start_turn(self, kind: str, text: str, target: int | None = None) -> None:
+        log = self.log_view
+        if kind != "regenerate":
+            log.add_message(MessageView("user", text))
+        persona = self.controller.persona.persona
+        view = MessageView("assistant", label=persona.title, color=persona.color, status="streaming")
+        log.add_message(view)
+        view.start_stream()
+        log.anchor()
+        self.streaming = view
+        self.cancel_event = threading.Event()
+        self.status.activity = "replying… (Esc stops)"
+        self._generate(kind, text, target, view, self.cancel_event)
+
+    @work(thread=True, group="generate")
+    def _generate(self, kind: str, text: str, target: int | None, view: MessageView, cancel: threading.Event) -> None:
+        controller = self.controller
+        reply = None
+        try:
+            with controller.lock:
+                if kind == "regenerate":
+                    reply = controller.regenerate(target, cancel)
+                elif kind == "edit":
+                    reply = controller.edit(target, text, cancel)
+                else:
+                    reply = controller.send(text, cancel)
+                self._post(self._reply_started, reply)
+                for delta in reply:
+                    view.push(delta)
+        except Exception as exc:  # noqa: BLE001 - a failed turn is shown; the UI goes on
+            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            self._post(self._turn_failed, view, message)
+            return
+        self._post(self._turn_done, kind, reply, view)
+
+    def _reply_started(self, reply) -> None:
+        ctx = reply.context
+        self.status.context = (ctx.tokens, ctx.budget, ctx.dropped_turns)
+        for warning in reply.warnings:
+            self.notify(warning, severity="warning")
+
+    def _finish_turn(self) -> None:
+        self.cancel_event = None
+        self.streaming = None
+        self.status.activity = ""
+        self._send_next_pending()
+
+    async def _turn_failed(self, view: MessageView, message: str) -> None:
+        view.end_stream("error")
+        if self.controller.session is not None and self.controller.session.conversation_id is not None:
+            self.controller.finished(None)
+            await self._render_view()  # what was stored (the question, the partial reply)
+        self.log_view.add_event(f"error: {message}", "bold red")
+        self._finish_turn()
+
+    async def _turn_done(self, kind: str, reply, view: MessageView) -> None:
+        view.end_stream(reply.status, reply.text)
+        self.controller.finished(reply)
+        stats = reply.stats
+        self.status.speed = (stats.ttft_ms, stats.tokens_per_s)
+        # from the store: message ids, sibling counters (regenerate and edit change them)
+        await self._render_view(select_id=reply.message_id if kind != "send" else None)
+        self.sidebar.reload()
+        self._finish_turn()
+
+    def _truncate_from(self, message_id: int, keep: bool) -> None:
+        """Remove the log from the message `message_id` on (or after it, with `keep`)."""
+        children = list(self.log_view.children)
+        for index, child in enumerate(children):
+            if isinstance(child, MessageView) and child.message_id == message_id:
+                for gone in children[index + 1 if keep else index :]:
+                    gone.remove()
+                return
+
+    # -- actions on the selected message --------------------------------------------------------
+
+    def _target(self, role: str) -> MessageView | None:
+        """The selected message, or the last one; for `user`, a reply stands for its question."""
+        log = self.log_view
+        view = log.selected
+        if view is None or view.message_id is None:
+            return None
+        if view.role == role:
+            return view
+        if role == "user":
+            return next((m for m in log.messages if m.message_id == view.parent_id), None)
+        return next((m for m in log.messages if m.role == role and m.parent_id == view.message_id), None)
+
+    def _refuse_if_busy(self) -> bool:
+        if self.busy:
+            self.notify("A reply is streaming: Esc stops it first.")
+            return True
+        if not self.controller.ready:
+            self.notify("The model is still loading.")
+            return True
+        return False
+
+    def action_cancel(self) -> None:
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+            self.status.activity = "stopping…"
+        elif self.editing is not None:
+            self.editing = None
+            self.composer.clear()
+            self._show_edit_banner()
+        elif self.log_view.query(".-selected"):
+            self.log_view.select(None)
+        else:
+            self.composer.focus()
+
+    def action_regenerate(self) -> None:
+        if self._refuse_if_busy():
+            return
+        view = self._target("user")
+        if view is None:
+            self.notify("Nothing to regenerate yet.")
+            return
+        self._truncate_from(view.message_id, keep=True)
+        self._start_turn("regenerate", view.content, view.message_id)
+
+    async def action_sibling(self, step: int) -> None:
+        if self.busy:
+            self.notify("A reply is streaming: Esc stops it first.")
+            return
+        view = self.log_view.selected
+        if view is None or view.message_id is None or self.controller.store is None:
+            return
+        if view.sibling_pos[1] < 2:
+            self.notify("This message has no siblings (regenerate or edit to make some).")
+            return
+        index = self.log_view.messages.index(view)
+        if self.controller.sibling(view.message_id, step):
+            await self._render_view()
+            messages = self.log_view.messages
+            if index < len(messages):
+                self.call_after_refresh(self.log_view.select, messages[index])
+
+    def action_select(self, step: int) -> None:
+        self.log_view.select_step(step)
+
+    def action_edit(self) -> None:
+        if self._refuse_if_busy():
+            return
+        view = self._target("user")
+        if view is None or view.role != "user":
+            self.notify("No message of yours to edit yet.")
+            return
+        self.editing = view.message_id
+        self.composer.text = view.content
+        self.composer.move_cursor(self.composer.document.end)
+        self.composer.focus()
+        self._show_edit_banner()
+
+    def _show_edit_banner(self) -> None:
+        banner = self.query_one("#edit-banner", Static)
+        if self.editing is None:
+            banner.update("")
+            banner.display = False
+        else:
+            banner.update(literal("Editing: Enter sends it as a new branch (the old one is kept), Esc cancels."))
+            banner.display = True
+
+    # -- personas -------------------------------------------------------------------------------
+
+    def action_pick_persona(self) -> None:
+        picker = PersonaPicker(self.controller.personas, self.controller.persona.persona.name)
+        self.app.push_screen(picker, lambda name: name and self.switch_persona(name))
+
+    def switch_persona(self, name: str) -> None:
+        if name == self.controller.persona.persona.name:
+            return
+        try:
+            installed = self.controller.switch_persona(name)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database refused the write
+            self.notify(f"cannot switch persona: {exc}", severity="error")
+            return
+        self.log_view.add_event(f"── persona: {installed.persona.title} ──")
+        self._show_persona()
+
+    # -- conversations --------------------------------------------------------------------------
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.sidebar
+        sidebar.display = not sidebar.display
+        if sidebar.display:
+            sidebar.reload()
+            sidebar.query_one("#conversations").focus()
+        else:
+            self.composer.focus()
+
+    def action_search(self) -> None:
+        self.sidebar.display = True
+        self.sidebar.query_one("#search", Input).focus()
+
+    async def on_sidebar_open(self, event: Sidebar.Open) -> None:
+        if type(event) is not Sidebar.Open:
+            return
+        await self.open_conversation(event.conversation_id)
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        if self.busy:
+            self.notify("A reply is streaming: Esc stops it first.")
+            return
+        try:
+            self.controller.open(conversation_id)
+        except NotFoundError as exc:
+            self.notify(str(exc), severity="error")
+            self.sidebar.reload()
+            return
+        self.editing = None
+        self._show_edit_banner()
+        self.status.context = None
+        await self._render_view(keep_notice=True)
+        self.sidebar.reload()
+        self.composer.focus()
+
+    async def action_new_conversation(self) -> None:
+        if self.busy:
+            self.notify("A reply is streaming: Esc stops it first.")
+            return
+        self.controller.new()
+        self.status.context = None
+        await self._render_view(keep_notice=True)
+        self.sidebar.reload()
+        self.composer.focus()
+
+    def on_sidebar_rename(self, event: Sidebar.Rename) -> None:
+        self.rename(event.conversation_id)
+
+    def on_sidebar_delete(self, event: Sidebar.Delete) -> None:
+        self.delete(event.conversation_id)
+
+    def action_rename(self) -> None:
+        if self.controller.conversation_id is None:
+            self.notify("Nothing saved yet to rename.")
+            return
+        self.rename(self.controller.conversation_id)
+
+    def action_delete(self) -> None:
+        if self.controller.conversation_id is None:
+            self.notify("Nothing saved yet to delete.")
+            return
+        self.delete(self.controller.conversation_id)
+
+    def rename(self, conversation_id: int) -> None:
+        store = self.controller.store
+        current = store.conversation(conversation_id).title or ""
+
+        def done(title: str | None) -> None:
+            if title:
+                store.rename_conversation(conversation_id, title)
+                self.sidebar.reload()
+                if conversation_id == self.controller.conversation_id:
+                    self.app.sub_title = title
+
+        self.app.push_screen(TextPrompt("New title:", current), done)
+
+    def delete(self, conversation_id: int) -> None:
+        store = self.controller.store
+        if conversation_id == self.controller.conversation_id and self.busy:
+            self.notify("A reply is streaming: Esc stops it first.")
+            return
+        title = title_of(store.conversation(conversation_id).title, conversation_id)
+
+        async def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            store.delete_conversation(conversation_id)
+            self.notify(f"Deleted “{title}”.")
+            if conversation_id == self.controller.conversation_id:
+                await self.action_new_conversation()
+            self.sidebar.reload()
+
+        self.app.push_screen(ConfirmDialog(f"Delete “{title}” and all its messages? This cannot be undone."), done)
+
+    # -- export, replay, help, theme ------------------------------------------------------------
+
+    def action_export(self, fmt: str | None = None) -> None:
+        cid = self.controller.conversation_id
+        if cid is None:
+            self.notify("Nothing saved yet to export.")
+            return
+        dialog = ExportDialog(f"conversation-{cid}", Path.cwd())
+        self.app.push_screen(dialog, lambda answer: answer and self.export(*answer))
+
+    def export(self, fmt: str, path: Path) -> Path | None:
+        from chatbot.store import exchange
+
+        store, cid = self.controller.store, self.controller.conversation_id
+        doc = store.export_conversation(cid)
+        if fmt == "json":
+            text = exchange.to_json(doc)
+        else:
+            text = exchange.render_markdown(doc, store.active_branch(cid, self.controller.leaf_id))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # history is personal
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
+        except OSError as exc:
+            self.notify(f"cannot write {path}: {exc.strerror or exc}", severity="error")
+            return None
+        self.notify(f"Exported to {path}")
+        return path
+
+    def action_replay(self) -> None:
+        if self.controller.conversation_id is None:
+            self.notify("Open a saved conversation to replay it.")
+            return
+        self.app.push_screen(ReplayScreen(self.controller.view(), self._label, self._color))
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(self.app.keymap, self.app.prefs.path))
+
+    def action_pick_theme(self) -> None:
+        self.app.action_change_theme()

@@ -1,0 +1,175 @@
+"""The conversation: user messages, persona-labelled replies (streaming), persona switches."""
+
+from __future__ import annotations
+
+import threading
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Static
+
+from chatbot.tui.widgets.text import color_style, literal
+
+STREAM_REPAINT_S = 1 / 25  # repaint a streaming reply at most this often
+
+
+class MessageView(Vertical):
+    """One message: a header (who, sibling position, status) and its text."""
+
+    class Selected(Message):
+        def __init__(self, view: MessageView):
+            super().__init__()
+            self.view = view
+
+    def __init__(
+        self,
+        role: str,
+        content: str = "",
+        *,
+        label: str = "",
+        color: str = "",
+        message_id: int | None = None,
+        parent_id: int | None = None,
+        status: str = "complete",
+        siblings: tuple[int, int] = (1, 1),
+        pending: bool = False,
+    ):
+        super().__init__(classes=f"message -{role}")
+        self.role = role
+        self.content = content
+        self.label = label or ("You" if role == "user" else "Assistant")
+        self.color = color
+        self.message_id = message_id
+        self.parent_id = parent_id
+        self.status = status
+        self.sibling_pos = siblings
+        self.pending = pending
+        self._chunks: list[str] = []  # deltas from the decoding thread, drained by the repaint timer
+        self._chunks_lock = threading.Lock()
+        self._timer = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._header(), classes="header", markup=False)
+        yield Static(literal(self.content), classes="body", markup=False)
+
+    def _header(self) -> Text:
+        header = Text()
+        header.append(literal(self.label, color_style(self.color if self.role == "assistant" else None)))
+        position, count = self.sibling_pos
+        if count > 1:
+            header.append(f"  ◀ {position}/{count} ▶", style="dim")
+        if self.pending:
+            header.append("  waiting for the model…", style="italic dim")
+        elif self.status == "streaming":
+            header.append("  …", style="dim")
+        elif self.status in ("interrupted", "error"):
+            header.append(f"  [{self.status}]", style="bold red" if self.status == "error" else "bold yellow")
+        return header
+
+    def refresh_header(self) -> None:
+        if self.is_mounted:
+            self.query_one(".header", Static).update(self._header())
+
+    def set_status(self, status: str, message_id: int | None = None) -> None:
+        self.status = status
+        if message_id is not None:
+            self.message_id = message_id
+        self.refresh_header()
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def start_stream(self) -> None:
+        self.status = "streaming"
+        self.refresh_header()
+        self._timer = self.set_interval(STREAM_REPAINT_S, self.flush)
+
+    def push(self, delta: str) -> None:
+        """Called from the decoding thread: no widget work here, only a list append."""
+        with self._chunks_lock:
+            self._chunks.append(delta)
+
+    def flush(self) -> None:
+        with self._chunks_lock:
+            chunks, self._chunks = self._chunks, []
+        if chunks:
+            self.content += "".join(chunks)
+            self.query_one(".body", Static).update(literal(self.content))
+
+    def end_stream(self, status: str, text: str | None = None) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self.flush()
+        if text is not None and text != self.content:
+            self.content = text
+            self.query_one(".body", Static).update(literal(self.content))
+        self.set_status(status)
+
+    def on_click(self, event: events.Click) -> None:
+        self.post_message(self.Selected(self))
+
+
+class EventLine(Static):
+    """A line between messages: a persona switch, a notice."""
+
+    def __init__(self, text: str, style: str = ""):
+        super().__init__(literal(text, style), classes="event", markup=False)
+
+
+class ChatLog(VerticalScroll):
+    """The scrolling log; keeps to the bottom while a reply streams unless scrolled away."""
+
+    can_focus = False
+
+    def on_mount(self) -> None:
+        self.anchor()
+
+    @property
+    def messages(self) -> list[MessageView]:
+        return list(self.query(MessageView))
+
+    def add_message(self, view: MessageView) -> MessageView:
+        self.mount(view)
+        return view
+
+    def add_event(self, text: str, style: str = "italic") -> EventLine:
+        line = EventLine(text, style)
+        self.mount(line)
+        return line
+
+    def clear(self) -> None:
+        self.remove_children()
+
+    # -- selection: the message that regenerate, edit and sibling moves act on -------------------
+
+    @property
+    def selected(self) -> MessageView | None:
+        found = self.query(".-selected")
+        if found:
+            return found.first(MessageView)
+        messages = self.messages
+        return messages[-1] if messages else None
+
+    def select(self, view: MessageView | None) -> None:
+        for old in self.query(".-selected"):
+            old.remove_class("-selected")
+        if view is not None:
+            view.add_class("-selected")
+            self.scroll_to_widget(view, animate=False)
+
+    def select_step(self, step: int) -> None:
+        messages = self.messages
+        if not messages:
+            return
+        current = self.selected
+        index = messages.index(current) if current in messages else len(messages) - 1
+        self.select(messages[max(0, min(len(messages) - 1, index + step))])
+
+    def select_id(self, message_id: int | None) -> None:
+        for view in self.messages:
+            if view.message_id == message_id:
+                self.select(view)
+                return
