@@ -153,7 +153,7 @@ class ChatScreen(Screen):
         except Exception as exc:  # noqa: BLE001
             self._backend_failed(f"cannot start the session: {exc}")
             return
-        self.status.loading = False
+        self.status.model_loading = False
         self.status.model = runtime.model_name
         for event in self.log_view.query(".event.-loading"):
             event.remove()

@@ -3,14 +3,17 @@ tells them apart) starts a new line. Both keys can be changed in the config file
 
 from __future__ import annotations
 
+from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
-from chatbot.tui import keys
+from chatbot.tui.keys import BY_ID
 
 
 class Composer(TextArea):
-    BINDINGS = keys.bindings("composer")
+    """Send and new line are handled as key events, not as (priority) bindings: a binding runs
+    at once, ahead of typed characters still queued for this widget, and would send half a
+    message when keys arrive in a burst (a paste, a fast typist, a busy machine)."""
 
     class Submitted(Message):
         def __init__(self, composer: Composer, text: str):
@@ -28,6 +31,22 @@ class Composer(TextArea):
             compact=True,
             **kwargs,
         )
+
+    def _keys(self, binding_id: str) -> set[str]:
+        keymap = getattr(self.app, "keymap", {})
+        return {k.strip() for k in keymap.get(binding_id, BY_ID[binding_id].keys).split(",")}
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key in self._keys("send"):
+            event.stop()
+            event.prevent_default()
+            self.action_submit()
+        elif event.key in self._keys("newline"):
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+        else:
+            await super()._on_key(event)
 
     def action_submit(self) -> None:
         text = self.text

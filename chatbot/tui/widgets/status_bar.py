@@ -12,7 +12,7 @@ from chatbot.tui.widgets.text import clean, color_style
 
 class StatusBar(Static):
     model: reactive[str] = reactive("loading model…")
-    loading: reactive[bool] = reactive(True)
+    model_loading: reactive[bool] = reactive(True)
     persona: reactive[str] = reactive("")
     persona_color: reactive[str] = reactive("")
     context: reactive[tuple[int, int, int] | None] = reactive(None)  # tokens, budget, dropped turns
@@ -25,7 +25,7 @@ class StatusBar(Static):
     def render(self) -> Text:
         bar = Text(no_wrap=True, overflow="ellipsis", end="")
         bar.append("model ", style="dim")
-        bar.append(clean(self.model), style="italic" if self.loading else "bold")
+        bar.append(clean(self.model), style="italic" if self.model_loading else "bold")
         bar.append("  │  persona ", style="dim")
         bar.append(clean(self.persona), style=color_style(self.persona_color))
         bar.append("  │  context ", style="dim")
