@@ -112,11 +112,14 @@ def make_app(
     prefs: Preferences | None = None,
     settings: Settings | None = None,
     open_runtime=None,
+    only: tuple[str, ...] | None = None,
 ) -> ChatApp:
     from chatbot.store import Store
 
     settings = settings or make_settings(tmp_path)
     personas, _ = scan(settings.data_dir)
+    if only is not None:  # shipped personas come and go: keep snapshots to known ones
+        personas = {name: p for name, p in personas.items() if name in only}
     controller = ChatController(settings, personas, personas[persona])
     runtime = FakeRuntime(engine)
 
