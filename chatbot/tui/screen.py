@@ -239,8 +239,9 @@ class ChatScreen(Screen):
 
     def _start_turn(self, kind: str, text: str, target: int | None = None) -> None:
         log = self.log_view
+        user_view = None
         if kind != "regenerate":
-            log.add_message(MessageView("user", text))
+            user_view = log.add_message(MessageView("user", text, parent_id=self.controller.leaf_id))
         persona = self.controller.persona.persona
         view = MessageView("assistant", label=persona.title, color=persona.color, status="streaming")
         log.add_message(view)
@@ -249,10 +250,10 @@ class ChatScreen(Screen):
         self.streaming = view
         self.cancel_event = threading.Event()
         self.status.activity = "replying… (Esc stops)"
-        self._generate(kind, text, target, view, self.cancel_event)
+        self._generate(kind, text, target, user_view, view, self.cancel_event)
 
     @work(thread=True, group="generate")
-    def _generate(self, kind: str, text: str, target: int | None, view: MessageView, cancel: threading.Event) -> None:
+    def _generate(self, kind, text, target, user_view, view: MessageView, cancel: threading.Event) -> None:
         controller = self.controller
         reply = None
         try:
@@ -263,7 +264,8 @@ class ChatScreen(Screen):
                     reply = controller.edit(target, text, cancel)
                 else:
                     reply = controller.send(text, cancel)
-                self._post(self._reply_started, reply)
+                user_id = controller.session.leaf_id  # the question, stored before generation
+                self._post(self._reply_started, reply, user_id, user_view, view)
                 for delta in reply:
                     view.push(delta)
         except Exception as exc:  # noqa: BLE001 - a failed turn is shown; the UI goes on
@@ -272,7 +274,10 @@ class ChatScreen(Screen):
             return
         self._post(self._turn_done, kind, reply, view)
 
-    def _reply_started(self, reply) -> None:
+    def _reply_started(self, reply, user_id, user_view, view) -> None:
+        if user_view is not None:
+            user_view.message_id = user_id
+        view.message_id, view.parent_id = reply.message_id, user_id
         ctx = reply.context
         self.status.context = (ctx.tokens, ctx.budget, ctx.dropped_turns)
         for warning in reply.warnings:
@@ -297,8 +302,8 @@ class ChatScreen(Screen):
         self.controller.finished(reply)
         stats = reply.stats
         self.status.speed = (stats.ttft_ms, stats.tokens_per_s)
-        # from the store: message ids, sibling counters (regenerate and edit change them)
-        await self._render_view(select_id=reply.message_id if kind != "send" else None)
+        if kind != "send":  # sibling counters changed: show the branch as stored
+            await self._render_view(select_id=reply.message_id)
         self.sidebar.reload()
         self._finish_turn()
 

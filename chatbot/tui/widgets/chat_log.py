@@ -7,13 +7,14 @@ import threading
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
+from textual.content import Content
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
-from chatbot.tui.widgets.text import color_style, literal
+from chatbot.tui.widgets.text import clean, color_style, literal
 
-STREAM_REPAINT_S = 1 / 25  # repaint a streaming reply at most this often
+STREAM_REPAINT_S = 1 / 15  # repaint a streaming reply at most this often (each frame costs the decoder CPU)
 
 
 class MessageView(Vertical):
@@ -96,7 +97,16 @@ class MessageView(Vertical):
             chunks, self._chunks = self._chunks, []
         if chunks:
             self.content += "".join(chunks)
-            self.query_one(".body", Static).update(literal(self.content))
+            self._show_body()
+
+    def _show_body(self) -> None:
+        """Repaint the text; lay the screen out again only when its height changes (a layout
+        of the whole log costs far more than a repaint, and most tokens do not add a line)."""
+        body = self.query_one(".body", Static)
+        content = Content(clean(self.content))
+        width = body.content_region.width
+        grows = width <= 0 or content.get_height(body.styles, width) != body.content_region.height
+        body.update(content, layout=grows)
 
     def end_stream(self, status: str, text: str | None = None) -> None:
         if self._timer is not None:
@@ -105,7 +115,7 @@ class MessageView(Vertical):
         self.flush()
         if text is not None and text != self.content:
             self.content = text
-            self.query_one(".body", Static).update(literal(self.content))
+            self._show_body()
         self.set_status(status)
 
     def on_click(self, event: events.Click) -> None:
