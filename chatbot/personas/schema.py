@@ -42,6 +42,9 @@ class Persona(BaseModel):
     color: str = ""
     generation: GenerationDefaults = GenerationDefaults()
     soft_prompt: SoftPromptRef | None = None
+    # For a soft prompt compiled from a control-code persona (`persona distill`): its teacher.
+    # Attribution counts the two as one voice.
+    distilled_from: str = ""
 
     @model_validator(mode="after")
     def _kind_matches_content(self) -> "Persona":

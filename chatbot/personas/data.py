@@ -1,0 +1,150 @@
+"""Training and evaluation data: JSONL conversations, turned into (prompt ids, reply ids) pairs
+rendered exactly as inference renders them (`memory.ContextBuilder`).
+
+One conversation per line: `{"messages": [{"role": "user", "content": ...}, {"role": "assistant",
+"content": ...}, ...]}`, user and assistant alternating, starting with the user. Every assistant
+message is one training reply, with the conversation before it as its history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatbot.errors import NotFoundError, UserError
+from chatbot.memory.context import ContextBuilder
+from chatbot.memory.render import Turn
+from chatbot.personas.schema import Persona
+
+MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class Example:
+    history: tuple[Turn, ...]
+    message: str
+    reply: str
+    line: int  # the JSONL line (conversation) it came from
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt_ids: list[int]
+    reply_ids: list[int]  # the reply's tokens and the end-of-turn token: the loss is on these only
+
+
+def _check_conversation(record) -> list[dict]:
+    if not isinstance(record, dict):
+        raise ValueError("expected an object with a 'messages' list")
+    unknown = set(record) - {"messages", "meta"}
+    if unknown:
+        raise ValueError(f"unknown field '{sorted(unknown)[0]}'")
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise ValueError(f"message {index + 1}: expected exactly 'role' and 'content'")
+        if not isinstance(message["content"], str) or not message["content"].strip():
+            raise ValueError(f"message {index + 1}: 'content' must be a non-empty string")
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise ValueError(f"message {index + 1}: role must be '{expected}' (user and assistant alternate), got {message['role']!r}")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's reply")
+    return messages
+
+
+def read_jsonl(path: Path) -> list[tuple[int, list[dict]]]:
+    """All conversations with their line numbers; any bad line stops everything with one message
+    listing the bad line numbers (and the first few reasons)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFoundError(f"no such data file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from exc
+    conversations: list[tuple[int, list[dict]]] = []
+    bad: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            conversations.append((number, _check_conversation(json.loads(line))))
+        except json.JSONDecodeError as exc:
+            bad.append((number, f"not JSON ({exc.msg})"))
+        except ValueError as exc:
+            bad.append((number, str(exc)))
+    if bad:
+        lines = ", ".join(str(n) for n, _ in bad)
+        reasons = "; ".join(f"line {n}: {why}" for n, why in bad[:MAX_REPORTED])
+        more = f"; and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
+        raise UserError(f"{path}: {len(bad)} bad line(s) ({lines}), nothing trained: {reasons}{more}")
+    if not conversations:
+        raise UserError(f"{path}: no conversations in the file")
+    return conversations
+
+
+def examples_of(conversations: list[tuple[int, list[dict]]]) -> list[Example]:
+    examples: list[Example] = []
+    for line, messages in conversations:
+        turns: list[Turn] = []
+        for i in range(0, len(messages), 2):
+            user, reply = messages[i]["content"], messages[i + 1]["content"]
+            examples.append(Example(tuple(turns), user, reply, line))
+            turns.append(Turn(user, reply))
+    return examples
+
+
+def load_examples(path: Path) -> list[Example]:
+    return examples_of(read_jsonl(path))
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def split_lines(lines: list[int], heldout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split conversations (by line, so no conversation is on both sides) into train / held-out."""
+    order = sorted(set(lines))
+    random.Random(seed).shuffle(order)
+    if len(order) < 2 or heldout <= 0:
+        return sorted(order), []
+    n_held = min(max(1, round(len(order) * heldout)), len(order) - 1)
+    return sorted(order[n_held:]), sorted(order[:n_held])
+
+
+def end_of_turn_ids(tokenizer, builder: ContextBuilder) -> list[int]:
+    """The tokens that close a reply as the chat template writes it (`<|im_end|>` for ChatML),
+    found by rendering a one-turn conversation: what follows the reply, up to its first end token."""
+    persona = Persona(name="probe")
+    marker = "Hi."
+    prompt = builder.renderer.render(persona, [Turn("x")])
+    full = builder.renderer.render(persona, [Turn("x", marker)])
+    if not full.startswith(prompt + marker):
+        return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    tail = tokenizer(full[len(prompt) + len(marker):], add_special_tokens=False)["input_ids"]
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    for i, token in enumerate(tail):
+        if token in special:
+            return tail[: i + 1]
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+class Encoder:
+    """Examples -> token ids under a persona, as `ChatSession` would build the prompt."""
+
+    def __init__(self, tokenizer, budget: int = 2048):
+        self.tokenizer = tokenizer
+        self.budget = budget
+        self.end_ids = end_of_turn_ids(tokenizer, ContextBuilder(tokenizer, budget))
+
+    def encode(self, persona: Persona, example: Example, reserved: int = 0) -> Encoded:
+        builder = ContextBuilder(self.tokenizer, self.budget)  # fresh: no window remembered
+        context = builder.build(persona, list(example.history), example.message, reserved=reserved)
+        reply = self.tokenizer(example.reply, add_special_tokens=False)["input_ids"]
+        return Encoded(list(context.prompt_ids), list(reply) + self.end_ids)
