@@ -25,7 +25,7 @@ FLUSH_EVERY_S = 0.5
 
 
 def turns_from_messages(messages) -> list[Turn]:
-    """Group a stored branch (root to leaf) into turns; event rows are not model input."""
+    """Group a stored branch (root to leaf) into turns of (user message, reply)."""
     turns: list[Turn] = []
     for message in messages:
         if message.role == "user":
@@ -130,11 +130,11 @@ class ChatSession:
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
         if params.seed is None and not params.greedy:
             params = params.model_copy(update={"seed": int(time.time_ns() % (2**31))})
-        sent = message  # stored in full even when the model sees it cut: nothing typed is lost
         generation = self.runtime.engine.generate(context.prompt_ids, params, prefix=self.prefix(), cancel=cancel)
         reply = Reply(_deltas=iter(()), generation=generation, context=context, persona=self.persona)
         reply.warnings.extend(context.warnings)
-        user_id = self._store_user_message(sent)
+        # Stored in full even when the model sees it cut: nothing typed is lost.
+        user_id = self._store_user_message(message)
         reply.conversation_id = self.conversation_id
         if self.store is not None:
             reply.message_id = self.store.start_reply(
@@ -145,7 +145,7 @@ class ChatSession:
                 params.seed,
                 self.runtime.model_name,
             )
-        reply._deltas = self._stream(reply, sent, user_id, cancel)
+        reply._deltas = self._stream(reply, message, user_id, cancel)
         return reply
 
     def _stream(self, reply: Reply, message: str, user_id: int | None, cancel) -> Iterator[str]:

@@ -37,6 +37,7 @@ def root(
     except Exception as exc:  # pydantic.ValidationError: bad env or option value
         raise UserError(f"invalid setting: {_first_error(exc)}", exit_code=2) from exc
     ctx.obj = AppState(settings=settings)
+    ctx.call_on_close(ctx.obj.close)
     if ctx.invoked_subcommand is None:
         from chatbot.cli.chat import open_default_chat
 

@@ -35,6 +35,11 @@ class AppState:
             self._opened["store"] = Store.open(self.settings.database_url())
         return self._opened["store"]
 
+    def close(self) -> None:
+        store = self._opened.pop("store", None)
+        if store is not None:
+            store.close()
+
     def persona(self, name: str | None):
         from chatbot.personas.registry import find
 
