@@ -120,7 +120,10 @@ def latest_reply(db: Path) -> dict | None:
         cid = store.latest_conversation_id()
         if cid is None:
             return None
-        last = store.active_branch(cid)[-1]
+        branch = store.active_branch(cid)
+        if not branch:
+            return None
+        last = branch[-1]
         if last.role != "assistant" or last.status == "streaming":
             return None
         return {"status": last.status, "stats": last.stats, "text": last.content}
