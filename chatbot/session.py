@@ -96,7 +96,7 @@ class ChatSession:
     def switch_persona(self, persona: InstalledPersona) -> None:
         self.persona = persona
         if self.store is not None and self.conversation_id is not None:
-            self.store.record_persona_switch(self.conversation_id, self._persona_version_id())
+            self.store.record_persona_switch(self.conversation_id, self._persona_version_id(), self.leaf_id)
 
     def sampling_params(self, **overrides) -> SamplingParams:
         """Global settings, then the persona's defaults, then explicit overrides (None = unset)."""
@@ -124,8 +124,25 @@ class ChatSession:
     # -- one turn -------------------------------------------------------------------------------
 
     def send(self, message: str, params: SamplingParams, cancel: threading.Event | None = None) -> Reply:
+        """Store `message` as the next user turn and answer it."""
         if not message.strip():
             raise UsageError("the message is empty: nothing to send")
+        return self._answer(message, None, params, cancel)
+
+    def regenerate(self, user_message_id: int, params: SamplingParams, cancel: threading.Event | None = None) -> Reply:
+        """A new reply to a stored user message, beside the replies it has (a sibling)."""
+        branch = self.store.active_branch(self.conversation_id, user_message_id)
+        self.history = turns_from_messages(branch[:-1])
+        self.leaf_id = user_message_id
+        return self._answer(branch[-1].content, user_message_id, params, cancel)
+
+    def branch_before(self, user_message_id: int) -> None:
+        """Make the next `send` a sibling of a stored user message (edit-and-resend)."""
+        branch = self.store.active_branch(self.conversation_id, user_message_id)
+        self.history = turns_from_messages(branch[:-1])
+        self.leaf_id = branch[-1].parent_id
+
+    def _answer(self, message: str, user_id: int | None, params: SamplingParams, cancel) -> Reply:
         context = self.context_for(message)
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
         if params.seed is None and not params.greedy:
@@ -133,8 +150,9 @@ class ChatSession:
         generation = self.runtime.engine.generate(context.prompt_ids, params, prefix=self.prefix(), cancel=cancel)
         reply = Reply(_deltas=iter(()), generation=generation, context=context, persona=self.persona)
         reply.warnings.extend(context.warnings)
-        # Stored in full even when the model sees it cut: nothing typed is lost.
-        user_id = self._store_user_message(message)
+        if user_id is None:
+            # Stored in full even when the model sees it cut: nothing typed is lost.
+            user_id = self._store_user_message(message)
         reply.conversation_id = self.conversation_id
         if self.store is not None:
             reply.message_id = self.store.start_reply(

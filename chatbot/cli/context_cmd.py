@@ -10,8 +10,6 @@ import typer
 
 from chatbot.cli.history import history_app
 from chatbot.cli.state import state_of
-from chatbot.memory.context import ContextBuilder
-from chatbot.session import turns_from_messages
 
 NEXT_MESSAGE = "<your next message>"
 
@@ -32,6 +30,9 @@ def context(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print the rendered prompt of the next turn: persona, kept and dropped turns, token counts."""
+    from chatbot.memory.context import ContextBuilder
+    from chatbot.session import turns_from_messages  # torch: only when this command runs
+
     state = state_of(ctx)
     store = state.store()
     conversation = store.conversation(conversation_id)

@@ -277,12 +277,14 @@ def siblings(session: Session, message_id: int) -> list[MessageRecord]:
     return [to_record(m) for m in rows]
 
 
-def record_persona_switch(session: Session, conversation_id: int, persona_version_id: int) -> int:
+def record_persona_switch(
+    session: Session, conversation_id: int, persona_version_id: int, after_message_id: int | None = None
+) -> int:
     get_conversation(session, conversation_id)
     row = PersonaSwitch(
         conversation_id=conversation_id,
         persona_version_id=persona_version_id,
-        after_message_id=leaf_id(session, conversation_id),
+        after_message_id=after_message_id if after_message_id is not None else leaf_id(session, conversation_id),
     )
     session.add(row)
     session.flush()

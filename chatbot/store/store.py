@@ -224,6 +224,11 @@ class Store:
         """The messages sharing this one's parent, itself included, oldest first."""
         return self._read(lambda s: repository.siblings(s, message_id))
 
-    def record_persona_switch(self, conversation_id: int, persona_version_id: int) -> int:
-        """Record that the conversation switched persona after its current leaf; returns the id."""
-        return self._write(lambda s: repository.record_persona_switch(s, conversation_id, persona_version_id))
+    def record_persona_switch(
+        self, conversation_id: int, persona_version_id: int, after_message_id: int | None = None
+    ) -> int:
+        """Record that the conversation switched persona after `after_message_id` (default: its
+        newest leaf), so the switch sits on the branch being shown; returns the id."""
+        return self._write(
+            lambda s: repository.record_persona_switch(s, conversation_id, persona_version_id, after_message_id)
+        )

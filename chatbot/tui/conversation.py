@@ -52,10 +52,10 @@ class ChatController:
         self.store = store
 
     def attach_runtime(self, runtime) -> None:
-        from chatbot.tui.session_ext import TuiSession
+        from chatbot.session import ChatSession
 
         self.runtime = runtime
-        session = TuiSession(runtime, self.settings, self.persona, self.store, None)
+        session = ChatSession(runtime, self.settings, self.persona, self.store, None)
         self.session = session
         self._sync_session()
         if self._persona_pending:
