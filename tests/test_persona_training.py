@@ -180,6 +180,24 @@ def test_cli_train_then_eval_on_tiny_model(tiny_dir, data, tmp_path, monkeypatch
     assert "pirate" in capsys.readouterr().out
 
 
+def test_cli_distill_on_tiny_model(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    code = run_cli(["--model", str(tiny_dir), "persona", "distill", "pirate", "--limit", "4", "--max-new-tokens", "6",
+                    "--steps", "2", "--virtual-tokens", "4", "--batch-size", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    folder = tmp_path / "data" / "personas" / "pirate-soft"
+    lines = (folder / "data.jsonl").read_text().splitlines()
+    assert 1 <= len(lines) <= 4 and json.loads(lines[0])["messages"][0]["role"] == "user"
+    from chatbot.personas.registry import find
+
+    installed = find("pirate-soft", tmp_path / "data")
+    assert installed.source == "user" and installed.persona.distilled_from == "pirate"
+    record = json.loads((folder / "soft_prompt" / "training.json").read_text())
+    assert record["init_text"] == find("pirate", tmp_path / "data").persona.control_code
+    assert run_cli(["persona", "distill", "pirate", "--name", "pirate"]) == 2  # needs a name of its own
+
+
 def test_curve_plot():
     history = [{"step": 0, "train_loss": None, "heldout_loss": 2.0}] + [
         {"step": s, "train_loss": 2.0 - s * 0.1, "heldout_loss": (2.0 - s * 0.05) if s % 2 == 0 else None} for s in range(1, 9)

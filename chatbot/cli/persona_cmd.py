@@ -185,21 +185,22 @@ def _train_config(virtual_tokens, steps, lr, batch_size, init, seed, heldout):
 
 
 class _TrainProgress:
-    """A rich progress bar on stderr: step, loss, held-out loss, elapsed and ETA."""
+    """One rich progress display on stderr: the training bar (step, loss, held-out loss, elapsed,
+    ETA), and any other task a command adds (the teacher's replies in `distill`)."""
 
     def __init__(self, steps: int, label: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  held-out {task.fields[held]}"),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=_stderr_console(), transient=False,
         )
-        self.task = self.progress.add_task(label, total=steps, loss="-", held="-")
+        self.steps, self.label = steps, label
+        self.task = None
+        self.loss = self.held = "-"
         # Without a terminal (a log file, CI) the bar is not redrawn: print a plain line instead.
         self.plain = not self.progress.console.is_terminal
-        self.label = label
 
     def __enter__(self):
         self.progress.__enter__()
@@ -209,17 +210,18 @@ class _TrainProgress:
         return self.progress.__exit__(*exc)
 
     def __call__(self, report) -> None:
-        fields = {}
+        if self.task is None:
+            self.task = self.progress.add_task(self.label, total=self.steps, info="")
         if report.train_loss is not None:
-            fields["loss"] = f"{report.train_loss:.3f}"
+            self.loss = f"{report.train_loss:.3f}"
         if report.heldout_loss is not None:
-            fields["held"] = f"{report.heldout_loss:.3f}"
-        self.progress.update(self.task, completed=report.step, **fields)
+            self.held = f"{report.heldout_loss:.3f}"
+        info = f"loss {self.loss}  held-out {self.held}"
+        self.progress.update(self.task, completed=report.step, info=info)
         if self.plain and (report.heldout_loss is not None or report.step == report.steps):
             done = max(report.step, 1)
             eta = report.elapsed_s / done * (report.steps - report.step)
-            print(f"{self.label}: step {report.step}/{report.steps} loss {fields.get('loss', '-')} "
-                  f"held-out {fields.get('held', '-')} elapsed {report.elapsed_s:.0f}s ETA {eta:.0f}s",
+            print(f"{self.label}: step {report.step}/{report.steps} {info} elapsed {report.elapsed_s:.0f}s ETA {eta:.0f}s",
                   file=sys.stderr, flush=True)
 
 
@@ -330,25 +332,16 @@ def distill_cmd(
     prompts = prompts[:limit]
     loaded = _load_fp32(settings)
     engine = build_engine(loaded)
-    console = _stderr_console()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with _TrainProgress(config.steps, f"distilling into {folder.name}") as progress:
+        teacher_task = progress.progress.add_task(f"teacher '{name}' answering", total=len(prompts), info="")
 
-    teacher_bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("ETA"), TimeRemainingColumn(), console=console)
-    with teacher_bar:
-        task = teacher_bar.add_task(f"teacher '{name}' answering", total=len(prompts))
-        with _TrainProgress(config.steps, f"distilling into {folder.name}") as progress:
-            progress.progress.update(progress.task, visible=False)
+        def on_reply(done, total, reply):
+            progress.progress.update(teacher_task, completed=done)
+            if progress.plain and (done % 10 == 0 or done == total):
+                print(f"teacher '{name}': {done}/{total} replies", file=sys.stderr, flush=True)
 
-            def on_reply(done, total, reply):
-                teacher_bar.update(task, completed=done)
-
-            def on_step(report):
-                progress.progress.update(progress.task, visible=True)
-                progress(report)
-
-            record = distill_into(loaded, engine, teacher, folder, prompts, config, max_new_tokens,
-                                  settings.context_budget, resume, on_reply, on_step)
+        record = distill_into(loaded, engine, teacher, folder, prompts, config, max_new_tokens,
+                              settings.context_budget, resume, on_reply, progress)
     _finish_training(record, folder)
 
 

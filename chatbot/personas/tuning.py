@@ -243,6 +243,8 @@ def distill_into(
     else:
         conversations = teacher_conversations(loaded, engine, teacher.persona, prompts, max_new_tokens,
                                               budget=budget, on_reply=on_reply)
+        if not conversations:
+            raise UserError(f"the teacher '{teacher.persona.name}' gave only empty replies: nothing to distill")
         write_jsonl(data_path, conversations)
         generated_s = round(time.perf_counter() - started, 1)
     persona = soft_persona(
