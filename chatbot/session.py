@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from chatbot.config import Settings
 from chatbot.engine.decoding import Generation, GenerationStats, Prefix
 from chatbot.engine.sampling import SamplingParams
-from chatbot.errors import UsageError
+from chatbot.errors import UsageError, UserError
 from chatbot.memory.context import Context, ContextBuilder
 from chatbot.memory.render import Turn
 from chatbot.personas.registry import InstalledPersona
@@ -48,6 +48,9 @@ class Reply:
     message_id: int | None = None
     status: str = "streaming"
     error: str | None = None
+    # Set when the store refused a write during the reply (full disk, read-only database): the
+    # text was still streamed, but not (all of it) saved. One line, for the user.
+    save_error: str | None = None
     text: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -171,8 +174,12 @@ class ChatSession:
         try:
             for delta in reply.generation:
                 yield delta
-                if self.store is not None and time.monotonic() - last_flush >= FLUSH_EVERY_S:
-                    self.store.update_reply(reply.message_id, reply.generation.text)
+                due = time.monotonic() - last_flush >= FLUSH_EVERY_S
+                if self.store is not None and reply.save_error is None and due:
+                    try:
+                        self.store.update_reply(reply.message_id, reply.generation.text)
+                    except UserError as exc:  # full disk, read-only: keep streaming, say so at the end
+                        reply.save_error = str(exc)
                     last_flush = time.monotonic()
         except GeneratorExit:
             # The consumer stopped reading (Ctrl-C in `ask`, a closed UI): keep what we have.
@@ -190,7 +197,11 @@ class ChatSession:
         text = reply.generation.text
         self.history.append(Turn(message, text))
         if self.store is not None and reply.message_id is not None:
-            self.store.finish_reply(reply.message_id, text, reply.status, reply.stats.as_dict())
+            try:
+                self.store.finish_reply(reply.message_id, text, reply.status, reply.stats.as_dict())
+                reply.save_error = None  # a flush failed, but the whole reply is stored now
+            except UserError as exc:  # the reply stays with the reader; what was stored before is intact
+                reply.save_error = reply.save_error or str(exc)
             self.leaf_id = reply.message_id
 
     def _store_user_message(self, message: str) -> int | None:

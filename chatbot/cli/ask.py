@@ -10,7 +10,7 @@ import typer
 from chatbot.cli import options
 from chatbot.cli.app import app
 from chatbot.cli.state import state_of
-from chatbot.errors import UsageError
+from chatbot.errors import UsageError, UserError
 
 
 @app.command()
@@ -80,11 +80,16 @@ def ask(
             "dropped_turns": reply.context.dropped_turns,
             "stats": reply.stats.as_dict(),
         }
+        if reply.save_error:
+            payload["save_error"] = reply.save_error
         print(json.dumps(payload, ensure_ascii=False))
-        return
-    sys.stdout.write("\n")
-    if verbose:
-        print(format_stats(reply), file=sys.stderr)
+    else:
+        sys.stdout.write("\n")
+        if verbose:
+            print(format_stats(reply), file=sys.stderr)
+    if reply.save_error:  # the reply is on stdout; say in one line that it was not stored
+        sys.stdout.flush()
+        raise UserError(reply.save_error)
 
 
 def format_stats(reply) -> str:

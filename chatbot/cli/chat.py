@@ -69,6 +69,8 @@ def run_plain_chat(state: AppState, persona: str | None, store, conversation_id,
             sys.stdout.flush()
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if reply.save_error:
+            print(f"chatbot: error: {reply.save_error}", file=sys.stderr)
 
 
 def open_default_chat(state: AppState, resume: str | None = None, persona: str | None = None) -> None:

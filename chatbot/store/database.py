@@ -243,7 +243,26 @@ def translate_error(exc: DatabaseError, location: Location) -> Exception:
         return UserError(f"{location.display} stayed busy (another process kept it locked); try again")
     if type(orig) is sqlite3.DatabaseError or "malformed" in str(orig):
         return UserError(f"{location.display} is not a SQLite database or is corrupt ({orig})")
+    text = str(orig).lower()
+    for cause, says in _WRITE_FAILURES.items():
+        if cause in text:
+            what = says.format(db=location.display)
+            kind = ReadOnlyDatabase if cause == "readonly database" else UserError
+            return kind(f"{what}: this was not saved (what was saved before is intact)")
     return exc
+
+
+class ReadOnlyDatabase(UserError):
+    """A write refused because the database is read-only (reads still work)."""
+
+
+# SQLite's words for a write it cannot do, and how the user hears it.
+_WRITE_FAILURES = {
+    "database or disk is full": "the disk is full ({db})",
+    "readonly database": "{db} is read-only",
+    "disk i/o error": "{db} could not be written (disk I/O error)",
+    "unable to open database file": "{db} could not be opened for writing",
+}
 
 
 # --- Files and backups -------------------------------------------------------------------------

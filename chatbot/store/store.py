@@ -68,6 +68,8 @@ class Store:
         store = cls(engine, location, report)
         try:
             recovered = store._write(store._recover)
+        except database.ReadOnlyDatabase:
+            recovered = 0  # readable all the same; replies left streaming stay so until it is writable
         except BaseException:
             store.close()
             raise
@@ -212,9 +214,11 @@ class Store:
     def finish_reply(self, message_id: int, content: str, status: str, stats: dict[str, Any]) -> None:
         """End a reply: status complete, interrupted or error; stats as reported by the engine
         (prompt_tokens, reused_tokens, new_tokens, ttft_ms, tokens_per_s, and any others)."""
-        self._write(lambda s: repository.finish(s, message_id, content, status, stats))
-        with _live_lock:
-            _live_replies.discard((self.location.display, message_id))
+        try:
+            self._write(lambda s: repository.finish(s, message_id, content, status, stats))
+        finally:  # not ours to stream any more: recovery may mark it interrupted if this failed
+            with _live_lock:
+                _live_replies.discard((self.location.display, message_id))
 
     def active_branch(self, conversation_id: int, leaf_id: int | None = None) -> list[MessageRecord]:
         """Root → leaf; by default the leaf is the most recently created message without children."""

@@ -270,7 +270,9 @@ class ChatScreen(Screen):
                     view.push(delta)
         except Exception as exc:  # noqa: BLE001 - a failed turn is shown; the UI goes on
             message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-            self._post(self._turn_failed, view, message)
+            # Refused before any reply (e.g. the database is read-only): the text goes back in the box.
+            give_back = text if reply is None and kind != "regenerate" else None
+            self._post(self._turn_failed, view, message, give_back)
             return
         self._post(self._turn_done, kind, reply, view)
 
@@ -289,12 +291,14 @@ class ChatScreen(Screen):
         self.status.activity = ""
         self._send_next_pending()
 
-    async def _turn_failed(self, view: MessageView, message: str) -> None:
+    async def _turn_failed(self, view: MessageView, message: str, give_back: str | None = None) -> None:
         view.end_stream("error")
         if self.controller.session is not None and self.controller.session.conversation_id is not None:
             self.controller.finished(None)
             await self._render_view()  # what was stored (the question, the partial reply)
         self.log_view.add_event(f"error: {message}", "bold red")
+        if give_back is not None and not self.composer.text:
+            self.composer.text = give_back
         self._finish_turn()
 
     async def _turn_done(self, kind: str, reply, view: MessageView) -> None:
@@ -302,7 +306,10 @@ class ChatScreen(Screen):
         self.controller.finished(reply)
         stats = reply.stats
         self.status.speed = (stats.ttft_ms, stats.tokens_per_s)
-        if kind != "send":  # sibling counters changed: show the branch as stored
+        if reply.save_error:  # the reply stays on screen as streamed; the store could not keep it
+            self.log_view.add_event(f"error: {reply.save_error}", "bold red")
+            self.notify(reply.save_error, severity="error", timeout=10)
+        elif kind != "send":  # sibling counters changed: show the branch as stored
             await self._render_view(select_id=reply.message_id)
         self.sidebar.reload()
         self._finish_turn()

@@ -1,0 +1,95 @@
+"""Shared by the reliability and hostile-input tests: a real ChatSession over a fast fake engine,
+SQLite faults injected the way SQLite reports them, and a whole-database snapshot to compare."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+from tui_fakes import FakeEngine, FakeRuntime
+
+from chatbot.config import Settings
+from chatbot.personas.schema import DEFAULT_PERSONA
+from chatbot.personas.registry import InstalledPersona
+
+DISK_FULL = "database or disk is full"
+READ_ONLY = "attempt to write a readonly database"
+ASSISTANT = InstalledPersona(DEFAULT_PERSONA, "shipped", Path("."))
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", db=str(tmp_path / "chat.db"), temperature=0
+    )
+
+
+def session_for(store, settings: Settings, engine: FakeEngine | None = None, conversation_id=None):
+    from chatbot.session import ChatSession
+
+    return ChatSession(FakeRuntime(engine), settings, ASSISTANT, store, conversation_id)
+
+
+def sqlite_error(message: str) -> OperationalError:
+    """What SQLAlchemy raises when SQLite refuses a write."""
+    return OperationalError("UPDATE messages ...", {}, sqlite3.OperationalError(message))
+
+
+def fail_after(monkeypatch, function: str, message: str, calls_ok: int = 0) -> None:
+    """Make `repository.<function>` fail like SQLite does, after `calls_ok` successful calls."""
+    from chatbot.store import repository
+
+    real = getattr(repository, function)
+    count = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] > calls_ok:
+            raise sqlite_error(message)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(repository, function, flaky)
+
+
+def on_every_connection(store, *pragmas: str) -> None:
+    """Run pragmas on every new connection of the store (and drop the pooled ones)."""
+
+    def apply(dbapi_conn, record) -> None:
+        for pragma in pragmas:
+            dbapi_conn.execute(pragma)
+
+    event.listen(store._engine, "connect", apply)
+    store._engine.dispose()
+
+
+def page_count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def dump(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every ordinary table, sorted: for 'nothing already stored was changed'."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                "AND name NOT LIKE 'messages_fts%'"
+            )
+        ]
+        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+    finally:
+        conn.close()
