@@ -20,6 +20,7 @@ from chatbot.memory.context import Context, ContextBuilder
 from chatbot.memory.render import Turn
 from chatbot.personas.registry import InstalledPersona
 from chatbot.runtime import Runtime
+from chatbot.text import check_text
 
 FLUSH_EVERY_S = 0.5
 
@@ -130,6 +131,7 @@ class ChatSession:
         """Store `message` as the next user turn and answer it."""
         if not message.strip():
             raise UsageError("the message is empty: nothing to send")
+        check_text(message)
         return self._answer(message, None, params, cancel)
 
     def regenerate(self, user_message_id: int, params: SamplingParams, cancel: threading.Event | None = None) -> Reply:

@@ -11,6 +11,7 @@ from chatbot.cli import options
 from chatbot.cli.app import app
 from chatbot.cli.state import state_of
 from chatbot.errors import UsageError, UserError
+from chatbot.text import check_text
 
 
 @app.command()
@@ -37,9 +38,10 @@ def ask(
     if continue_ and conversation is not None:
         raise UsageError("--continue and --conversation exclude each other")
     if text == "-":
-        text = sys.stdin.read()
+        text = read_stdin()
     if not text.strip():
         raise UsageError("the message is empty: nothing to send")
+    check_text(text)  # before the model loads
     installed = state.persona(persona)
     store = None if no_save else state.store()
     conversation_id = conversation
@@ -90,6 +92,15 @@ def ask(
     if reply.save_error:  # the reply is on stdout; say in one line that it was not stored
         sys.stdout.flush()
         raise UserError(reply.save_error)
+
+
+def read_stdin() -> str:
+    """All of stdin; bytes that are not UTF-8 become lone surrogates, which `check_text` refuses
+    with one line (in any locale), rather than a decoding traceback."""
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
+    return sys.stdin.read()
 
 
 def format_stats(reply) -> str:

@@ -47,6 +47,9 @@ def run_plain_chat(state: AppState, persona: str | None, store, conversation_id,
     session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
     params = options.sampling_params(session, **overrides)
     interactive = sys.stdin.isatty()
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:  # a line that is not UTF-8 is refused on its own (see chatbot.text)
+        reconfigure(errors="surrogateescape")
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)

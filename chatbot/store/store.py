@@ -17,10 +17,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError, StatementError
 from sqlalchemy.orm import Session
 
 from chatbot.errors import UsageError
+from chatbot.text import unencodable
 from chatbot.store import database, exchange, repository, search
 from chatbot.store.database import Location, OpenReport
 from chatbot.store.exchange import ExportDocument
@@ -104,6 +105,12 @@ class Store:
                 raise database.translate_error(exc, self.location) from exc
             except DatabaseError as exc:
                 raise database.translate_error(exc, self.location) from exc
+            except UnicodeEncodeError as exc:  # a lone surrogate: not text SQLite can hold
+                raise UsageError(unencodable(exc)) from exc
+            except StatementError as exc:
+                if isinstance(exc.orig, UnicodeEncodeError):
+                    raise UsageError(unencodable(exc.orig)) from exc
+                raise
         raise AssertionError("unreachable")
 
     def _read(self, fn: Callable[[Session], T]) -> T:
