@@ -93,3 +93,36 @@ def dump(path: Path) -> dict[str, list[tuple]]:
         return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
     finally:
         conn.close()
+
+
+def forkserver():
+    """A multiprocessing context whose children fork from a server that has already imported the
+    store, the session and torch: a child starts in milliseconds instead of seconds."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    # Installed modules only: the server does not see pytest's sys.path (the tests folder), and
+    # skips a module it cannot import without a word. pytest: the child re-imports `__main__`.
+    ctx.set_forkserver_preload(["pytest", "chatbot.session", "chatbot.store.store", "chatbot.tui.app"])
+    return ctx
+
+
+def report(path: str, *fields: object) -> None:
+    """Append one line to a report file in a single write (a SIGKILL leaves whole lines only, or
+    a last line without its newline)."""
+    import os
+
+    line = ("\t".join(str(f).replace("\t", " ").replace("\n", " ") for f in fields) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_reports(path) -> list[list[str]]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [line.split("\t") for line in text.split("\n")[:-1]]  # a torn last line is dropped
