@@ -198,6 +198,16 @@ def test_cli_distill_on_tiny_model(tiny_dir, tmp_path, monkeypatch, capsys):  # 
     assert run_cli(["persona", "distill", "pirate", "--name", "pirate"]) == 2  # needs a name of its own
 
 
+def test_teacher_reply_cut_by_the_limit_is_trimmed_to_a_sentence():
+    from chatbot.personas.tuning import _trim_to_sentence
+
+    text = "A fine day indeed, thou mightest have. 'Tis a pleasure:\n\nIn my time, I am but a bard, and"
+    assert _trim_to_sentence(text) == "A fine day indeed, thou mightest have."
+    assert _trim_to_sentence("Arr, matey! Ye be") == "Arr, matey!"
+    assert _trim_to_sentence("Short and cut") == "Short and cut"
+    assert _trim_to_sentence("Done. All done.") == "Done. All done."
+
+
 def test_curve_plot():
     history = [{"step": 0, "train_loss": None, "heldout_loss": 2.0}] + [
         {"step": s, "train_loss": 2.0 - s * 0.1, "heldout_loss": (2.0 - s * 0.05) if s % 2 == 0 else None} for s in range(1, 9)

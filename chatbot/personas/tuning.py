@@ -178,12 +178,17 @@ def soft_persona(name: str, description: str, base: Persona | None = None, disti
 
 
 def _trim_to_sentence(text: str) -> str:
-    """A reply cut by the token limit ends mid-sentence: keep it up to its last full sentence."""
+    """A reply cut by the token limit ends mid-sentence: keep it up to its last full sentence
+    (unless that would leave almost nothing)."""
+    import re
+
     text = text.strip()
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
-    if text.endswith((".", "!", "?")) or cut < len(text) // 3:
+    if text.endswith((".", "!", "?", '"', ")")):
         return text
-    return text[: cut + 1]
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", text)]
+    if ends and ends[-1] >= 8:
+        return text[: ends[-1]]
+    return text
 
 
 def teacher_conversations(
