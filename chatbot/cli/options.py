@@ -16,7 +16,8 @@ OPTION_NAMES = {
     "seed": "--seed",
 }
 
-Seed = typer.Option(None, "--seed", help="Seed for sampling: the same seed gives the same reply.")
+# A seed is stored with the reply: it must fit a SQLite INTEGER.
+Seed = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="Seed for sampling: the same seed gives the same reply.")
 Temperature = typer.Option(None, "--temperature", help="0 = greedy. Default from persona/settings.")
 TopP = typer.Option(None, "--top-p", help="Nucleus sampling mass, in (0, 1].")
 TopK = typer.Option(None, "--top-k", help="Sample among the k most likely tokens (0 = all).")

@@ -105,6 +105,8 @@ class Store:
                 raise database.translate_error(exc, self.location) from exc
             except DatabaseError as exc:
                 raise database.translate_error(exc, self.location) from exc
+            except OverflowError as exc:  # e.g. an imported seed or count beyond a 64-bit integer
+                raise UsageError(f"a number too large to store ({exc}); nothing was saved") from exc
             except UnicodeEncodeError as exc:  # a lone surrogate: not text SQLite can hold
                 raise UsageError(unencodable(exc)) from exc
             except StatementError as exc:
