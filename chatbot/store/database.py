@@ -22,7 +22,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from chatbot.errors import UserError
@@ -195,7 +195,10 @@ def create_engine_for(location: Location) -> Engine:
     writer waits for another (busy timeout) instead of failing when it upgrades a read lock.
     """
     if not location.is_sqlite:
-        return create_engine(location.url, pool_pre_ping=True)
+        try:
+            return create_engine(location.url, pool_pre_ping=True)
+        except (NoSuchModuleError, ImportError) as exc:  # an unknown dialect, or its driver is missing
+            raise UserError(f"cannot use {location.display}: {exc}") from exc
     if location.path is None:
         engine = create_engine(
             location.url, poolclass=StaticPool, connect_args={"check_same_thread": False}
