@@ -265,7 +265,8 @@ def _load_folder(folder: str, torch_dtype, offline_hint: bool):
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        # safetensors only: a folder with nothing but pickled weights (pytorch_model.bin) is refused
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True)
     except OSError as exc:
         if offline_hint:
             raise UserError(
