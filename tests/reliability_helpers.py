@@ -126,3 +126,23 @@ def read_reports(path) -> list[list[str]]:
     except FileNotFoundError:
         return []
     return [line.split("\t") for line in text.split("\n")[:-1]]  # a torn last line is dropped
+
+
+def run_cli(args, monkeypatch, capsys, engine: FakeEngine | None = None, stdin: bytes | None = None):
+    """`chatbot ARGS` in this process over a fake model: (exit code, stdout, stderr, model loaded)."""
+    import io
+
+    from chatbot.cli import main
+    from chatbot.cli.state import AppState
+
+    loads = []
+    runtime = FakeRuntime(engine or FakeEngine(reply_for=lambda p: "ok"))
+    monkeypatch.setattr(AppState, "runtime", lambda self: loads.append(1) or runtime)
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err, bool(loads)

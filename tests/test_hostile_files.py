@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import dump, session_for, settings_for
-from tui_fakes import FakeEngine, FakeRuntime, make_settings
+from reliability_helpers import dump, run_cli, session_for, settings_for
+from tui_fakes import FakeEngine, make_settings
 
 from chatbot.errors import UserError
 from chatbot.store import Store, exchange
@@ -234,20 +234,6 @@ def test_import_garbage_is_one_line(tmp_path, text):
 # --- command-line arguments -----------------------------------------------------------------------
 
 
-def run_cli(args, monkeypatch, capsys):
-    from chatbot.cli import main
-    from chatbot.cli.state import AppState
-
-    runtime = FakeRuntime(FakeEngine(reply_for=lambda p: "ok"))
-    monkeypatch.setattr(AppState, "runtime", lambda self: runtime)
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 ARGS = st.sampled_from(
     [
         "ask", "history", "show", "list", "search", "export", "import", "rename", "delete", "replay", "db",
@@ -270,7 +256,7 @@ def test_cli_arguments_never_traceback(tmp_path_factory, monkeypatch, capsys, ar
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("{}"))  # import -, ask -, chat
     if args[:1] == ["persona"] and any(a in ("train", "distill", "eval") for a in args):
         return
-    code, out, err = run_cli(args, monkeypatch, capsys)
+    code, out, err, _ = run_cli(args, monkeypatch, capsys)
     assert "Traceback" not in err
     assert code in (0, 1, 2), (args, code, err)
     if code:
@@ -296,7 +282,7 @@ def test_cli_bad_values_are_one_line(tmp_path, monkeypatch, capsys, args):
     settings_ = make_settings(tmp_path)
     monkeypatch.setenv("CHATBOT_DATA_DIR", str(settings_.data_dir))
     monkeypatch.setenv("CHATBOT_DB", settings_.db)
-    code, out, err = run_cli(args, monkeypatch, capsys)
+    code, out, err, _ = run_cli(args, monkeypatch, capsys)
     assert "Traceback" not in err, err
     if code:
         assert err.startswith("chatbot: error: ") and err.count("\n") == 1, err
@@ -381,12 +367,12 @@ def test_export_holds_only_the_conversation_asked_for(tmp_path, monkeypatch, cap
             s.send(f"secret question {n}", s.sampling_params()).run()
             ids.append(s.conversation_id)
     out = tmp_path / "one.json"
-    code, _, err = run_cli(["history", "export", str(ids[1]), "--format", "json", "--output", str(out)], monkeypatch, capsys)
+    code, _, err, _ = run_cli(["history", "export", str(ids[1]), "--format", "json", "--output", str(out)], monkeypatch, capsys)
     assert code == 0, err
     text = out.read_text()
     assert "secret question 1" in text and "secret reply 1" in text
     assert "secret question 0" not in text and "secret reply 2" not in text
     assert {m["conversation_id"] for m in json.loads(text)["conversation"]["messages"]} == {ids[1]}
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    code, md, err = run_cli(["history", "export", str(ids[2]), "--format", "md"], monkeypatch, capsys)
+    code, md, err, _ = run_cli(["history", "export", str(ids[2]), "--format", "md"], monkeypatch, capsys)
     assert code == 0 and "secret reply 2" in md and "secret reply 1" not in md

@@ -4,13 +4,11 @@ a lone surrogate (not encodable as UTF-8) is refused with one line everywhere, n
 
 from __future__ import annotations
 
-import io
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import dump, session_for, settings_for
-from tui_fakes import FakeEngine, FakeRuntime, idle, make_app, make_settings, wait_for
+from reliability_helpers import dump, run_cli, session_for, settings_for
+from tui_fakes import FakeEngine, idle, make_app, make_settings, wait_for
 
 from chatbot.errors import UserError
 from chatbot.store import Store, exchange
@@ -101,23 +99,6 @@ def test_lone_surrogate_in_an_import_is_refused(store, tmp_path):
 
 
 # --- CLI ----------------------------------------------------------------------------------------
-
-
-def run_cli(args, monkeypatch, capsys, stdin=None):
-    from chatbot.cli import main
-    from chatbot.cli.state import AppState
-
-    loads = []
-    runtime = FakeRuntime(FakeEngine(reply_for=lambda p: "ok"))
-    monkeypatch.setattr(AppState, "runtime", lambda self: loads.append(1) or runtime)
-    if stdin is not None:
-        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err, bool(loads)
 
 
 @pytest.fixture

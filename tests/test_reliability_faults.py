@@ -17,15 +17,17 @@ from reliability_helpers import (
     integrity,
     on_every_connection,
     page_count,
+    run_cli,
     session_for,
     settings_for,
 )
-from tui_fakes import FakeEngine, FakeRuntime, idle, make_app, make_settings, wait_for
+from tui_fakes import FakeEngine, idle, make_app, make_settings, wait_for
 
 from chatbot.errors import UserError
 from chatbot.store import Store
 
 REPLY = "one two three four five six seven eight nine ten"
+ENGINE = FakeEngine(reply_for=lambda p: REPLY)
 MESSAGES = {DISK_FULL: "disk is full", READ_ONLY: "read-only"}
 # where in the turn the writes start failing: [(repository function, successful calls first)]
 STAGES = {
@@ -143,28 +145,14 @@ def test_read_only_database_can_still_be_read(tmp_path):
 # --- the command line ---------------------------------------------------------------------------
 
 
-def run_cli(args, monkeypatch, capsys, engine=None):
-    from chatbot.cli import main
-    from chatbot.cli.state import AppState
-
-    runtime = FakeRuntime(engine or FakeEngine(reply_for=lambda p: REPLY))
-    monkeypatch.setattr(AppState, "runtime", lambda self: runtime)
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("error", [DISK_FULL, READ_ONLY], ids=["disk-full", "read-only"])
 def test_ask_keeps_the_reply_on_stdout(tmp_path, monkeypatch, capsys, error):
     settings = make_settings(tmp_path)
     monkeypatch.setenv("CHATBOT_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("CHATBOT_DB", settings.db)
-    assert run_cli(["ask", "first", "--temperature", "0"], monkeypatch, capsys)[0] == 0
+    assert run_cli(["ask", "first", "--temperature", "0"], monkeypatch, capsys, ENGINE)[0] == 0
     fail_after(monkeypatch, "finish", error)
-    code, out, err = run_cli(["ask", "second", "--continue", "--temperature", "0"], monkeypatch, capsys)
+    code, out, err, _ = run_cli(["ask", "second", "--continue", "--temperature", "0"], monkeypatch, capsys, ENGINE)
     assert code == 1
     assert out == REPLY + "\n"
     assert err.startswith("chatbot: error: ") and MESSAGES[error] in err and err.count("\n") == 1, err
@@ -174,9 +162,9 @@ def test_ask_refused_before_generating(tmp_path, monkeypatch, capsys):
     settings = make_settings(tmp_path)
     monkeypatch.setenv("CHATBOT_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("CHATBOT_DB", settings.db)
-    assert run_cli(["ask", "first"], monkeypatch, capsys)[0] == 0
+    assert run_cli(["ask", "first"], monkeypatch, capsys, ENGINE)[0] == 0
     fail_after(monkeypatch, "add_message", DISK_FULL)
-    code, out, err = run_cli(["ask", "second", "--continue"], monkeypatch, capsys)
+    code, out, err, _ = run_cli(["ask", "second", "--continue"], monkeypatch, capsys, ENGINE)
     assert (code, out) == (1, "")
     assert "disk is full" in err and err.count("\n") == 1, err
 
@@ -189,7 +177,7 @@ def test_plain_chat_reports_and_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CHATBOT_DB", settings.db)
     fail_after(monkeypatch, "finish", READ_ONLY)
     monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\n"))
-    code, out, err = run_cli(["chat", "--plain"], monkeypatch, capsys)
+    code, out, err, _ = run_cli(["chat", "--plain"], monkeypatch, capsys, ENGINE)
     assert code == 0
     assert out == f"{REPLY}\n{REPLY}\n"
     assert err.count("read-only") == 2 and "Traceback" not in err
