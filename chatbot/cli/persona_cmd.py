@@ -87,6 +87,9 @@ def show_cmd(
     installed = state_of(ctx).persona(name)
     info = {"source": installed.source, "folder": str(installed.folder), **installed.persona.definition()}
     if installed.persona.kind == "soft_prompt":
+        info.pop("placement")  # only a control code has a place
+    info = {k: v for k, v in info.items() if v not in ({}, None)}
+    if installed.persona.kind == "soft_prompt":
         soft = sp.persona_soft_prompt(installed)
         info["adapter"] = {
             "num_virtual_tokens": soft.num_virtual_tokens,
