@@ -88,7 +88,7 @@ def show_cmd(
     info = {"source": installed.source, "folder": str(installed.folder), **installed.persona.definition()}
     if installed.persona.kind == "soft_prompt":
         info.pop("placement")  # only a control code has a place
-    info = {k: v for k, v in info.items() if v not in ({}, None)}
+    info = {k: v for k, v in info.items() if v is not None and not (isinstance(v, dict) and not any(x is not None for x in v.values()))}
     if installed.persona.kind == "soft_prompt":
         soft = sp.persona_soft_prompt(installed)
         info["adapter"] = {
