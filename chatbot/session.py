@@ -115,8 +115,10 @@ class ChatSession:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return SamplingParams(**values)
 
-    def context_for(self, message: str) -> Context:
-        prefix = self.prefix()
+    def context_for(self, message: str, prefix: Prefix | None = None) -> Context:
+        """The model input for answering `message`; `prefix` is the persona's soft prompt if the
+        caller already has it."""
+        prefix = prefix or self.prefix()
         reserved = 0 if prefix is None else int(prefix.embeddings.shape[0])
         return self.builder.build(self.persona.persona, self.history, message, reserved=reserved)
 
@@ -148,11 +150,12 @@ class ChatSession:
         self.leaf_id = branch[-1].parent_id
 
     def _answer(self, message: str, user_id: int | None, params: SamplingParams, cancel) -> Reply:
-        context = self.context_for(message)
+        prefix = self.prefix()
+        context = self.context_for(message, prefix)
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
         if params.seed is None and not params.greedy:
             params = params.model_copy(update={"seed": int(time.time_ns() % (2**31))})
-        generation = self.runtime.engine.generate(context.prompt_ids, params, prefix=self.prefix(), cancel=cancel)
+        generation = self.runtime.engine.generate(context.prompt_ids, params, prefix=prefix, cancel=cancel)
         reply = Reply(_deltas=iter(()), generation=generation, context=context, persona=self.persona)
         reply.warnings.extend(context.warnings)
         if user_id is None:
