@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class Encoded:
     reply_ids: list[int]  # the reply's tokens and the end-of-turn token: the loss is on these only
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _check_conversation(record) -> list[dict]:
     if not isinstance(record, dict):
         raise ValueError("expected an object with a 'messages' list")
@@ -50,6 +54,8 @@ def _check_conversation(record) -> list[dict]:
             raise ValueError(f"message {index + 1}: expected exactly 'role' and 'content'")
         if not isinstance(message["content"], str) or not message["content"].strip():
             raise ValueError(f"message {index + 1}: 'content' must be a non-empty string")
+        if _SURROGATE.search(message["content"]):
+            raise ValueError(f"message {index + 1}: 'content' holds a lone surrogate (not valid text)")
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
             raise ValueError(f"message {index + 1}: role must be '{expected}' (user and assistant alternate), got {message['role']!r}")
@@ -77,8 +83,10 @@ def read_jsonl(path: Path) -> list[tuple[int, list[dict]]]:
             conversations.append((number, _check_conversation(json.loads(line))))
         except json.JSONDecodeError as exc:
             bad.append((number, f"not JSON ({exc.msg})"))
+        except RecursionError:
+            bad.append((number, "nested too deeply"))
         except ValueError as exc:
-            bad.append((number, str(exc)))
+            bad.append((number, " ".join(str(exc).split())))  # one line, whatever the field names hold
     if bad:
         lines = ", ".join(str(n) for n, _ in bad)
         reasons = "; ".join(f"line {n}: {why}" for n, why in bad[:MAX_REPORTED])

@@ -44,6 +44,8 @@ def load_persona_file(path: Path) -> Persona:
         raise UserError(f"{path}: cannot read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # absurd nesting, an integer too long to convert
+        raise UserError(f"{path}: not a usable TOML file ({type(exc).__name__})") from exc
     try:
         persona = Persona.model_validate(raw)
     except ValidationError as exc:
