@@ -1,0 +1,128 @@
+"""FastEngine: the reference Engine's decode loop (sampling, streaming, stop strings, cancel,
+stats, prefix reuse) over a FastLlama and its static KV cache.
+
+Only the cache/forward internals differ: cropping the kept sequence moves a length pointer, a
+soft-prompt prefix's KV is computed once per key and restored by a slice copy, and a step feeds one
+token id through the lean forward.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from chatbot.engine import loading
+from chatbot.engine.decoding import Engine, Prefix
+from chatbot.engine.fast import loader
+from chatbot.engine.fast.model import FastLlama, KVCache
+from chatbot.engine.loading import LoadedModel
+
+
+class FastEngine(Engine):
+    name = "fast"
+
+    def __init__(self, model: FastLlama, tokenizer, eos_token_ids: set[int], max_context: int, prefix_slots: int = 4):
+        super().__init__(model, tokenizer, eos_token_ids, max_context, prefix_slots)
+        self.max_context = min(max_context, model.shape.max_seq_len)
+        self._prefix_caches: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        logits = self.model(torch.tensor(ids, dtype=torch.long))
+        self._cached_ids.extend(ids)
+        return logits.unsqueeze(0)  # [1, 1, vocab], as the reference engine returns
+
+    def _fresh_cache(self, prefix: Prefix | None) -> KVCache:
+        cache: KVCache = self.model.cache
+        cache.length = 0
+        if prefix is None:
+            return cache
+        snapshot = self._prefix_caches.get(prefix.key)
+        if snapshot is None:
+            self.model(prefix.embeddings.to(self.model.dtype), logits="none")
+            snapshot = cache.snapshot()
+            self._prefix_caches[prefix.key] = snapshot
+            while len(self._prefix_caches) > self._prefix_slots:
+                self._prefix_caches.popitem(last=False)
+        else:
+            cache.restore(snapshot)
+        self._prefix_caches.move_to_end(prefix.key)
+        return cache
+
+
+# -- choosing and opening the fast path ------------------------------------------------------------
+
+
+def fast_folder(cache_path: str | Path) -> Path:
+    """Where the repacked weights of a converted GGUF model live (beside the converted folder)."""
+    cache_path = Path(cache_path)
+    return cache_path.parent / f"{cache_path.name}.fast"
+
+
+def supports(loaded: LoadedModel) -> bool:
+    """The fast path serves Llama-family models (loaded by transformers or already fast)."""
+    model = loaded.model
+    if isinstance(model, FastLlama):
+        return True
+    return loader.is_llama(model)
+
+
+def fast_model_for(loaded: LoadedModel, progress=None) -> FastLlama:
+    """The FastLlama behind `loaded`: itself, the GGUF source repacked (cached), or the
+    transformers model's own weights (dense, same dtype) for other Llama checkpoints."""
+    model = loaded.model
+    if isinstance(model, FastLlama):
+        return model
+    if "gguf" in loaded.info.source_kind and loaded.info.cache_path:
+        fast = loader.load_or_build(Path(loaded.info.source), fast_folder(loaded.info.cache_path), progress=progress)
+        fast.config, fast.generation_config = model.config, getattr(model, "generation_config", None)
+        return fast
+    return loader.from_hf(model)
+
+
+def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
+    return FastEngine(fast_model_for(loaded, progress), loaded.tokenizer, loaded.eos_token_ids, loaded.info.context_length)
+
+
+def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
+    """Open a GGUF Llama for the fast path only: tokenizer and config from the converted folder,
+    weights from the repacked cache; the transformers model is never loaded (half the memory,
+    a fraction of the start-up). None when the source is not a Llama GGUF file."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    source = loading.resolve_source(spec)
+    if source.kind != "gguf":
+        return None
+    progress = progress or (lambda message: None)
+    loading._quiet_transformers()
+    gguf_path = Path(source.location)
+    cache_path = loading.converted_dir(gguf_path, cache_dir)
+    if not loading.cache_is_complete(cache_path):
+        loading.convert_gguf(gguf_path, cache_path, progress)
+    config = AutoConfig.from_pretrained(str(cache_path))
+    if getattr(config, "model_type", "") != "llama":
+        return None
+    model = loader.load_or_build(gguf_path, fast_folder(cache_path), progress=progress)
+    model.config = config
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(str(cache_path))
+    except OSError:
+        model.generation_config = GenerationConfig.from_model_config(config)
+    tokenizer = AutoTokenizer.from_pretrained(str(cache_path))
+    info = loading.ModelInfo(
+        name=source.name,
+        source=source.location,
+        source_kind=("bundled " if source.bundled else "") + source.kind,
+        dtype=f"{str(model.dtype).removeprefix('torch.')} activations, {model.layout.linear} weights",
+        context_length=int(getattr(config, "max_position_embeddings", 0) or 2048),
+        cache_path=str(cache_path),
+        architecture=(getattr(config, "architectures", None) or ["LlamaForCausalLM"])[0],
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        engine=FastEngine.name,
+    )
+    return loading.LoadedModel(model, tokenizer, info, loading.end_token_ids(model, tokenizer))

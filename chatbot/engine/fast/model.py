@@ -1,0 +1,206 @@
+"""A lean Llama forward for one sequence, with a static KV cache (gpt-fast style).
+
+Activations are 2-D `[tokens, dim]` (batch 1 is implicit); positions continue from the cache's
+length, so a prefill, a decode step and a soft-prompt prefix are the same `forward`. Per step there
+is no mask building, no cache object to grow and no position bookkeeping: RoPE tables are computed
+once, Q/K/V and gate/up are one matmul each, and grouped-query attention runs as one SDPA call with
+the query heads of a KV head stacked as rows (no K/V repeat).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chatbot.engine.fast.gguf_weights import LlamaShape
+
+RESCORED_CANDIDATES = 64
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the weights are stored. linear: "dense" | "int4"; head: "dense" | "int8" | "int4", optionally
+    "+exact" (the top candidates' logits re-scored exactly from the tied embedding rows); embedding: "dense" | "q8"; dense_prefill: int4 layers also keep
+    a dense copy for prefill."""
+
+    linear: str = "int4"
+    head: str = "int8+exact"
+    embedding: str = "q8"
+    dense_prefill: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache(nn.Module):
+    """K and V for every layer, `[layers, kv_heads, capacity, head_dim]`, and how much is filled.
+    `crop(-n)` drops the last n positions by moving the length; capacity grows by doubling."""
+
+    def __init__(self, shape: LlamaShape, dtype: torch.dtype, capacity: int = 256):
+        super().__init__()
+        self.shape, self.dtype = shape, dtype
+        self.length = 0
+        self.register_buffer("k", self._empty(capacity), persistent=False)
+        self.register_buffer("v", self._empty(capacity), persistent=False)
+
+    def _empty(self, capacity: int) -> torch.Tensor:
+        s = self.shape
+        return torch.zeros(s.n_layers, s.n_kv_heads, capacity, s.head_dim, dtype=self.dtype)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def reserve(self, total: int) -> None:
+        if total <= self.capacity:
+            return
+        if total > self.shape.max_seq_len:
+            raise ValueError(f"{total} positions exceed the model's context ({self.shape.max_seq_len})")
+        capacity = min(max(total, 2 * self.capacity), self.shape.max_seq_len)
+        k, v = self._empty(capacity), self._empty(capacity)
+        k[:, :, : self.length] = self.k[:, :, : self.length]
+        v[:, :, : self.length] = self.v[:, :, : self.length]
+        self.k, self.v = k, v
+
+    def crop(self, count: int) -> None:
+        """Like DynamicCache.crop: a negative count removes that many positions from the end."""
+        self.length = max(self.length + count, 0) if count < 0 else min(count, self.length)
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[:, :, : self.length].clone(), self.v[:, :, : self.length].clone()
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        k, v = snapshot
+        self.length = 0
+        self.reserve(k.shape[2])
+        self.k[:, :, : k.shape[2]] = k
+        self.v[:, :, : v.shape[2]] = v
+        self.length = k.shape[2]
+
+
+def rope_tables(shape: LlamaShape, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin, `[max_seq_len, head_dim]`, computed as transformers does (fp32,
+    then cast), so `x * cos + roll(x, half) * sin` equals `x * cos + rotate_half(x) * sin`."""
+    dim = shape.head_dim
+    inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    freqs = torch.arange(shape.max_seq_len).float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    sign = torch.cat([-torch.ones(dim // 2), torch.ones(dim // 2)])
+    return emb.cos().to(dtype), (emb.sin().to(dtype) * sign.to(dtype))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: LlamaShape, dtype: torch.dtype):
+        super().__init__()
+        s = shape
+        qkv_out = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim
+        self.wqkv = nn.Linear(s.dim, qkv_out, bias=False, dtype=dtype, device="meta")
+        self.wo = nn.Linear(s.n_heads * s.head_dim, s.dim, bias=False, dtype=dtype, device="meta")
+        self.w13 = nn.Linear(s.dim, 2 * s.hidden_dim, bias=False, dtype=dtype, device="meta")
+        self.w2 = nn.Linear(s.hidden_dim, s.dim, bias=False, dtype=dtype, device="meta")
+        self.register_buffer("attention_norm", torch.ones(s.dim, dtype=dtype))
+        self.register_buffer("ffn_norm", torch.ones(s.dim, dtype=dtype))
+
+
+class FastLlama(nn.Module):
+    def __init__(self, shape: LlamaShape, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout()):
+        super().__init__()
+        self.shape, self.layout, self._dtype = shape, layout, dtype
+        s = shape
+        self.tok_embeddings = nn.Embedding(s.vocab_size, s.dim, dtype=dtype, device="meta")
+        self.layers = nn.ModuleList(Block(s, dtype) for _ in range(s.n_layers))
+        self.register_buffer("norm", torch.ones(s.dim, dtype=dtype))
+        self.output = nn.Linear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
+        cos, sin = rope_tables(s, dtype)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.cache = KVCache(s, dtype)
+        self._norm_shape = (s.dim,)
+        self.config = None  # the HF config, where one exists (callers read hidden_size etc.)
+        self.generation_config = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tok_embeddings(ids)
+
+    def norms_to_float(self) -> "FastLlama":
+        """RMSNorm weights in fp32, as the residual stream they scale."""
+        for block in self.layers:
+            block.attention_norm, block.ffn_norm = block.attention_norm.float(), block.ffn_norm.float()
+        self.norm = self.norm.float()
+        return self
+
+    def embedding_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """float32 rows of the (tied) embedding, exact."""
+        emb = self.tok_embeddings
+        return emb.rows(ids) if hasattr(emb, "rows") else emb.weight.index_select(0, ids).float()
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # The residual stream stays fp32 (576 numbers: free), only matmul inputs are rounded to
+        # the activation dtype: closer to the fp32 reference than a bf16 stream.
+        return F.rms_norm(x, self._norm_shape, weight, self.shape.norm_eps).to(self._dtype)
+
+    def forward(self, x: torch.Tensor, logits: str = "last") -> torch.Tensor | None:
+        """x: token ids `[T]` or input embeddings `[T, dim]`, placed after the cached positions.
+        Returns logits `[1, vocab]` for the last position ("last"), `[T, vocab]` ("all"), or None."""
+        s, cache = self.shape, self.cache
+        if x.dtype == torch.long:
+            x = self.embedding_rows(x)
+        else:
+            x = x.float()
+        T, start = x.shape[0], cache.length
+        end = start + T
+        cache.reserve(end)
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        H, KV, D = s.n_heads, s.n_kv_heads, s.head_dim
+        G, half, qk_heads = H // KV, D // 2, H + KV
+        mask = None
+        if T > 1:  # query row (g, t) sees cached positions and its own prefix
+            causal = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start)
+            mask = causal.repeat(G, 1)[None, None]
+        for i, layer in enumerate(self.layers):
+            h = self._norm(x, layer.attention_norm)
+            qkv = layer.wqkv(h)
+            qk = qkv[:, : qk_heads * D].view(T, qk_heads, D)
+            qk = qk * cos[:, None] + qk.roll(half, -1) * sin[:, None]
+            k_new = qk[:, H:].transpose(0, 1)
+            v_new = qkv[:, qk_heads * D :].view(T, KV, D).transpose(0, 1)
+            cache.k[i, :, start:end] = k_new
+            cache.v[i, :, start:end] = v_new
+            # [T, H, D] -> [KV, G*T, D]: the query heads of one KV head are rows of one SDPA call
+            q = qk[:, :H].view(T, KV, G, D).permute(1, 2, 0, 3).reshape(1, KV, G * T, D)
+            attn = F.scaled_dot_product_attention(q, cache.k[i : i + 1, :, :end], cache.v[i : i + 1, :, :end], attn_mask=mask)
+            attn = attn.view(KV, G, T, D).permute(2, 0, 1, 3).reshape(T, H * D)
+            x = x + layer.wo(attn)  # fp32 + bf16 -> fp32
+            h = self._norm(x, layer.ffn_norm)
+            gate, up = layer.w13(h).chunk(2, dim=-1)
+            x = x + layer.w2(F.silu(gate) * up)
+        cache.length = end
+        if logits == "none":
+            return None
+        if logits == "last":
+            x = x[-1:]
+        return self.logits(self._norm(x, self.norm))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.output(h)
+        if not self.layout.head.endswith("+exact"):
+            return logits
+        # The approximate head only nominates; the candidates' logits are recomputed from the
+        # tied embedding rows, so the likely tokens (all that greedy, top-k and top-p look at)
+        # score exactly as with the unquantized head.
+        T = h.shape[0]
+        idx = logits.topk(RESCORED_CANDIDATES, dim=-1, sorted=False).indices  # [T, k]
+        rows = self.embedding_rows(idx.reshape(-1)).view(T, RESCORED_CANDIDATES, -1)
+        exact = torch.bmm(rows, h.float()[:, :, None]).squeeze(-1)
+        return logits.float().scatter_(-1, idx, exact)

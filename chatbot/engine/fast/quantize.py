@@ -1,0 +1,173 @@
+"""Weight-only quantized linear layers on torch's native CPU kernels, and handlers that swap a
+model's `nn.Linear`s for them (gpt-fast style).
+
+- `Int4Linear`: groups of 32, `_weight_int4pack_mm_for_cpu`, which dequantizes `(q - 8) * scale +
+  zero`. GGUF Q4_1 stores `d * q + m`, so scale = d and zero = m + 8 d repack it exactly (up to
+  rounding d and m to the activation dtype, as a bf16 copy of the weights also rounds).
+- `Int8Linear`: one scale per output row, `_weight_int8pack_mm` (used for the Q8_0 output head,
+  re-quantized per row; or any dense weight).
+- `Q8Embedding`: Q8_0 rows looked up exactly (int8 + one fp32 scale per 32).
+
+The int4/int8 kernels cost the same per row of input, so they pay at decode (one row) and for short
+prefills; a prefill of many tokens goes through a dense copy of the weights when the layer has one
+(`dense=True`), else through the same kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUP = 32
+# The weight-only kernels cost the same per input row, a dense matmul mostly per weight read: from
+# this many rows on, a layer with a dense copy uses it. Below it the copy (memory-mapped) is never
+# touched, so short turns keep the process small; long prompts (a resumed conversation) pay for it.
+DENSE_MIN_ROWS = 64
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype):
+    """q uint8/int [N, K] in 0..15, scale/zero [N, K/32] -> (packed, scales_and_zeros [K/32, N, 2])."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+    scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
+    return packed, scales_and_zeros
+
+
+def q4_1_to_int4(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, dtype: torch.dtype):
+    """GGUF Q4_1 (w = d q + m) -> int4 kernel form (w = (q - 8) scale + zero)."""
+    return pack_int4(q, d, m + 8 * d, dtype)
+
+
+def quantize_int4(weight: torch.Tensor, dtype: torch.dtype):
+    """Min/max int4 quantization of a dense weight (for checkpoints that are not GGUF Q4_1)."""
+    n, k = weight.shape
+    groups = weight.float().view(n, k // GROUP, GROUP)
+    lo, hi = groups.amin(-1), groups.amax(-1)
+    d = ((hi - lo) / 15).clamp(min=1e-8)
+    q = ((groups - lo[..., None]) / d[..., None]).round().clamp(0, 15).to(torch.uint8).view(n, k)
+    return q4_1_to_int4(q, d, lo, dtype)
+
+
+def quantize_int8_rows(weight: torch.Tensor, dtype: torch.dtype):
+    """Symmetric int8 with one scale per output row."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return q, scale.to(dtype)
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, dtype=torch.bfloat16, dense: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales_and_zeros", torch.empty(in_features // GROUP, out_features, 2, dtype=dtype))
+        self.register_buffer("dense", torch.empty(out_features, in_features, dtype=dtype) if dense else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None and x.shape[0] >= DENSE_MIN_ROWS:
+            return F.linear(x, self.dense)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, dense={self.dense is not None}"
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, dtype=torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+
+
+class Q8Embedding(nn.Module):
+    """GGUF Q8_0 rows (int8 + a scale per 32), dequantized on lookup: exact."""
+
+    def __init__(self, num: int, dim: int, dtype=torch.bfloat16):
+        super().__init__()
+        self.dtype = dtype
+        self.register_buffer("weight", torch.empty(num, dim, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(num, dim // GROUP, dtype=torch.float32))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """float32 rows, exact."""
+        q = self.weight.index_select(0, ids).float().view(len(ids), -1, GROUP)
+        return (q * self.scales.index_select(0, ids)[..., None]).view(len(ids), -1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rows(ids).to(self.dtype)
+
+
+# -- handlers: swap nn.Linear / nn.Embedding for packed modules -----------------------------------
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def int4_from_q4_1(blocks, dtype, dense: bool) -> Int4Linear:
+    """blocks: (q, d, m) of one or more GGUF Q4_1 tensors stacked by rows."""
+    q, d, m = blocks
+    module = Int4Linear(q.shape[1], q.shape[0], dtype, dense=dense)
+    module.weight, module.scales_and_zeros = q4_1_to_int4(q, d, m, dtype)
+    if dense:
+        w = q.view(q.shape[0], -1, GROUP).float() * d[..., None] + m[..., None]
+        module.dense = w.view(q.shape).to(dtype)
+    return module
+
+
+def int4_from_dense(weight: torch.Tensor, dtype, dense: bool) -> Int4Linear:
+    module = Int4Linear(weight.shape[1], weight.shape[0], dtype, dense=dense)
+    module.weight, module.scales_and_zeros = quantize_int4(weight, dtype)
+    if dense:
+        module.dense = weight.to(dtype)
+    return module
+
+
+def int4_head_from_dense(weight: torch.Tensor, dtype) -> Int4Linear:
+    return int4_from_dense(weight, dtype, dense=False)
+
+
+def int8_from_dense(weight: torch.Tensor, dtype) -> Int8Linear:
+    module = Int8Linear(weight.shape[1], weight.shape[0], dtype)
+    module.weight, module.scales = quantize_int8_rows(weight, dtype)
+    return module
+
+
+def q8_embedding(q: torch.Tensor, d: torch.Tensor, dtype) -> Q8Embedding:
+    module = Q8Embedding(q.shape[0], q.shape[1], dtype)
+    module.weight, module.scales = q, d
+    return module
+
+
+class WeightOnlyInt4Handler:
+    """Swap every `nn.Linear` of the decoder layers (not the output head) for an `Int4Linear`,
+    quantizing its dense weight (min/max per group of 32)."""
+
+    def __init__(self, model: nn.Module, dense_prefill: bool = True):
+        self.model, self.dense_prefill = model, dense_prefill
+
+    def convert(self) -> nn.Module:
+        dtype = self.model.dtype
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, nn.Linear) and name.startswith("layers."):
+                _set(self.model, name, int4_from_dense(module.weight.data, dtype, self.dense_prefill))
+        return self.model
+
+
+class WeightOnlyInt8HeadHandler:
+    """Swap the output head for an `Int8Linear` (one scale per vocabulary row)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def convert(self) -> nn.Module:
+        head = self.model.output
+        if isinstance(head, nn.Linear):
+            self.model.output = int8_from_dense(head.weight.data, self.model.dtype)
+        return self.model

@@ -1,0 +1,252 @@
+"""The fast engine (chatbot/engine/fast): exact GGUF repack, equality with the reference path
+where the weights are the same, the quality guard where int4 changes numerics, and the engine
+semantics (prefix reuse, soft-prompt prefixes, cancel) on the static KV cache."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from chatbot.engine.decoding import Engine, Prefix
+from chatbot.engine.fast import loader
+from chatbot.engine.fast import quantize as qz
+from chatbot.engine.fast.engine import FastEngine, build_fast_engine
+from chatbot.engine.fast.gguf_weights import GGUFWeights
+from chatbot.engine.fast.model import Layout
+from chatbot.engine.sampling import SamplingParams
+from chatbot.memory.context import ContextBuilder
+from chatbot.personas.schema import Persona
+
+pytestmark = pytest.mark.slow
+
+ASSISTANT = Persona(name="assistant")
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "Write a haiku about the sea.",
+    "How do I boil an egg?",
+    "Give me a tip for learning Python.",
+    "Why is the sky blue?",
+    "What is 12 times 7?",
+    "Suggest a name for a black cat.",
+    "What should I pack for a beach holiday?",
+    "Explain what a noun is.",
+]
+HELD_OUT = (
+    "The lighthouse stood at the edge of the cliff, its white paint peeling after decades of salt and "
+    "wind. Every evening the keeper climbed the spiral stairs, trimmed the wick and polished the great "
+    "lens until it shone. Ships passing in the night relied on its steady beam to steer clear of the "
+    "rocks below. One stormy autumn, a small fishing boat lost its way in the fog, and the keeper rang "
+    "the bell for hours until the crew found the harbour. The villagers never forgot his kindness, and "
+    "when he retired they gathered on the shore to thank him with songs and a feast of fresh bread."
+)
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=n)
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    return ContextBuilder(tokenizer).build(ASSISTANT, [], text).prompt_ids
+
+
+@pytest.fixture(scope="module")
+def gguf(bundled_fp32):
+    return GGUFWeights(bundled_fp32.info.source)
+
+
+@pytest.fixture(scope="module")
+def dense_fast(bundled_fp32):
+    """The reference model's own fp32 weights in the fast model: same weights, lean forward."""
+    return loader.from_hf(bundled_fp32.model)
+
+
+@pytest.fixture(scope="module")
+def int4_engine(bundled_fp32):
+    """What `--engine fast` runs: the GGUF repacked (cached beside the converted model)."""
+    return build_fast_engine(bundled_fp32)
+
+
+@pytest.fixture
+def ref_engine(bundled_fp32):
+    loaded = bundled_fp32
+    return Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.info.context_length)
+
+
+# -- the repack ---------------------------------------------------------------------------------
+
+
+def test_gguf_blocks_dequantize_to_the_reference_weights(gguf, bundled_fp32):
+    """Q/K rows un-permuted as transformers does; every kind (Q4_1, Q8_0, F32) bit-exact."""
+    sd = bundled_fp32.model.state_dict()
+    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "ffn_down": "mlp.down_proj",
+             "attn_norm": "input_layernorm"}
+    for i in (0, gguf.shape.n_layers - 1):
+        for role, hf in names.items():
+            assert torch.equal(gguf.layer(i, role).dequantize(), sd[f"model.layers.{i}.{hf}.weight"]), (i, role)
+    assert gguf.embedding().kind == "Q8_0"
+    assert torch.equal(gguf.embedding().dequantize(), sd["model.embed_tokens.weight"])
+    assert gguf.layer(0, "attn_q").kind == "Q4_1"
+
+
+def test_q4_1_repacks_exactly_into_the_int4_kernel(gguf):
+    raw = gguf.layer(3, "ffn_gate")
+    q, d, m = raw.q4_1()
+    packed, scales_and_zeros = qz.q4_1_to_int4(q, d, m, torch.float32)
+    x = torch.randn(2, raw.cols)
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, qz.GROUP, scales_and_zeros)
+    assert torch.allclose(out, x @ raw.dequantize().t(), atol=1e-4, rtol=1e-5)
+
+
+# -- same weights: same replies -------------------------------------------------------------------
+
+
+def test_same_weights_give_the_reference_greedy_replies(dense_fast, bundled_fp32, ref_engine):
+    tokenizer = bundled_fp32.tokenizer
+    fast = FastEngine(dense_fast, tokenizer, bundled_fp32.eos_token_ids, bundled_fp32.info.context_length)
+    for text in PROMPTS[:3]:
+        ids = prompt_ids(tokenizer, text)
+        ours, theirs = fast.generate(ids, greedy(16)), ref_engine.generate(ids, greedy(16))
+        assert ours.run() == theirs.run(), text
+        assert ours.token_ids == theirs.token_ids
+        assert ours.stats.stop_reason == theirs.stats.stop_reason
+
+
+def test_soft_prompt_prefix_and_reuse_match_the_reference(dense_fast, bundled_fp32, ref_engine):
+    tokenizer = bundled_fp32.tokenizer
+    fast = FastEngine(dense_fast, tokenizer, bundled_fp32.eos_token_ids, bundled_fp32.info.context_length)
+    torch.manual_seed(0)
+    embed = bundled_fp32.model.get_input_embeddings().weight
+    prefix = Prefix("test:pirate", embed[tokenizer("Talk like a pirate, matey! Arr.")["input_ids"]].detach().clone())
+    first = prompt_ids(tokenizer, "What is the capital of Italy?")
+    for engine in (fast, ref_engine):
+        engine.generate(first, greedy(4), prefix=prefix).run()  # fills the cache: the next call reuses it
+    second = first + prompt_ids(tokenizer, "And of Spain?")[5:]
+    ours_logits = fast.next_token_logits(second, prefix=prefix)
+    theirs_logits = ref_engine.next_token_logits(second, prefix=prefix)
+    assert torch.allclose(ours_logits, theirs_logits, atol=2e-3)
+    ours, theirs = fast.generate(second, greedy(8), prefix=prefix), ref_engine.generate(second, greedy(8), prefix=prefix)
+    assert ours.run() == theirs.run()
+    assert ours.stats.reused_tokens == theirs.stats.reused_tokens > 0
+    assert ours.stats.prefix_tokens == theirs.stats.prefix_tokens == prefix.embeddings.shape[0]
+    # the prefix's KV is kept per key: a fresh conversation with it restores the copy
+    fast.reset()
+    again = fast.next_token_logits(second, prefix=prefix, reuse=False)
+    assert torch.allclose(again, ours_logits, atol=1e-4)
+
+
+# -- int4: the quality guard ------------------------------------------------------------------------
+
+
+def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    return torch.nn.functional.cross_entropy(logits[:-1].float(), ids[1:]).item()
+
+
+def test_int4_perplexity_within_one_percent_of_the_reference(int4_engine, bundled_fp32):
+    ids = torch.tensor(bundled_fp32.tokenizer(HELD_OUT)["input_ids"])
+    with torch.inference_mode():
+        reference = _nll(bundled_fp32.model(ids[None]).logits[0], ids)
+        model = int4_engine.model
+        int4_engine.reset()
+        model.cache.length = 0
+        ours = _nll(model(ids, logits="all"), ids)
+        int4_engine.reset()
+    ratio = torch.tensor(ours - reference).exp().item()  # perplexity ratio
+    assert abs(ratio - 1) <= 0.01, (reference, ours)
+
+
+def _reference_greedy(loaded, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """The fp32 reference's greedy continuations, all prompts in one left-padded batch."""
+    pad = loaded.tokenizer.eos_token_id
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        out = loaded.model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                                    eos_token_id=sorted(loaded.eos_token_ids), pad_token_id=pad)
+    replies = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in loaded.eos_token_ids), len(row))
+        replies.append(row[:cut])
+    return replies
+
+
+def test_int4_first_32_greedy_tokens_match_for_nine_prompts_in_ten(int4_engine, bundled_fp32):
+    prompts = [prompt_ids(bundled_fp32.tokenizer, text) for text in PROMPTS]
+    theirs = _reference_greedy(bundled_fp32, prompts, 32)
+    same = 0
+    for ids, reference in zip(prompts, theirs):
+        ours = int4_engine.generate(ids, greedy(32))
+        ours.run()
+        same += ours.token_ids == reference
+    assert same >= 0.9 * len(PROMPTS)
+
+
+# -- engine semantics on the static cache -----------------------------------------------------------
+
+
+def test_reuse_crops_the_static_cache_and_keeps_logits(int4_engine, bundled_fp32):
+    tokenizer = bundled_fp32.tokenizer
+    ids = prompt_ids(tokenizer, "Tell me about the moon.")
+    reply = int4_engine.generate(ids, greedy(12))
+    reply.run()
+    follow = ids + reply.token_ids + prompt_ids(tokenizer, "And the sun?")[3:]
+    reused = int4_engine.next_token_logits(follow)
+    length = int4_engine.model.cache.length
+    branch = int4_engine.next_token_logits(ids[:-2] + [ids[-1]])  # a shorter branch: crop, no copy
+    assert int4_engine.model.cache.length == len(ids) - 1
+    assert length == len(follow)
+    fresh = int4_engine.next_token_logits(follow, reuse=False)
+    # bf16 activations: steps and one prefill round differently, so compare distributions
+    assert (reused.softmax(-1) - fresh.softmax(-1)).abs().max() < 0.02
+    assert reused.argmax() == fresh.argmax()
+    assert branch.shape == fresh.shape
+
+
+def test_cancel_and_stats(int4_engine, bundled_fp32):
+    cancel = threading.Event()
+    generation = int4_engine.generate(prompt_ids(bundled_fp32.tokenizer, "Count to fifty."), greedy(64), cancel=cancel)
+    for i, _ in enumerate(generation):
+        if i == 3:
+            cancel.set()
+    assert generation.stats.stop_reason == "cancelled"
+    assert 3 <= generation.stats.new_tokens <= 5
+    assert generation.stats.ttft_ms > 0
+
+
+def test_cache_grows_and_round_trips(tiny_llama, tmp_path):
+    """A tiny random Llama quantized to int4: a saved and reloaded model gives the same logits,
+    and a cache that grows past its first capacity matches one prefill."""
+    model = loader.from_hf(tiny_llama, torch.bfloat16, Layout("int4", "int8", "dense", True))
+    loader.save(model, tmp_path, "tiny")
+    again = loader.load(tmp_path / "tiny.safetensors")
+    ids = torch.arange(300, 700)
+    with torch.inference_mode():
+        one = model(ids, logits="all")
+        model.cache.length = 0
+        for chunk in ids.split(97):
+            model(chunk)
+        step = model(torch.tensor([9]))
+        again.cache.length = 0
+        two = again(ids, logits="all")
+    assert torch.equal(one, two)
+    assert model.cache.capacity >= 401 and model.cache.length == 401
+    assert step.shape == (1, tiny_llama.config.vocab_size)
+
+
+def test_build_engine_picks_fast_for_llama_only(bundled_fp32, tiny_bpe_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from chatbot.engine.loading import LoadedModel, ModelInfo
+    from chatbot.errors import UserError
+    from chatbot.runtime import build_engine
+
+    assert build_engine(bundled_fp32, "reference").name == "reference"
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=400)).eval()
+    info = ModelInfo("tiny", "x", "directory", "float32", 1024, None, "GPT2LMHeadModel", False)
+    other = LoadedModel(gpt2, tiny_bpe_tokenizer, info, {0})
+    assert build_engine(other, "auto").name == "reference"
+    with pytest.raises(UserError):
+        build_engine(other, "fast")
