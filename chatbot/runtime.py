@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from chatbot.config import Settings
 from chatbot.engine.decoding import Engine
 from chatbot.engine.loading import LoadedModel, Progress, load_model
+from chatbot.errors import UserError
 
 
 @dataclass
@@ -23,17 +24,35 @@ class Runtime:
         return self.loaded.info.name
 
 
-def build_engine(loaded: LoadedModel, kind: str = "auto") -> Engine:
-    engine = Engine(
-        loaded.model,
-        loaded.tokenizer,
-        eos_token_ids=loaded.eos_token_ids,
-        max_context=loaded.info.context_length,
-    )
+def build_engine(loaded: LoadedModel, kind: str = "auto", progress: Progress | None = None) -> Engine:
+    """kind: "auto" (the fast engine for Llama-family models, else the reference), "reference"
+    or "fast" (refused for other architectures)."""
+    from chatbot.engine.fast import engine as fast
+
+    if kind not in ("auto", "reference", "fast"):
+        raise UserError(f"unknown engine {kind!r}: choose auto, reference or fast")
+    if kind == "fast" and not fast.supports(loaded):
+        raise UserError(f"the fast engine serves Llama-family models; {loaded.info.architecture} needs --engine reference")
+    if kind != "reference" and fast.supports(loaded):
+        engine: Engine = fast.build_fast_engine(loaded, progress)
+    else:
+        engine = Engine(
+            loaded.model,
+            loaded.tokenizer,
+            eos_token_ids=loaded.eos_token_ids,
+            max_context=loaded.info.context_length,
+        )
     loaded.info.engine = engine.name
     return engine
 
 
 def open_runtime(settings: Settings, progress: Progress | None = None) -> Runtime:
-    loaded = load_model(settings.model, settings.cache_dir, dtype=settings.dtype, progress=progress)
-    return Runtime(loaded=loaded, engine=build_engine(loaded, settings.engine))
+    loaded = None
+    if settings.engine != "reference":
+        # A Llama GGUF model opens on the fast path without loading the transformers model.
+        from chatbot.engine.fast.engine import load_fast
+
+        loaded = load_fast(settings.model, settings.cache_dir, progress)
+    if loaded is None:
+        loaded = load_model(settings.model, settings.cache_dir, dtype=settings.dtype, progress=progress)
+    return Runtime(loaded=loaded, engine=build_engine(loaded, settings.engine, progress))
