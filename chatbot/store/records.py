@@ -8,7 +8,7 @@ conversation has `id`, `title`, `created_at`, `messages`...; a message has `id`,
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["user", "assistant", "system"]
 Status = Literal["streaming", "complete", "interrupted", "error"]
@@ -44,6 +44,19 @@ class MessageRecord(Record):
     model: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+
+    @field_validator("stats")
+    @classmethod
+    def _known_figures_are_numbers(cls, stats: dict[str, Any]) -> dict[str, Any]:
+        # These are numeric columns: a string or a boolean there (a damaged import) is refused here,
+        # with the field named, rather than failing inside the database.
+        for key in ("prompt_tokens", "reused_tokens", "new_tokens", "ttft_ms", "tokens_per_s"):
+            value = stats.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"stats.{key} must be a number")
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                raise ValueError(f"stats.{key} is out of range")
+        return stats
 
 
 class PersonaSwitchRecord(Record):
