@@ -37,6 +37,21 @@ def turns_from_messages(messages) -> list[Turn]:
     return [t if t.reply is not None else Turn(t.user, "") for t in turns]
 
 
+def resolve_sampling(settings: Settings, persona: InstalledPersona, **overrides) -> SamplingParams:
+    """Global settings, then the persona's defaults, then explicit overrides (None = unset).
+    Needs no model, so bad values are refused before one loads."""
+    values = {
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "top_k": settings.top_k,
+        "repetition_penalty": settings.repetition_penalty,
+        "max_new_tokens": settings.max_new_tokens,
+    }
+    values.update(persona.persona.generation.model_dump(exclude_none=True))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SamplingParams(**values)
+
+
 @dataclass
 class Reply:
     """A reply in progress: iterate for text deltas."""
@@ -103,17 +118,7 @@ class ChatSession:
             self.store.record_persona_switch(self.conversation_id, self._persona_version_id(), self.leaf_id)
 
     def sampling_params(self, **overrides) -> SamplingParams:
-        """Global settings, then the persona's defaults, then explicit overrides (None = unset)."""
-        values = {
-            "temperature": self.settings.temperature,
-            "top_p": self.settings.top_p,
-            "top_k": self.settings.top_k,
-            "repetition_penalty": self.settings.repetition_penalty,
-            "max_new_tokens": self.settings.max_new_tokens,
-        }
-        values.update(self.persona.persona.generation.model_dump(exclude_none=True))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return SamplingParams(**values)
+        return resolve_sampling(self.settings, self.persona, **overrides)
 
     def context_for(self, message: str, prefix: Prefix | None = None) -> Context:
         """The model input for answering `message`; `prefix` is the persona's soft prompt if the

@@ -49,9 +49,9 @@ def ask(
         conversation_id = store.latest_conversation_id() if store else None
     if conversation_id is not None and store is not None:
         store.conversation(conversation_id)  # unknown id: one line, exit 1, before loading the model
-    session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
     params = options.sampling_params(
-        session,
+        state.settings,
+        installed,
         seed=seed,
         temperature=temperature,
         top_p=top_p,
@@ -59,6 +59,7 @@ def ask(
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
     )
+    session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
     reply = session.send(text, params)
     for warning in reply.warnings:
         print(f"chatbot: warning: {warning}", file=sys.stderr)

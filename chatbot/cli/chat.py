@@ -44,8 +44,8 @@ def run_plain_chat(state: AppState, persona: str | None, store, conversation_id,
     from chatbot.session import ChatSession
 
     installed = state.persona(persona)
+    params = options.sampling_params(state.settings, installed, **overrides)
     session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
-    params = options.sampling_params(session, **overrides)
     interactive = sys.stdin.isatty()
     reconfigure = getattr(sys.stdin, "reconfigure", None)
     if reconfigure is not None:  # a line that is not UTF-8 is refused on its own (see chatbot.text)
