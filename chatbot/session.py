@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from chatbot.config import Settings
-from chatbot.engine.decoding import Generation, GenerationStats, Prefix
+from chatbot.engine.decoding import Generation, GenerationStats, Prefix, TextStream
 from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError, UserError
 from chatbot.memory.context import Context, ContextBuilder
@@ -52,11 +52,10 @@ def resolve_sampling(settings: Settings, persona: InstalledPersona, **overrides)
     return SamplingParams(**values)
 
 
-@dataclass
-class Reply:
+@dataclass(kw_only=True)
+class Reply(TextStream):
     """A reply in progress: iterate for text deltas."""
 
-    _deltas: Iterator[str]
     generation: Generation
     context: Context
     persona: InstalledPersona
@@ -67,18 +66,7 @@ class Reply:
     # Set when the store refused a write during the reply (full disk, read-only database): the
     # text was still streamed, but not (all of it) saved. One line, for the user.
     save_error: str | None = None
-    text: str = ""
     warnings: list[str] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[str]:
-        for delta in self._deltas:
-            self.text += delta
-            yield delta
-
-    def run(self) -> str:
-        for _ in self:
-            pass
-        return self.text
 
     @property
     def stats(self) -> GenerationStats:

@@ -52,14 +52,12 @@ class GenerationStats:
         }
 
 
-@dataclass
-class Generation:
-    """A reply being decoded: iterate for text deltas; `text` and `stats` are final afterwards."""
+@dataclass(kw_only=True)
+class TextStream:
+    """Text that arrives in deltas: iterate to receive them; `text` holds all received so far."""
 
     _deltas: Iterator[str]
-    stats: GenerationStats
     text: str = ""
-    token_ids: list[int] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[str]:
         for delta in self._deltas:
@@ -67,10 +65,18 @@ class Generation:
             yield delta
 
     def run(self) -> str:
-        """Decode to the end without streaming; return the reply."""
+        """Consume to the end without streaming; return the whole text."""
         for _ in self:
             pass
         return self.text
+
+
+@dataclass(kw_only=True)
+class Generation(TextStream):
+    """A reply being decoded: `text` and `stats` are final once iteration ends."""
+
+    stats: GenerationStats
+    token_ids: list[int] = field(default_factory=list)
 
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:
