@@ -2,7 +2,6 @@
 
 import torch
 
-from chatbot.config import Settings
 from chatbot.engine.decoding import Engine
 from chatbot.engine.sampling import SamplingParams
 from chatbot.memory.context import ContextBuilder

@@ -110,7 +110,16 @@ def _versions() -> dict[str, str]:
     return {pkg: importlib.metadata.version(pkg) for pkg in ("transformers", "gguf")}
 
 
-def file_sha256(path: Path, cache_dir: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remembered_sha256(path: Path, cache_dir: Path) -> str:
     """sha256 of a file, remembered by (path, size, mtime) so a start does not re-read 100 MB."""
     stat = path.stat()
     memo_path = cache_dir / "hashes.json"
@@ -121,11 +130,7 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
         memo = {}
     if memo_key in memo:
         return memo[memo_key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    memo[memo_key] = digest.hexdigest()
+    memo[memo_key] = file_sha256(path)
     cache_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(memo_path, json.dumps(memo, indent=1))
     return memo[memo_key]
@@ -134,7 +139,7 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
 def converted_dir(gguf_path: Path, cache_dir: Path) -> Path:
     versions = _versions()
     key = hashlib.sha256(
-        json.dumps({"sha256": file_sha256(gguf_path, cache_dir), **versions}, sort_keys=True).encode()
+        json.dumps({"sha256": remembered_sha256(gguf_path, cache_dir), **versions}, sort_keys=True).encode()
     ).hexdigest()[:16]
     return cache_dir / "models" / f"{gguf_path.stem}-{key}"
 

@@ -13,7 +13,6 @@ naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from chatbot.engine.decoding import Prefix
+from chatbot.engine.loading import file_sha256
 from chatbot.errors import UserError
 from chatbot.personas.registry import InstalledPersona
 
@@ -65,14 +65,6 @@ def adapter_dir(installed: InstalledPersona) -> Path:
 
 
 # -- reading and checking -----------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_config(folder: Path) -> dict:
