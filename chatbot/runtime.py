@@ -23,6 +23,12 @@ class Runtime:
     def model_name(self) -> str:
         return self.loaded.info.name
 
+    def close(self) -> None:
+        """Let go of the engine's resources (a child process, for the remote engine)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
 
 def build_engine(loaded: LoadedModel, kind: str = "auto", progress: Progress | None = None) -> Engine:
     """kind: "auto" (the fast engine for Llama-family models, else the reference), "reference"

@@ -1,5 +1,5 @@
-"""The TUI end to end on the real bundled model: the UI paints, the model loads behind it, a
-message typed meanwhile is answered, streamed and stored."""
+"""The TUI end to end on the real bundled model: the UI paints, the model loads behind it (in its
+own process, as `chatbot` runs it), a message typed meanwhile is answered, streamed and stored."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 
 async def test_real_bundled_model_end_to_end(tmp_path, model_cache_dir):
-    from chatbot.runtime import open_runtime
+    from chatbot.engine.remote import open_remote_runtime
 
     settings = Settings(
         model="", cache_dir=model_cache_dir, data_dir=tmp_path / "data", db=str(tmp_path / "chat.db"),
@@ -26,7 +26,7 @@ async def test_real_bundled_model_end_to_end(tmp_path, model_cache_dir):
             progress_seen.append(message)
             progress(message)
 
-        return open_runtime(settings, progress=note)
+        return open_remote_runtime(settings, progress=note)
 
     app = make_app(tmp_path, settings=settings, open_runtime=load)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -39,6 +39,9 @@ async def test_real_bundled_model_end_to_end(tmp_path, model_cache_dir):
         assert "SmolLM2" in screen.status.model
         ttft, rate = screen.status.speed
         assert rate > 0
+        worker = app.controller.runtime.engine.worker.process
+    app.controller.runtime.close()
+    assert worker.poll() is not None  # the model's process ends with the UI
     with Store.open(settings.database_url()) as store:
         stored = store.active_branch(store.latest_conversation_id())
     assert [m.role for m in stored] == ["user", "assistant"]

@@ -87,7 +87,36 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-class Engine:
+class StreamingEngine:
+    """What a session needs of an engine: `generate` returns a `Generation` that decodes lazily,
+    as it is iterated (`_decode` yields its text deltas)."""
+
+    name = "engine"
+    max_context: int
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        prefix: Prefix | None = None,
+        cancel: threading.Event | None = None,
+        reuse: bool = True,
+    ) -> Generation:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        generation = Generation(_deltas=iter(()), stats=stats)
+        generation._deltas = self._decode(generation, list(prompt_ids), params, prefix, cancel, reuse)
+        return generation
+
+    def reset(self) -> None:
+        """Forget any kept KV cache (the next call prefills everything)."""
+
+    def _decode(self, gen, prompt_ids, params, prefix, cancel, reuse) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class Engine(StreamingEngine):
     """Prefill + one token per step, with prefix reuse across calls."""
 
     name = "reference"
@@ -111,23 +140,6 @@ class Engine:
     def reset(self) -> None:
         """Forget the kept KV cache (the next call prefills everything)."""
         self._cache, self._cached_ids, self._prefix_key = None, [], None
-
-    # -- the public entry point ---------------------------------------------------------------
-
-    def generate(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        prefix: Prefix | None = None,
-        cancel: threading.Event | None = None,
-        reuse: bool = True,
-    ) -> Generation:
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        generation = Generation(_deltas=iter(()), stats=stats)
-        generation._deltas = self._decode(generation, list(prompt_ids), params, prefix, cancel, reuse)
-        return generation
 
     def next_token_logits(self, prompt_ids: list[int], prefix: Prefix | None = None, reuse: bool = True) -> torch.Tensor:
         """The logits for the token after `prompt_ids` (1-D, float32), through the same cache and

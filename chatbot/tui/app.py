@@ -77,11 +77,21 @@ def run_tui(state, resume: str | None = None, persona: str | None = None) -> Non
     controller = ChatController(settings, personas, installed)
 
     def open_runtime(progress):
-        from chatbot.runtime import open_runtime as load
+        # The model decodes in a process of its own: from a thread of this one, next to the UI's
+        # event loop, it ran at half the speed of `chatbot ask` (see engine/worker.py).
+        from textual.worker import get_current_worker
 
-        return load(settings, progress=progress)
+        from chatbot.engine.remote import open_remote_runtime
+
+        loader = get_current_worker()  # cancelled when the UI closes: then stop loading at once
+        return open_remote_runtime(settings, progress=progress, cancelled=lambda: loader.is_cancelled)
 
     app = ChatApp(controller, state.store, open_runtime, Preferences.load(default_path()), resume)
-    app.run()
+    try:
+        app.run()
+    finally:
+        from chatbot.engine.remote import stop_all_workers
+
+        stop_all_workers()  # the model's process, loaded or still loading
     if app.fatal is not None:
         raise app.fatal

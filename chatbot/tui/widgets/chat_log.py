@@ -14,7 +14,7 @@ from textual.widgets import Static
 
 from chatbot.tui.widgets.text import clean, color_style, literal
 
-STREAM_REPAINT_S = 1 / 15  # repaint a streaming reply at most this often (each frame costs the decoder CPU)
+STREAM_REPAINT_S = 1 / 10  # repaint a streaming reply at most this often (each frame costs the decoder CPU)
 
 
 class MessageView(Vertical):
