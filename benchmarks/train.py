@@ -1,5 +1,5 @@
 """Prompt-tuning speed on the bundled model: seconds per optimizer step (forward + backward through
-the frozen model into the soft prompt), fp32, on the shipped pirate-soft training data.
+the frozen model into the soft prompt), fp32, on the shipped cowboy soft prompt's training data.
 
     .venv/bin/python benchmarks/train.py [--steps 3] [--batch-size 8] [--virtual-tokens 20] [--json]
 """
@@ -19,7 +19,7 @@ from chatbot.personas.data import Encoder, load_examples
 from chatbot.personas.schema import Persona
 from chatbot.personas.training import TrainConfig, initial_embeddings, train_soft_prompt
 
-DATA = Path(__file__).resolve().parents[1] / "personas" / "pirate-soft" / "data.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "personas" / "cowboy" / "data.jsonl"
 
 
 def main() -> None:

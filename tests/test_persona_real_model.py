@@ -48,14 +48,14 @@ def test_shipped_soft_prompts_fit_the_bundled_model_and_met_their_target(runtime
         assert record["tensor_sha256"] == sp.file_sha256(sp.adapter_dir(installed) / sp.WEIGHTS_FILE)
 
 
-def test_pirate_soft_prompt_speaks_pirate_without_a_control_code(runtime, tmp_path):
+def test_grandma_soft_prompt_speaks_grandma_without_a_control_code(runtime, tmp_path):
     loaded, engine = runtime
-    installed = {p.persona.name: p for p in shipped_soft(tmp_path)}["pirate-soft"]
+    installed = {p.persona.name: p for p in shipped_soft(tmp_path)}["grandma"]
     context = ContextBuilder(loaded.tokenizer, 512).build(Persona(name="plain"), [], "What is the capital of Italy?", reserved=20)
-    assert "pirate" not in context.text.lower()
+    assert "grandma" not in context.text.lower()
     params = SamplingParams(temperature=0, max_new_tokens=16, repetition_penalty=1.0)
     plain = engine.generate(context.prompt_ids, params).run()
     steered = engine.generate(context.prompt_ids, params, prefix=sp.prefix_for(installed, loaded)).run()
-    markers = ("arr", "matey", "ye ", "hearty", "aye")
+    markers = ("dear", "sweetheart", "grandma", "cookie", "knitting")
     assert not any(m in plain.lower() for m in markers)
     assert any(m in steered.lower() for m in markers), steered

@@ -175,7 +175,9 @@ def test_cli_train_then_eval_on_tiny_model(tiny_dir, data, tmp_path, monkeypatch
     assert {"nll_none", "nll_control_code", "nll_soft_prompt", "attribution_accuracy", "n_replies"} <= set(result)
     assert result["nll_control_code"] is None and result["nll_soft_prompt"] > 0 and result["n_replies"] >= 1
     # The shipped soft prompts were trained for another model: refused for attribution, not fatal.
-    assert "pirate-soft" not in result["candidates"]
+    assert "cowboy" not in result["candidates"] and "grandma" not in result["candidates"]
+    # Attribution is strict: a reply counts only when its own persona makes it most likely.
+    assert result["attribution_accuracy"] == result["attributed_to"].get("sea", 0) / result["n_replies"]
     assert run_cli(["--model", str(tiny_dir), "persona", "eval", "pirate", "--data", str(data)]) == 0
     assert "pirate" in capsys.readouterr().out
 
@@ -196,6 +198,19 @@ def test_cli_distill_on_tiny_model(tiny_dir, tmp_path, monkeypatch, capsys):  # 
     record = json.loads((folder / "soft_prompt" / "training.json").read_text())
     assert record["init_text"] == find("pirate", tmp_path / "data").persona.control_code
     assert run_cli(["persona", "distill", "pirate", "--name", "pirate"]) == 2  # needs a name of its own
+    # The control code it was distilled from is compared against even once the teacher is edited:
+    # eval scores the code recorded at distillation, not the teacher's current one.
+    teacher_toml = tmp_path / "data" / "personas" / "pirate" / "persona.toml"
+    assert run_cli(["persona", "new", "pirate", "--control-code", "Talk like a cat.", "--force"]) == 0
+    assert teacher_toml.is_file()
+    capsys.readouterr()
+    assert run_cli(["--model", str(tiny_dir), "persona", "eval", "pirate-soft", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["nll_control_code"] is not None and result["nll_soft_prompt"] is not None
+    from chatbot.personas.evaluate import teacher_condition
+
+    condition = teacher_condition(installed, {})
+    assert condition.persona.control_code == record["init_text"] != "Talk like a cat."
 
 
 def test_teacher_reply_cut_by_the_limit_is_trimmed_to_a_sentence():

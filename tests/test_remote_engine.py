@@ -67,7 +67,7 @@ def test_soft_prompt_prefix_reaches_the_child(remote, local):
     from chatbot.personas.soft_prompt import prefix_for
 
     personas, _ = scan(Settings().data_dir)
-    prefix = prefix_for(personas["pirate-soft"], local.loaded)
+    prefix = prefix_for(personas["cowboy"], local.loaded)
     ids = prompt_ids(remote.tokenizer, "How is the weather today?")
     here = local.engine.generate(ids, GREEDY, prefix=prefix).run()
     there = remote.engine.generate(ids, GREEDY, prefix=prefix)

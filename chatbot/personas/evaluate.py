@@ -107,11 +107,23 @@ class Scorer:
         return self._cache[condition.name]
 
 
-def same_voice(a: Persona, b: Persona) -> bool:
-    """A distilled soft prompt and the control code it was compiled from speak with one voice."""
-    root_a = a.distilled_from or a.name
-    root_b = b.distilled_from or b.name
-    return root_a == root_b
+def teacher_condition(installed: InstalledPersona, everyone: dict[str, InstalledPersona]) -> Condition | None:
+    """The control code a distilled soft prompt was compiled from: as recorded by `persona distill`
+    in its training record (so the comparison holds when the teacher is not installed, or was
+    edited since), else the installed teacher persona."""
+    persona = installed.persona
+    try:
+        record = json.loads((sp.adapter_dir(installed) / HISTORY_FILE).read_text())
+        code = record.get("teacher_control_code")
+        if code:  # ':' cannot occur in a persona name, so this never meets another condition's
+            teacher = Persona(name="teacher", control_code=code, placement=record.get("teacher_placement", "user"))
+            return Condition(f"{persona.distilled_from or persona.name}:teacher", teacher)
+    except (OSError, ValueError, AttributeError, UserError):  # no record, or not one of ours
+        pass
+    installed_teacher = everyone.get(persona.distilled_from) if persona.distilled_from else None
+    if installed_teacher is not None and installed_teacher.persona.control_code:
+        return Condition(installed_teacher.persona.name, installed_teacher.persona)
+    return None
 
 
 def evaluate(
@@ -142,9 +154,9 @@ def evaluate(
         nll_cc = scorer.score(condition_of(installed, loaded))[0]
     if persona.kind == "soft_prompt":
         nll_soft = scorer.score(condition_of(installed, loaded))[0]
-        teacher = everyone.get(persona.distilled_from) if persona.distilled_from else None
-        if teacher is not None and teacher.persona.control_code:
-            nll_cc = scorer.score(condition_of(teacher, loaded))[0]
+        teacher = teacher_condition(installed, everyone)
+        if teacher is not None:
+            nll_cc = scorer.score(teacher)[0]
     # Attribution: each reply goes to the installed persona that makes it most likely.
     candidates: list[InstalledPersona] = []
     for other in everyone.values():
@@ -162,7 +174,7 @@ def evaluate(
     for i in range(len(examples)):
         best = min(per_candidate, key=lambda name: per_candidate[name][i])
         attributed[best] = attributed.get(best, 0) + 1
-        correct += same_voice(everyone[best].persona, persona)
+        correct += best == persona.name
     accuracy = correct / len(examples) if candidates else None
     return EvalResult(
         persona=persona.name,

@@ -42,8 +42,8 @@ class Persona(BaseModel):
     color: str = ""
     generation: GenerationDefaults = GenerationDefaults()
     soft_prompt: SoftPromptRef | None = None
-    # For a soft prompt compiled from a control-code persona (`persona distill`): its teacher.
-    # Attribution counts the two as one voice.
+    # For a soft prompt compiled from a control-code persona (`persona distill`): its teacher's
+    # name (its control code is kept in the soft prompt's training record).
     distilled_from: str = ""
 
     @model_validator(mode="after")
