@@ -6,7 +6,7 @@ from chatbot.cli import main
 from chatbot.config import Settings
 from chatbot.memory.context import ContextBuilder
 from chatbot.memory.render import Turn
-from chatbot.personas.schema import DEFAULT_PERSONA
+from chatbot.personas.registry import find
 from chatbot.store import Store
 
 
@@ -23,7 +23,8 @@ def test_context_matches_the_builder(isolated_settings, smol_tokenizer, bundled_
     assert main(["history", "context", str(conversation), "--json", "--message", "next?"]) == 0
     shown = json.loads(capsys.readouterr().out)
     turns = [Turn(f"question {i} [bold]x[/]", f"answer {i}") for i in range(3)]
-    expected = ContextBuilder(smol_tokenizer).build(DEFAULT_PERSONA, turns, "next?")
+    assistant = find("assistant", Settings().data_dir).persona  # the default persona, as installed
+    expected = ContextBuilder(smol_tokenizer).build(assistant, turns, "next?")
     assert shown["prompt"] == expected.text
     assert shown["tokens"] == expected.tokens and shown["dropped_turns"] == 0 and shown["total_turns"] == 4
     assert shown["persona"] == "assistant"

@@ -31,6 +31,8 @@ def app(tmp_path, monkeypatch):
 
 async def ready(pilot) -> None:
     await wait_for(pilot, lambda: idle(pilot.app) and pilot.app.get_screen("chat").log_view.messages)
+    # A blinking cursor is on or off depending on when the frame is taken: keep it still.
+    pilot.app.get_screen("chat").composer.cursor_blink = False
 
 
 async def send_as_pirate(pilot) -> None:
