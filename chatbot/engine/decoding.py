@@ -12,13 +12,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
 
 from chatbot.engine.detokenize import IncrementalDetokenizer
 from chatbot.engine.sampling import SamplingParams, next_token
 from chatbot.engine.stopping import StopStringFilter
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,8 @@ class Engine(StreamingEngine):
         return out.logits
 
     def _fresh_cache(self, prefix: Prefix | None) -> DynamicCache:
+        from transformers import DynamicCache  # here: the fast path never needs transformers
+
         if prefix is None:
             return DynamicCache(config=self.model.config)
         cached = self._prefix_caches.get(prefix.key)
@@ -248,5 +253,7 @@ class Engine(StreamingEngine):
 
 
 def _copy_cache(cache: DynamicCache, config) -> DynamicCache:
+    from transformers import DynamicCache
+
     layers = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     return DynamicCache(ddp_cache_data=layers, config=config)

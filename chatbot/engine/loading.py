@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import tempfile
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -291,6 +292,28 @@ def _in_hub_cache(repo_id: str) -> bool:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:
         return False
+
+
+def open_tokenizer_and_config(folder: Path):
+    """The tokenizer, config and generation config of a saved model folder: read directly where
+    they can be (no transformers import: over a second of every cold start), else by transformers."""
+    from chatbot.engine.standalone_tokenizer import StandaloneTokenizer, read_json_config
+
+    folder = Path(folder)
+    tokenizer = StandaloneTokenizer.open(folder)
+    config = read_json_config(folder / "config.json", _name_or_path=str(folder))
+    if tokenizer is not None and config is not None:
+        generation = read_json_config(folder / "generation_config.json")
+        return tokenizer, config, generation or types.SimpleNamespace(eos_token_id=getattr(config, "eos_token_id", None))
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    _quiet_transformers()
+    config = AutoConfig.from_pretrained(str(folder))
+    try:
+        generation = GenerationConfig.from_pretrained(str(folder))
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    return AutoTokenizer.from_pretrained(str(folder)), config, generation
 
 
 def end_token_ids(model, tokenizer) -> set[int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from chatbot.config import Settings
 from chatbot.engine.decoding import Prefix, StreamingEngine
-from chatbot.engine.loading import LoadedModel, ModelInfo, Progress
+from chatbot.engine.loading import LoadedModel, ModelInfo, Progress, open_tokenizer_and_config
 from chatbot.errors import UserError
 
 POLL_S = 0.05  # how often a waiting reply looks at the caller's cancel flag
@@ -232,7 +232,7 @@ def open_remote_runtime(settings: Settings, progress: Progress | None = None, ca
             elif kind == "ready":
                 break
         info = ModelInfo(**event["info"])
-        tokenizer, config, generation_config = _open_tokenizer_and_config(info.cache_path or info.source)
+        tokenizer, config, generation_config = open_tokenizer_and_config(info.cache_path or info.source)
         loaded = LoadedModel(ModelElsewhere(config, generation_config), tokenizer, info, set(event["eos_token_ids"]))
         engine = RemoteEngine(worker, tokenizer, loaded.eos_token_ids, int(event["max_context"]), info.engine)
     except BaseException:
@@ -240,16 +240,3 @@ def open_remote_runtime(settings: Settings, progress: Progress | None = None, ca
         raise
     return Runtime(loaded=loaded, engine=engine)
 
-
-def _open_tokenizer_and_config(folder: str):
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-    from chatbot.engine.loading import _quiet_transformers
-
-    _quiet_transformers()
-    config = AutoConfig.from_pretrained(folder)
-    try:
-        generation_config = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        generation_config = None
-    return AutoTokenizer.from_pretrained(folder), config, generation_config

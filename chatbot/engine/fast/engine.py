@@ -92,28 +92,22 @@ def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
 def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
     """Open a GGUF Llama for the fast path only: tokenizer and config from the converted folder,
     weights from the repacked cache; the transformers model is never loaded (half the memory,
-    a fraction of the start-up). None when the source is not a Llama GGUF file."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
+    a fraction of the start-up), nor, once the folder exists, transformers itself. None when the
+    source is not a Llama GGUF file."""
     source = loading.resolve_source(spec)
     if source.kind != "gguf":
         return None
     progress = progress or (lambda message: None)
-    loading._quiet_transformers()
     gguf_path = Path(source.location)
     cache_path = loading.converted_dir(gguf_path, cache_dir)
     if not loading.cache_is_complete(cache_path):
+        loading._quiet_transformers()
         loading.convert_gguf(gguf_path, cache_path, progress)
-    config = AutoConfig.from_pretrained(str(cache_path))
+    tokenizer, config, generation_config = loading.open_tokenizer_and_config(cache_path)
     if getattr(config, "model_type", "") != "llama":
         return None
     model = loader.load_or_build(gguf_path, fast_folder(cache_path), progress=progress)
-    model.config = config
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(str(cache_path))
-    except OSError:
-        model.generation_config = GenerationConfig.from_model_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(str(cache_path))
+    model.config, model.generation_config = config, generation_config
     info = loading.ModelInfo(
         name=source.name,
         source=source.location,
