@@ -127,7 +127,7 @@ def bench_ttft_llama(loaded, llama, reply_tokens: int) -> list[float]:
     builder = ContextBuilder(loaded.tokenizer, budget=2048)
     history: list[Turn] = []
     ttfts = []
-    llama.llm.reset()
+    llama.reset()
     for question in QUESTIONS:
         ids = builder.build(DEFAULT_PERSONA, history, question).prompt_ids
         ttfts.append(llama.ttft_ms(ids))
@@ -164,6 +164,8 @@ def main() -> None:
     without_reuse = bench_ttft(loaded, False, args.reply_tokens)
     fast_ttft = bench_ttft(loaded, True, args.reply_tokens, fast_engine) if fast_engine else None
     llama_ttft = bench_ttft_llama(loaded, llama, args.reply_tokens) if llama else None
+    if llama is not None:
+        llama.close()
     cold = {}
     if not args.no_fast:
         fastbench.cold_start("fast")  # builds the repacked cache if missing: not timed

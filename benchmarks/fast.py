@@ -8,6 +8,7 @@ optional `bench` extra), cold start of `chatbot ask` to its first token, and pea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -30,8 +31,9 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-class LlamaCpp:
-    """llama-cpp-python on the bundled GGUF: greedy decode and prefix-cached prompts."""
+class LlamaCppHere:
+    """llama-cpp-python on the bundled GGUF, in this process: greedy decode and prefix-cached
+    prompts. `LlamaCpp` runs it in a process of its own."""
 
     def __init__(self, gguf_path: str, n_ctx: int = 4096):
         from llama_cpp import Llama
@@ -40,15 +42,24 @@ class LlamaCpp:
         self.llm = Llama(model_path=gguf_path, n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False)
         self.load_s = time.perf_counter() - started
 
+    def _next(self) -> int:
+        """Greedy token after the evaluated sequence. (`Llama.scores` is no longer filled unless
+        every position's logits are kept, so read the last position's from the context.)"""
+        import llama_cpp
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+        return int(logits.argmax())
+
     def decode(self, prompt_ids: list[int], new_tokens: int) -> float:
         """tok/s of `new_tokens` greedy tokens after the prompt (EOS ignored), prefill excluded."""
         self.llm.reset()
         self.llm.eval(prompt_ids)
-        token = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+        token = self._next()
         started = time.perf_counter()
         for _ in range(new_tokens - 1):
             self.llm.eval([token])
-            token = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+            token = self._next()
         return (new_tokens - 1) / (time.perf_counter() - started)
 
     def ttft_ms(self, prompt_ids: list[int]) -> float:
@@ -62,17 +73,71 @@ class LlamaCpp:
             common += 1
         self.llm.n_tokens = common
         self.llm.eval(prompt_ids[common:])
-        int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+        self._next()
         return (time.perf_counter() - started) * 1000
 
     def reply(self, prompt_ids: list[int], eos: set[int], max_tokens: int) -> list[int]:
         out = []
-        token = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+        token = self._next()
         while token not in eos and len(out) < max_tokens:
             out.append(token)
             self.llm.eval([token])
-            token = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+            token = self._next()
         return out
+
+
+class LlamaCpp:
+    """`LlamaCppHere` in a child process, same methods. In the benchmark's own process, after
+    torch's bf16 `generate` has run, llama.cpp's AVX-512/AMX kernels died with SIGILL; apart, both
+    run as they would alone (and neither's threads compete with the other's)."""
+
+    def __init__(self, gguf_path: str):
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.fast", "--serve-llama", gguf_path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        self.load_s = self._call("load_s")
+
+    def _call(self, name: str, *args):
+        self._proc.stdin.write(json.dumps([name, list(args)]) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the llama.cpp process ended (exit {self._proc.wait()})")
+        return json.loads(line)
+
+    def decode(self, prompt_ids: list[int], new_tokens: int) -> float:
+        return self._call("decode", prompt_ids, new_tokens)
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def ttft_ms(self, prompt_ids: list[int]) -> float:
+        return self._call("ttft_ms", prompt_ids)
+
+    def reply(self, prompt_ids: list[int], eos: set[int], max_tokens: int) -> list[int]:
+        return self._call("reply", prompt_ids, sorted(eos), max_tokens)
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        self._proc.wait()
+
+
+def serve_llama(gguf_path: str) -> None:
+    """The child side of `LlamaCpp`: one JSON call per line in, one JSON result per line out."""
+    llama = LlamaCppHere(gguf_path)
+    for line in sys.stdin:
+        name, args = json.loads(line)
+        if name == "load_s":
+            result = llama.load_s
+        elif name == "reset":
+            result = llama.llm.reset()
+        elif name == "reply":
+            result = llama.reply(args[0], set(args[1]), args[2])
+        else:
+            result = getattr(llama, name)(*args)
+        print(json.dumps(result), flush=True)
 
 
 # The child reports its own VmHWM at exit: a forked child's ru_maxrss would include the parent's
@@ -120,7 +185,10 @@ def best_cold_start(engine: str, runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--serve-llama", metavar="GGUF", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_llama:
+        return serve_llama(args.serve_llama)
     cold_start("fast")  # builds the repacked cache if missing: not timed
     fast, ref = {"first_token_s": [], "peak_rss_mb": []}, {"first_token_s": [], "peak_rss_mb": []}
     for _ in range(args.runs):  # alternated, so background load hits both alike

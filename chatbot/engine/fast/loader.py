@@ -14,7 +14,7 @@ from torch import nn
 
 from chatbot.engine.fast import quantize as qz
 from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape
-from chatbot.engine.fast.model import FastLlama, Layout
+from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
 
 FORMAT = 3  # bump when the cached tensors' meaning changes
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM"}
@@ -25,13 +25,13 @@ def is_llama(hf_model) -> bool:
 
 
 def _dense_linear(weight: torch.Tensor, dtype) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=dtype)
+    linear = UninitLinear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=dtype)
     linear.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
     return linear
 
 
 def _dense_embedding(weight: torch.Tensor, dtype) -> nn.Embedding:
-    emb = nn.Embedding(weight.shape[0], weight.shape[1], device="meta", dtype=dtype)
+    emb = UninitEmbedding(weight.shape[0], weight.shape[1], device="meta", dtype=dtype)
     emb.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
     return emb
 
@@ -49,7 +49,7 @@ def _head(model: FastLlama, embedding: torch.Tensor, head: torch.Tensor | None, 
     elif layout.head.startswith("int4"):
         model.output = qz.int4_head_from_dense(weight, dtype)
     elif head is None and layout.embedding == "dense":
-        model.output = nn.Linear(embedding.shape[1], embedding.shape[0], bias=False, device="meta", dtype=dtype)
+        model.output = UninitLinear(embedding.shape[1], embedding.shape[0], bias=False, device="meta", dtype=dtype)
         model.output.weight = model.tok_embeddings.weight  # tied: one tensor
     else:
         model.output = _dense_linear(weight, dtype)
@@ -142,20 +142,20 @@ def _skeleton(shape: LlamaShape, dtype: torch.dtype, layout: Layout) -> FastLlam
             if layout.linear == "int4":
                 setattr(block, attr, qz.Int4Linear(k, n, dtype, dense=layout.dense_prefill))
             else:
-                setattr(block, attr, nn.Linear(k, n, bias=False, dtype=dtype))
+                setattr(block, attr, UninitLinear(k, n, bias=False, dtype=dtype, device="meta"))
     if layout.embedding == "q8":
         model.tok_embeddings = qz.Q8Embedding(s.vocab_size, s.dim, dtype)
     else:
-        model.tok_embeddings = nn.Embedding(s.vocab_size, s.dim, dtype=dtype)
+        model.tok_embeddings = UninitEmbedding(s.vocab_size, s.dim, dtype=dtype, device="meta")
     if layout.head.startswith("int8"):
         model.output = qz.Int8Linear(s.dim, s.vocab_size, dtype)
     elif layout.head.startswith("int4"):
         model.output = qz.Int4Linear(s.dim, s.vocab_size, dtype)
     elif s.tie_embeddings and layout.embedding == "dense":
-        model.output = nn.Linear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
+        model.output = UninitLinear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
         model.output.weight = model.tok_embeddings.weight
     else:
-        model.output = nn.Linear(s.dim, s.vocab_size, bias=False, dtype=dtype)
+        model.output = UninitLinear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
     return model
 
 

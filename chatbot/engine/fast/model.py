@@ -35,6 +35,21 @@ class Layout:
         return asdict(self)
 
 
+class UninitLinear(nn.Linear):
+    """nn.Linear without weight initialisation: every weight here is assigned from a checkpoint,
+    and initialising a meta tensor imports torch._dynamo (over a second of every start)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class UninitEmbedding(nn.Embedding):
+    """nn.Embedding without weight initialisation (see UninitLinear)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class KVCache(nn.Module):
     """K and V for every layer, `[layers, kv_heads, capacity, head_dim]`, and how much is filled.
     `crop(-n)` drops the last n positions by moving the length; capacity grows by doubling."""
@@ -97,10 +112,10 @@ class Block(nn.Module):
         super().__init__()
         s = shape
         qkv_out = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim
-        self.wqkv = nn.Linear(s.dim, qkv_out, bias=False, dtype=dtype, device="meta")
-        self.wo = nn.Linear(s.n_heads * s.head_dim, s.dim, bias=False, dtype=dtype, device="meta")
-        self.w13 = nn.Linear(s.dim, 2 * s.hidden_dim, bias=False, dtype=dtype, device="meta")
-        self.w2 = nn.Linear(s.hidden_dim, s.dim, bias=False, dtype=dtype, device="meta")
+        self.wqkv = UninitLinear(s.dim, qkv_out, bias=False, dtype=dtype, device="meta")
+        self.wo = UninitLinear(s.n_heads * s.head_dim, s.dim, bias=False, dtype=dtype, device="meta")
+        self.w13 = UninitLinear(s.dim, 2 * s.hidden_dim, bias=False, dtype=dtype, device="meta")
+        self.w2 = UninitLinear(s.hidden_dim, s.dim, bias=False, dtype=dtype, device="meta")
         self.register_buffer("attention_norm", torch.ones(s.dim, dtype=dtype))
         self.register_buffer("ffn_norm", torch.ones(s.dim, dtype=dtype))
 
@@ -110,10 +125,10 @@ class FastLlama(nn.Module):
         super().__init__()
         self.shape, self.layout, self._dtype = shape, layout, dtype
         s = shape
-        self.tok_embeddings = nn.Embedding(s.vocab_size, s.dim, dtype=dtype, device="meta")
+        self.tok_embeddings = UninitEmbedding(s.vocab_size, s.dim, dtype=dtype, device="meta")
         self.layers = nn.ModuleList(Block(s, dtype) for _ in range(s.n_layers))
         self.register_buffer("norm", torch.ones(s.dim, dtype=dtype))
-        self.output = nn.Linear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
+        self.output = UninitLinear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
         cos, sin = rope_tables(s, dtype)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
