@@ -10,6 +10,7 @@ has transactional DDL), so a failed migration leaves the original as it was.
 from __future__ import annotations
 
 import os
+import sys
 import sqlite3
 import time
 import urllib.parse
@@ -28,7 +29,16 @@ from sqlalchemy.pool import StaticPool
 from chatbot.errors import UserError
 from chatbot.locations import ensure_private_dir
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+def _migrations_dir() -> Path:
+    """`migrations/` beside the package in a checkout; the copy in the environment's share/ for a
+    wheel install (see pyproject.toml's data-files)."""
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "persona-chatbot" / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 FTS_TABLE = "messages_fts"
 BUSY_TIMEOUT_S = 15.0
 VERSION_TABLE = "alembic_version"
