@@ -51,22 +51,21 @@ def branch(settings, cid=None):
 
 
 async def test_send_streams_reply_and_stores_it(tmp_path):
-    engine = FakeEngine(delay_s=0.02, reply_for=lambda p: "one two three four five six seven eight nine ten")
+    engine = FakeEngine(delay_s=0.02, reply_for=lambda p: "one two three four five six seven eight nine ten",
+                        gate=threading.Event(), gate_after=3)
     app = make_app(tmp_path, engine)
-    seen: list[str] = []
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: idle(app), what="model")
         await pilot.press(*"hello")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: chat(app).streaming is not None, what="stream start")
-        while chat(app).busy:
-            seen.append(chat(app).log_view.messages[-1].content)
-            await pilot.pause(0.03)
+        # Held after 3 tokens: the reply is on screen in part, still streaming.
+        await wait_for(pilot, lambda: chat(app).log_view.messages[-1].content == "one two three", what="partial reply")
+        assert chat(app).streaming is not None and chat(app).busy
+        engine.gate.set()
+        await wait_for(pilot, lambda: not chat(app).busy, what="reply end")
         assert shown(app) == [("user", "hello"), ("assistant", "one two three four five six seven eight nine ten")]
         status = chat(app).status
         assert status.speed is not None and status.context is not None and status.model == "fake-model"
-    partial = [s for s in seen if s and s != "one two three four five six seven eight nine ten"]
-    assert partial, "the reply should appear in pieces while it streams"
     stored = branch(app.controller.settings)
     assert [(m.role, m.content, m.status) for m in stored] == [
         ("user", "hello", "complete"),

@@ -47,6 +47,10 @@ class FakeEngine:
     started: threading.Event = field(default_factory=threading.Event)
     calls: int = 0
     fixed_stats: bool = False  # report TTFT 12 ms and 42 tok/s (stable snapshots)
+    # Set `gate` to hold the reply after `gate_after` tokens until it is set: a test can then see a
+    # half-streamed reply however slow the machine is.
+    gate: threading.Event | None = None
+    gate_after: int = 0
 
     def generate(self, prompt_ids, params, prefix=None, cancel=None, reuse=True):
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
@@ -74,6 +78,8 @@ class FakeEngine:
                 stats.ttft_ms = (time.perf_counter() - started) * 1000
             stats.new_tokens += 1
             yield token
+            if self.gate is not None and i + 1 == self.gate_after:
+                self.gate.wait(30)
         elapsed = time.perf_counter() - started
         stats.tokens_per_s = stats.new_tokens / elapsed if elapsed > 0 else 0.0
         if self.fixed_stats:
