@@ -395,3 +395,21 @@ async def test_a_broken_config_file_does_not_stop_the_ui(tmp_path):
         await wait_for(pilot, lambda: idle(app), what="model")
         await type_and_send(pilot, "still works")
         await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 2)
+
+
+async def test_picker_shows_a_persona_kind_once(tmp_path):
+    settings = make_settings(tmp_path)
+    folder = settings.data_dir / "personas" / "tidy"
+    folder.mkdir(parents=True)
+    # `persona distill` names its results like this: the kind must not be shown twice.
+    (folder / "persona.toml").write_text('name = "tidy"\ndisplay_name = "Tidy (control code)"\ncontrol_code = "Be tidy."\n')
+    app = make_app(tmp_path, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await pilot.press("f2")
+        await pilot.pause(0.1)
+        options = app.screen.query_one("#personas")
+        tidy = str(options.get_option("tidy").prompt)
+        pirate = str(options.get_option("pirate").prompt)
+    assert tidy.count("(control code)") == 1
+    assert "(control code)" in pirate  # a title without it still gets the kind

@@ -75,7 +75,9 @@ class PersonaPicker(Dialog):
             p = installed.persona
             text = Text(end="")
             text.append(clean(p.title), style=color_style(p.color))
-            text.append(f"  ({p.kind.replace('_', ' ')})", style="dim")
+            kind = f"({p.kind.replace('_', ' ')})"
+            if not p.title.endswith(kind):  # `persona distill` names its result "X (soft prompt)"
+                text.append(f"  {kind}", style="dim")
             if name == self.current:
                 text.append("  current", style="italic")
             if p.description:
