@@ -25,9 +25,7 @@ class Runtime:
 
     def close(self) -> None:
         """Let go of the engine's resources (a child process, for the remote engine)."""
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
 
 def build_engine(loaded: LoadedModel, kind: str = "auto", progress: Progress | None = None) -> Engine:

@@ -63,20 +63,20 @@ def on_every_connection(store, *pragmas: str) -> None:
     store._engine.dispose()
 
 
-def page_count(path: Path) -> int:
+def pragma(path: Path, name: str):
     conn = sqlite3.connect(path)
     try:
-        return conn.execute("PRAGMA page_count").fetchone()[0]
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
     finally:
         conn.close()
+
+
+def page_count(path: Path) -> int:
+    return pragma(path, "page_count")
 
 
 def integrity(path: Path) -> str:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
+    return pragma(path, "integrity_check")
 
 
 def dump(path: Path) -> dict[str, list[tuple]]:

@@ -115,6 +115,9 @@ class StreamingEngine:
     def reset(self) -> None:
         """Forget any kept KV cache (the next call prefills everything)."""
 
+    def close(self) -> None:
+        """Let go of what the engine holds outside this process (the remote engine's child)."""
+
     def _decode(self, gen, prompt_ids, params, prefix, cancel, reuse) -> Iterator[str]:
         raise NotImplementedError
 

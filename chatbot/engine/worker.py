@@ -146,11 +146,11 @@ def serve(channel: Channel, requests: Requests) -> int:
 
 
 def _one_line(exc: Exception) -> str:
+    """The parent shows this as is: a user error's own line, anything else with its type."""
+    from chatbot.engine.loading import _one_line as first_line
     from chatbot.errors import UserError
 
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first if isinstance(exc, UserError) else f"{type(exc).__name__}: {first}"
+    return first_line(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def main() -> int:
