@@ -110,6 +110,7 @@ def bench_decode(loaded, new_tokens: int, repeats: int, fast_engine=None, llama=
 
 def bench_ttft(loaded, reuse: bool, reply_tokens: int, engine=None) -> list[float]:
     engine = engine or Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.info.context_length)
+    engine.reset()  # turn 1 starts from nothing kept, as llama.cpp's (reset) and a fresh process's do
     builder = ContextBuilder(loaded.tokenizer, budget=2048)
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=reply_tokens)
     history: list[Turn] = []

@@ -180,26 +180,30 @@ class FastLlama(nn.Module):
         H, KV, D = s.n_heads, s.n_kv_heads, s.head_dim
         G, half, qk_heads = H // KV, D // 2, H + KV
         mask = None
-        if T > 1:  # query row (g, t) sees cached positions and its own prefix
-            causal = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start)
-            mask = causal.repeat(G, 1)[None, None]
+        if T > 1:  # query row (g, t) sees cached positions and its own prefix; additive: SDPA on CPU
+            causal = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start).repeat(G, 1)  # is faster
+            mask = torch.zeros(causal.shape, dtype=cache.dtype).masked_fill_(~causal, float("-inf"))[None, None]
+        # A decode step is ~20 small ops a layer, so per-op Python costs add up (measured: 0.75 ms of
+        # a ~22 ms step): lookups hoisted out of the loop, and the projections' forward called
+        # directly, without nn.Module's hook machinery (none are registered on them).
+        cos, sin = cos[:, None], sin[:, None]
+        norm, eps, shape, dtype = F.rms_norm, s.norm_eps, self._norm_shape, self._dtype
+        keys, values = cache.k, cache.v
         for i, layer in enumerate(self.layers):
-            h = self._norm(x, layer.attention_norm)
-            qkv = layer.wqkv(h)
+            h = norm(x, shape, layer.attention_norm, eps).to(dtype)
+            qkv = layer.wqkv.forward(h)
             qk = qkv[:, : qk_heads * D].view(T, qk_heads, D)
-            qk = qk * cos[:, None] + qk.roll(half, -1) * sin[:, None]
-            k_new = qk[:, H:].transpose(0, 1)
-            v_new = qkv[:, qk_heads * D :].view(T, KV, D).transpose(0, 1)
-            cache.k[i, :, start:end] = k_new
-            cache.v[i, :, start:end] = v_new
+            qk = qk * cos + qk.roll(half, -1) * sin
+            keys[i, :, start:end] = qk[:, H:].transpose(0, 1)
+            values[i, :, start:end] = qkv[:, qk_heads * D :].view(T, KV, D).transpose(0, 1)
             # [T, H, D] -> [KV, G*T, D]: the query heads of one KV head are rows of one SDPA call
             q = qk[:, :H].view(T, KV, G, D).permute(1, 2, 0, 3).reshape(1, KV, G * T, D)
-            attn = F.scaled_dot_product_attention(q, cache.k[i : i + 1, :, :end], cache.v[i : i + 1, :, :end], attn_mask=mask)
+            attn = F.scaled_dot_product_attention(q, keys[i : i + 1, :, :end], values[i : i + 1, :, :end], attn_mask=mask)
             attn = attn.view(KV, G, T, D).permute(2, 0, 1, 3).reshape(T, H * D)
-            x = x + layer.wo(attn)  # fp32 + bf16 -> fp32
-            h = self._norm(x, layer.ffn_norm)
-            gate, up = layer.w13(h).chunk(2, dim=-1)
-            x = x + layer.w2(F.silu(gate) * up)
+            x = x + layer.wo.forward(attn)  # fp32 + bf16 -> fp32
+            h = norm(x, shape, layer.ffn_norm, eps).to(dtype)
+            gate, up = layer.w13.forward(h).chunk(2, dim=-1)
+            x = x + layer.w2.forward(F.silu(gate) * up)
         cache.length = end
         if logits == "none":
             return None
