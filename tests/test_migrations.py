@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -40,6 +42,26 @@ def test_upgrade_from_empty(tmp_path):
     assert revision(path) == database.head_revision()
     names = {name for name, _ in schema(path)}
     assert {"persona_versions", "conversations", "messages", "persona_switches", "messages_fts"} <= names
+
+
+def test_pinned_head_is_alembics_head():
+    # Opening a database at SCHEMA_HEAD skips alembic: a new migration must move the pin too.
+    assert database.SCHEMA_HEAD == database.head_revision()
+
+
+def test_opening_a_current_database_does_not_import_alembic(tmp_path):
+    path = tmp_path / "c.db"
+    Store.open(str(path)).close()
+    code = (
+        "import sys\n"
+        "from chatbot.store import Store\n"
+        f"store = Store.open({str(path)!r})\n"
+        "store.latest_conversation_id()\n"
+        "assert store.report.revision == store.report.previous_revision\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_downgrade_upgrade_round_trip(tmp_path):
