@@ -156,14 +156,20 @@ class ChatSession:
             user_id = self._store_user_message(message)
         reply.conversation_id = self.conversation_id
         if self.store is not None:
-            reply.message_id = self.store.start_reply(
-                self.conversation_id,
-                user_id,
-                self._persona_version_id(),
-                params.model_dump(mode="json"),
-                params.seed,
-                self.runtime.model_name,
-            )
+            try:
+                reply.message_id = self.store.start_reply(
+                    self.conversation_id,
+                    user_id,
+                    self._persona_version_id(),
+                    params.model_dump(mode="json"),
+                    params.seed,
+                    self.runtime.model_name,
+                )
+            except UserError:
+                # The question is stored and is the leaf now: remember it with no reply, as
+                # reloading the conversation would, so the next turn's context matches the store.
+                self.history.append(Turn(message, ""))
+                raise
         reply._deltas = self._stream(reply, message, user_id, cancel)
         return reply
 

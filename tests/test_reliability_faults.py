@@ -24,6 +24,7 @@ from reliability_helpers import (
 from tui_fakes import FakeEngine, idle, make_app, make_settings, wait_for
 
 from chatbot.errors import UserError
+from chatbot.session import turns_from_messages
 from chatbot.store import Store
 
 REPLY = "one two three four five six seven eight nine ten"
@@ -79,6 +80,8 @@ def test_session_turn_under_write_failure(stored, monkeypatch, stage, error):
         assert set(rows) <= set(after[table]) or table in ("conversations",), table
     with Store.open(str(path)) as again:
         branch = again.active_branch(again.latest_conversation_id())
+    # the session goes on with the questions a reload would give it (the next turn's context)
+    assert [t.user for t in session.history] == [t.user for t in turns_from_messages(branch)]
     assert [m.content for m in branch[:4]] == ["first question", REPLY, "second question", REPLY]
     assert all(m.status == "complete" for m in branch[:4])
     if stage == "user message":
