@@ -180,8 +180,10 @@ class FastLlama(nn.Module):
         H, KV, D = s.n_heads, s.n_kv_heads, s.head_dim
         G, half, qk_heads = H // KV, D // 2, H + KV
         mask = None
-        if T > 1:  # query row (g, t) sees cached positions and its own prefix; additive: SDPA on CPU
-            causal = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start).repeat(G, 1)  # is faster
+        if T > 1:
+            # Query row (g, t) sees the cached positions and its own prefix. Additive, not boolean:
+            # SDPA on CPU is faster with it (measured ~20% for 21 rows over 1272 positions).
+            causal = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start).repeat(G, 1)
             mask = torch.zeros(causal.shape, dtype=cache.dtype).masked_fill_(~causal, float("-inf"))[None, None]
         # A decode step is ~20 small ops a layer, so per-op Python costs add up (measured: 0.75 ms of
         # a ~22 ms step): lookups hoisted out of the loop, and the projections' forward called
