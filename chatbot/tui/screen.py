@@ -73,6 +73,7 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         self._show_persona()
+        self.composer.cursor_blink = self.app.prefs.cursor_blink
         self.composer.focus()
         self._loading_notice()
         self.open_backend()
