@@ -28,8 +28,10 @@ from chatbot.engine.loading import load_model  # noqa: E402
 from chatbot.engine.sampling import SamplingParams  # noqa: E402
 from chatbot.memory.context import ContextBuilder  # noqa: E402
 from chatbot.memory.render import Turn  # noqa: E402
-from chatbot.personas.schema import DEFAULT_PERSONA  # noqa: E402
+from chatbot.personas.schema import Persona  # noqa: E402
 
+# No control code: the model as it is, the same prompt for every engine and for llama.cpp.
+PLAIN = Persona(name="plain")
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 QUESTIONS = [
     "Hi! Can you help me plan a trip?",
@@ -62,7 +64,7 @@ def decode_rate(fn, new_tokens: int) -> float:
 
 
 def bench_decode(loaded, new_tokens: int, repeats: int, fast_engine=None, llama=None) -> dict:
-    ids = ContextBuilder(loaded.tokenizer).build(DEFAULT_PERSONA, [], PROMPT).prompt_ids
+    ids = ContextBuilder(loaded.tokenizer).build(PLAIN, [], PROMPT).prompt_ids
     # No EOS: both sides produce exactly `new_tokens`.
     engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=set(), max_context=loaded.info.context_length)
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=new_tokens)
@@ -116,7 +118,7 @@ def bench_ttft(loaded, reuse: bool, reply_tokens: int, engine=None) -> list[floa
     history: list[Turn] = []
     ttfts = []
     for question in QUESTIONS:
-        context = builder.build(DEFAULT_PERSONA, history, question)
+        context = builder.build(PLAIN, history, question)
         generation = engine.generate(context.prompt_ids, params, reuse=reuse)
         reply = generation.run()
         ttfts.append(generation.stats.ttft_ms)
@@ -130,7 +132,7 @@ def bench_ttft_llama(loaded, llama, reply_tokens: int) -> list[float]:
     ttfts = []
     llama.reset()
     for question in QUESTIONS:
-        ids = builder.build(DEFAULT_PERSONA, history, question).prompt_ids
+        ids = builder.build(PLAIN, history, question).prompt_ids
         ttfts.append(llama.ttft_ms(ids))
         reply = loaded.tokenizer.decode(llama.reply(ids, loaded.eos_token_ids, reply_tokens), skip_special_tokens=True)
         history.append(Turn(question, reply))

@@ -11,12 +11,12 @@ from sqlalchemy.exc import OperationalError
 from tui_fakes import FakeEngine, FakeRuntime
 
 from chatbot.config import Settings
-from chatbot.personas.schema import DEFAULT_PERSONA
 from chatbot.personas.registry import InstalledPersona
+from chatbot.personas.schema import Persona
 
 DISK_FULL = "database or disk is full"
 READ_ONLY = "attempt to write a readonly database"
-ASSISTANT = InstalledPersona(DEFAULT_PERSONA, "shipped", Path("."))
+ASSISTANT = InstalledPersona(Persona(name="assistant", display_name="Assistant"), "shipped", Path("."))
 
 
 def settings_for(tmp_path: Path) -> Settings:

@@ -9,7 +9,7 @@ from chatbot.engine.loading import LoadedModel, ModelInfo
 from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError
 from chatbot.personas.registry import InstalledPersona
-from chatbot.personas.schema import DEFAULT_PERSONA, Persona
+from chatbot.personas.schema import Persona
 from chatbot.runtime import Runtime
 from chatbot.session import ChatSession
 from chatbot.store import Store
@@ -30,7 +30,10 @@ def store(isolated_settings):
         yield opened
 
 
-def session_for(runtime, settings, store, persona=DEFAULT_PERSONA, conversation_id=None):
+PLAIN = Persona(name="assistant", display_name="Assistant")  # no control code: the model as it is
+
+
+def session_for(runtime, settings, store, persona=PLAIN, conversation_id=None):
     return ChatSession(runtime, settings, InstalledPersona(persona, "shipped", None), store, conversation_id)
 
 

@@ -60,9 +60,3 @@ class Persona(BaseModel):
         """The full definition as plain JSON data (stored with every reply's persona version)."""
         return self.model_dump(mode="json")
 
-
-DEFAULT_PERSONA = Persona(
-    name="assistant",
-    display_name="Assistant",
-    description="The model as it is: no control code.",
-)
