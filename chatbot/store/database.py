@@ -17,7 +17,6 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, make_url
@@ -30,6 +29,7 @@ from chatbot.locations import ensure_private_dir
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+
 
 def _migrations_dir() -> Path:
     """`migrations/` beside the package in a checkout; the copy in the environment's share/ for a
