@@ -5,6 +5,7 @@ semantics (prefix reuse, soft-prompt prefixes, cancel) on the static KV cache.""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,18 +23,8 @@ from chatbot.personas.schema import Persona
 pytestmark = pytest.mark.slow
 
 ASSISTANT = Persona(name="assistant")
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three colours of the rainbow.",
-    "Write a haiku about the sea.",
-    "How do I boil an egg?",
-    "Give me a tip for learning Python.",
-    "Why is the sky blue?",
-    "What is 12 times 7?",
-    "Suggest a name for a black cat.",
-    "What should I pack for a beach holiday?",
-    "Explain what a noun is.",
-]
+# The quality guard's fixed prompts (benchmarks/agreement.py runs them and twenty more).
+PROMPTS = (Path(__file__).parent / "fixtures" / "greedy_prompts.txt").read_text(encoding="utf-8").splitlines()
 HELD_OUT = (
     "The lighthouse stood at the edge of the cliff, its white paint peeling after decades of salt and "
     "wind. Every evening the keeper climbed the spiral stairs, trimmed the wick and polished the great "
