@@ -10,8 +10,8 @@ has transactional DDL), so a failed migration leaves the original as it was.
 from __future__ import annotations
 
 import os
-import sys
 import sqlite3
+import sys
 import time
 import urllib.parse
 from dataclasses import dataclass

@@ -189,10 +189,10 @@ class FastLlama(nn.Module):
         # a ~22 ms step): lookups hoisted out of the loop, and the projections' forward called
         # directly, without nn.Module's hook machinery (none are registered on them).
         cos, sin = cos[:, None], sin[:, None]
-        norm, eps, shape, dtype = F.rms_norm, s.norm_eps, self._norm_shape, self._dtype
+        norm = self._norm
         keys, values = cache.k, cache.v
         for i, layer in enumerate(self.layers):
-            h = norm(x, shape, layer.attention_norm, eps).to(dtype)
+            h = norm(x, layer.attention_norm)
             qkv = layer.wqkv.forward(h)
             qk = qkv[:, : qk_heads * D].view(T, qk_heads, D)
             qk = qk * cos + qk.roll(half, -1) * sin
@@ -203,7 +203,7 @@ class FastLlama(nn.Module):
             attn = F.scaled_dot_product_attention(q, keys[i : i + 1, :, :end], values[i : i + 1, :, :end], attn_mask=mask)
             attn = attn.view(KV, G, T, D).permute(2, 0, 1, 3).reshape(T, H * D)
             x = x + layer.wo.forward(attn)  # fp32 + bf16 -> fp32
-            h = norm(x, shape, layer.ffn_norm, eps).to(dtype)
+            h = norm(x, layer.ffn_norm)
             gate, up = layer.w13.forward(h).chunk(2, dim=-1)
             x = x + layer.w2.forward(F.silu(gate) * up)
         cache.length = end
