@@ -14,6 +14,7 @@ from chatbot.tui.conversation import ChatController
 from chatbot.tui.keys import BY_ID
 from chatbot.tui.preferences import Preferences, default_path
 from chatbot.tui.screen import ChatScreen
+from chatbot.tui.terminal_input import tolerate_malformed_input
 
 
 class ChatApp(App):
@@ -87,6 +88,7 @@ def run_tui(state, resume: str | None = None, persona: str | None = None) -> Non
         return open_remote_runtime(settings, progress=progress, cancelled=lambda: loader.is_cancelled)
 
     app = ChatApp(controller, state.store, open_runtime, Preferences.load(default_path()), resume)
+    tolerate_malformed_input()
     try:
         app.run()
     finally:

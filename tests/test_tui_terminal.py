@@ -1,0 +1,92 @@
+"""The real `chatbot` TUI in a pseudo-terminal, driven by bytes as a person's terminal sends them
+(Pilot bypasses the terminal driver, so it cannot see what the driver does with raw input)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX pseudo-terminals")
+
+QUIT = b"\x11"  # ctrl+q
+
+
+class Terminal:
+    """A child process on a 100x30 pseudo-terminal; everything it draws is kept in `screen`."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+        os.close(slave)
+        self.screen = b""
+
+    def read_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.master], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                self.screen += chunk
+
+    def wait_for(self, text: bytes, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while text not in self.screen and self.process.poll() is None and time.monotonic() < deadline:
+            self.read_for(0.2)
+        return text in self.screen
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self, seconds: float) -> int | None:
+        deadline = time.monotonic() + seconds
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self.read_for(0.2)
+        self.read_for(0.2)
+        if self.process.poll() is None:
+            self.process.kill()
+        os.close(self.master)
+        return self.process.wait()
+
+
+@pytest.fixture
+def tui(tmp_path, model_cache_dir):
+    env = {
+        **os.environ,
+        "TERM": "xterm-256color",
+        "CHATBOT_DATA_DIR": str(tmp_path / "data"),
+        "CHATBOT_CACHE_DIR": str(model_cache_dir),
+        "CHATBOT_DB": str(tmp_path / "chat.db"),
+    }
+    terminal = Terminal([sys.executable, "-m", "chatbot"], env)
+    yield terminal
+    if terminal.process.poll() is None:
+        terminal.process.kill()
+        terminal.process.wait()
+
+
+def test_bytes_that_are_not_utf8_do_not_kill_the_ui(tui):
+    assert tui.wait_for(b"Enter sends", 60), tui.screen[-2000:]
+    tui.read_for(1.0)
+    tui.send(b"caf\xe9 \xff\xfe ok")  # Latin-1 "café", then bytes no UTF-8 text has
+    tui.read_for(1.0)
+    assert tui.process.poll() is None, tui.screen.decode("utf-8", "replace")[-2000:]
+    assert "caf\ufffd \ufffd\ufffd ok".encode() in tui.screen  # shown as a terminal shows them
+    tui.send(QUIT)
+    code = tui.close(30)
+    shown = tui.screen.decode("utf-8", "replace")
+    assert "Traceback" not in shown and "UnicodeDecodeError" not in shown, shown[-2000:]
+    assert code == 0
