@@ -1,5 +1,6 @@
 """Where the chatbot keeps its files, per platform (platformdirs)."""
 
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -17,6 +18,15 @@ def cache_dir() -> Path:
 
 def config_dir() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def shipped_folder(name: str) -> Path:
+    """A folder the project ships beside the package (`personas/`, `migrations/`): the checkout's
+    own in a source tree, else the copy pyproject's data-files put in the environment's share/."""
+    checkout = Path(__file__).resolve().parents[1] / name
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / APP_NAME / name
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from chatbot.errors import NotFoundError, UserError
+from chatbot.locations import shipped_folder
 from chatbot.personas.schema import Persona
 
 PERSONA_FILE = "persona.toml"
@@ -24,12 +24,7 @@ class InstalledPersona:
 
 
 def shipped_dir() -> Path:
-    """`personas/` beside the package in a checkout; the copy in the environment's share/ for a
-    wheel install."""
-    checkout = Path(__file__).resolve().parents[2] / "personas"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "persona-chatbot" / "personas"
+    return shipped_folder("personas")
 
 
 def user_dir(data_dir: Path) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -24,23 +23,14 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, Oper
 from sqlalchemy.pool import StaticPool
 
 from chatbot.errors import UserError
-from chatbot.locations import ensure_private_dir
+from chatbot.locations import ensure_private_dir, shipped_folder
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
 
-def _migrations_dir() -> Path:
-    """`migrations/` beside the package in a checkout; the copy in the environment's share/ for a
-    wheel install (see pyproject.toml's data-files)."""
-    checkout = Path(__file__).resolve().parents[2] / "migrations"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "persona-chatbot" / "migrations"
-
-
-MIGRATIONS_DIR = _migrations_dir()
+MIGRATIONS_DIR = shipped_folder("migrations")
 FTS_TABLE = "messages_fts"
 BUSY_TIMEOUT_S = 15.0
 VERSION_TABLE = "alembic_version"
