@@ -37,3 +37,14 @@ def test_the_wheel_holds_every_shipped_file(tmp_path):
     missing = [str(f) for f in shipped_files() if f"{data}/data/{SHARE}/{f}" not in names]
     assert missing == []
     assert "chatbot/engine/worker.py" in names and "chatbot/tui/chat.tcss" in names
+
+
+def test_outside_a_checkout_the_code_looks_where_the_wheel_puts_them(tmp_path, monkeypatch):
+    from chatbot import locations
+
+    monkeypatch.setattr(locations, "__file__", str(tmp_path / "site-packages" / "chatbot" / "locations.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
+    assert locations.shipped_folder("personas") == tmp_path / "env" / SHARE / "personas"
+    assert locations.shipped_folder("migrations") == tmp_path / "env" / SHARE / "migrations"
+    monkeypatch.undo()
+    assert locations.shipped_folder("migrations") == ROOT / "migrations"
