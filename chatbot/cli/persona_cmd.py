@@ -13,7 +13,7 @@ from chatbot.cli.app import app
 from chatbot.cli.state import echo_progress, state_of
 from chatbot.errors import NotFoundError, UsageError, UserError
 
-persona_app = typer.Typer(no_args_is_help=True, help="Personas: list, show, create, train, distill, evaluate.")
+persona_app = typer.Typer(no_args_is_help=True, help="Personas: list, show, new, train, distill, eval.")
 app.add_typer(persona_app, name="persona")
 
 
