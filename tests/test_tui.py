@@ -157,6 +157,21 @@ async def test_edit_and_resend_makes_a_new_branch(tmp_path):
     assert roots == ["frist try", "first try"]
 
 
+async def test_copy_puts_the_selected_or_last_message_on_the_clipboard(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        assert app.clipboard == ""  # nothing yet: a notice, not an error
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await type_and_send(pilot, "copy [b]this[/b]\n  exactly")
+        await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 2)
+        await pilot.press("f5")
+        assert app.clipboard == "You said: copy [b]this[/b]\n  exactly"
+        await pilot.press("alt+up")
+        await pilot.press("f5")
+        assert app.clipboard == "copy [b]this[/b]\n  exactly"
+
+
 async def test_switch_persona_from_picker_and_palette(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:

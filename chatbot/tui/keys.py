@@ -37,6 +37,7 @@ KEYS: tuple[Key, ...] = (
     Key("rename", "f3", "rename", "Rename the open conversation", "chat", show=False),
     Key("delete", "f8", "delete", "Delete the open conversation (asks first)", "chat", show=False),
     Key("export", "ctrl+s", "export", "Export the conversation (Markdown/JSON)", "chat", show=False),
+    Key("copy", "f5", "copy_message", "Copy the selected (or last) message to the clipboard", "chat", show=False),
     Key("replay", "f6", "replay", "Replay the conversation", "chat", short="Replay"),
     Key("theme", "ctrl+t", "pick_theme", "Choose a theme (remembered)", "chat", show=False),
     Key("help", "f1", "help", "This help", "chat", short="Help"),

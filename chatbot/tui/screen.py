@@ -403,6 +403,16 @@ class ChatScreen(Screen):
         self.composer.focus()
         self._show_edit_banner()
 
+    def action_copy_message(self) -> None:
+        view = self.log_view.selected
+        if view is None or not view.content:
+            self.notify("Nothing to copy yet.")
+            return
+        # OSC 52: the terminal puts it on the system clipboard (most do; tmux needs set-clipboard).
+        self.app.copy_to_clipboard(view.content)
+        what = "your message" if view.role == "user" else "the reply"
+        self.notify(f"Copied {what} ({len(view.content)} characters).")
+
     def _show_edit_banner(self) -> None:
         banner = self.query_one("#edit-banner", Static)
         if self.editing is None:
