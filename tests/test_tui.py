@@ -170,6 +170,20 @@ async def test_copy_puts_the_selected_or_last_message_on_the_clipboard(tmp_path)
         await pilot.press("alt+up")
         await pilot.press("f5")
         assert app.clipboard == "copy [b]this[/b]\n  exactly"
+        await pilot.press("alt+down", "ctrl+p")  # the same from the command palette
+        await pilot.pause(0.2)
+        await pilot.press(*"Copy message")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.clipboard.startswith("You said"), what="palette copy")
+
+
+async def test_every_palette_entry_is_an_action_of_the_chat_screen():
+    from chatbot.tui.commands import ACTIONS
+    from chatbot.tui.screen import ChatScreen
+
+    missing = [action for _label, action, _help in ACTIONS if not callable(getattr(ChatScreen, f"action_{action}", None))]
+    assert missing == []
 
 
 async def test_switch_persona_from_picker_and_palette(tmp_path):

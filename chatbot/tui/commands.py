@@ -11,6 +11,7 @@ ACTIONS = (
     ("New conversation", "new_conversation", "Start an empty conversation"),
     ("Regenerate reply", "regenerate", "A new reply beside the selected one"),
     ("Edit and resend", "edit", "Edit the selected (or last) message: a new branch"),
+    ("Copy message", "copy_message", "The selected (or last) message, to the clipboard"),
     ("Export conversation…", "export", "Markdown or JSON"),
     ("Replay conversation", "replay", "Play it back at its recorded speed"),
     ("Rename conversation…", "rename", "Give the open conversation a title"),
