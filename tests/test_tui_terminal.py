@@ -63,7 +63,9 @@ class Terminal:
 
 
 @pytest.fixture
-def tui(tmp_path, model_cache_dir):
+def start(tmp_path, model_cache_dir):
+    """Starts `chatbot ARGS...` on a pseudo-terminal, with its own data dir and database."""
+    started = []
     env = {
         **os.environ,
         "TERM": "xterm-256color",
@@ -71,11 +73,21 @@ def tui(tmp_path, model_cache_dir):
         "CHATBOT_CACHE_DIR": str(model_cache_dir),
         "CHATBOT_DB": str(tmp_path / "chat.db"),
     }
-    terminal = Terminal([sys.executable, "-m", "chatbot"], env)
-    yield terminal
-    if terminal.process.poll() is None:
-        terminal.process.kill()
-        terminal.process.wait()
+
+    def start(*args: str) -> Terminal:
+        started.append(Terminal([sys.executable, "-m", "chatbot", *args], env))
+        return started[-1]
+
+    yield start
+    for terminal in started:
+        if terminal.process.poll() is None:
+            terminal.process.kill()
+            terminal.process.wait()
+
+
+@pytest.fixture
+def tui(start):
+    return start()
 
 
 def test_bytes_that_are_not_utf8_do_not_kill_the_ui(tui):
@@ -90,3 +102,40 @@ def test_bytes_that_are_not_utf8_do_not_kill_the_ui(tui):
     shown = tui.screen.decode("utf-8", "replace")
     assert "Traceback" not in shown and "UnicodeDecodeError" not in shown, shown[-2000:]
     assert code == 0
+
+
+def test_resume_alone_opens_the_last_conversation(start, tmp_path):
+    from chatbot.personas.registry import find
+    from chatbot.store import Store
+
+    with Store.open(f"sqlite:///{tmp_path / 'chat.db'}") as store:
+        persona = find("assistant", tmp_path / "data").persona
+        version = store.persona_version(persona.name, persona.kind, persona.definition())
+        for which in ("older", "latest"):
+            cid = store.new_conversation(None, "m")
+            asked = store.add_user_message(cid, f"the {which} question", None)
+            store.finish_reply(store.start_reply(cid, asked, version, {}, None, "m"), f"{which}-reply", "complete", {})
+    tui = start("--resume", "--persona", "pirate")  # no ID, and another option after it
+    # (The list of conversations shows both questions; only the open one's reply is drawn.)
+    assert tui.wait_for(b"latest-reply", 60), tui.screen.decode("utf-8", "replace")[-2000:]
+    assert tui.wait_for(b"Captain Redbeard", 30)  # --persona after it still applies
+    assert b"older-reply" not in tui.screen
+    tui.send(QUIT)
+    assert tui.close(30) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--resume"], ["--resume", "last"]),
+        (["--resume", "7"], ["--resume", "7"]),
+        (["--resume", "--persona", "pirate"], ["--resume", "last", "--persona", "pirate"]),
+        (["--db", "x.db", "--resume"], ["--db", "x.db", "--resume", "last"]),
+        (["--db", "--resume"], ["--db", "--resume"]),  # a value of --db, left to it
+        (["ask", "--resume"], ["ask", "--resume"]),  # a command's own arguments are left alone
+    ],
+)
+def test_resume_without_a_value_means_last(args, expected):
+    from chatbot.cli.app import resume_alone_means_last
+
+    assert resume_alone_means_last(args) == expected

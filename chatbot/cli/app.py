@@ -27,7 +27,8 @@ def root(
     ),
     engine: str | None = typer.Option(None, "--engine", help="Decode engine: auto, reference or fast."),
     resume: str | None = typer.Option(
-        None, "--resume", help="Open the TUI on a conversation (ID, or 'last').", show_default=False
+        None, "--resume", help="Open the TUI on a conversation: ID, or 'last' (also --resume alone).",
+        show_default=False,
     ),
     persona: str | None = typer.Option(None, "--persona", help="Persona to start the TUI with."),
 ) -> None:
@@ -64,9 +65,34 @@ def _register_groups() -> None:
                 raise
 
 
+ROOT_VALUE_OPTIONS = ("--db", "--model", "--engine", "--persona")
+
+
+def resume_alone_means_last(args: list[str]) -> list[str]:
+    """`chatbot --resume` with no ID opens the last conversation. Typer has no option with an
+    optional value, so the missing value is filled in here, among the root options only (before
+    the command, if any)."""
+    args = list(args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ROOT_VALUE_OPTIONS:
+            i += 2
+        elif arg == "--resume":
+            if i + 1 == len(args) or args[i + 1].startswith("-"):
+                args.insert(i + 1, "last")
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            break  # the command: its arguments are its own
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: run, and map every user error to one line."""
     _register_groups()
+    argv = resume_alone_means_last(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="chatbot", standalone_mode=False)
     except UserError as exc:
