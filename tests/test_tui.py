@@ -186,6 +186,28 @@ async def test_every_palette_entry_is_an_action_of_the_chat_screen():
     assert missing == []
 
 
+async def test_conversation_list_follows_the_width_until_toggled(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(60, 20)) as pilot:
+        await pilot.pause(0.1)
+        sidebar = chat(app).sidebar
+        assert not sidebar.display  # narrow: the conversation gets the whole width
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause(0.1)
+        assert sidebar.display
+        await pilot.resize_terminal(60, 20)
+        await pilot.pause(0.1)
+        assert not sidebar.display
+        await pilot.press("ctrl+b")  # the user's choice holds from then on
+        await pilot.resize_terminal(61, 20)
+        await pilot.pause(0.1)
+        assert sidebar.display
+        await pilot.press("ctrl+b")
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause(0.1)
+        assert not sidebar.display
+
+
 async def test_switch_persona_from_picker_and_palette(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:

@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -25,6 +25,9 @@ from chatbot.tui.widgets.text import literal
 
 
 LOADING = "Loading the model… type away: your message is sent when it is ready."
+# Below this many columns the conversation list starts hidden (Ctrl+B shows it): at 32 columns
+# of its own it would leave the conversation a narrow strip.
+SIDEBAR_MIN_WIDTH = 80
 
 
 class ChatScreen(Screen):
@@ -38,6 +41,7 @@ class ChatScreen(Screen):
         self.cancel_event: threading.Event | None = None
         self.streaming: MessageView | None = None
         self.editing: int | None = None  # the user message being edited
+        self.sidebar_chosen = False  # shown or hidden by the user: no longer follows the width
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -77,6 +81,10 @@ class ChatScreen(Screen):
         self.composer.focus()
         self._loading_notice()
         self.open_backend()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if not self.sidebar_chosen:
+            self.sidebar.display = event.size.width >= SIDEBAR_MIN_WIDTH
 
     def _loading_notice(self) -> None:
         self.log_view.add_event(LOADING).add_class("-loading")
@@ -444,6 +452,7 @@ class ChatScreen(Screen):
     def action_toggle_sidebar(self) -> None:
         sidebar = self.sidebar
         sidebar.display = not sidebar.display
+        self.sidebar_chosen = True
         if sidebar.display:
             sidebar.reload()
             sidebar.query_one("#conversations").focus()
