@@ -87,3 +87,20 @@ def test_any_query_is_safe(filled, query):
             store.search(query)
     else:
         assert isinstance(store.search(query), list)
+
+
+def test_substring_fallback_for_databases_without_fts5(filled):
+    """What a non-SQLite database gets, run here on the same SQLite file."""
+    from chatbot.store.search import _search_like
+
+    store, a, b, u = filled
+    like = lambda query: store._read(lambda s: _search_like(s, query, 20))  # noqa: E731
+    hits = like("PINEAPPLE later")
+    assert [h.conversation_id for h in hits] == [b]  # every word, any case
+    hit = hits[0]
+    assert hit.snippet[slice(*hit.highlights[0])].lower() == "pineapple"
+    assert [h.message_id for h in like("pineapple")][-1] == u  # newest first
+    assert like("pine%pizza") == [] and like("col_umn") == []  # LIKE's wildcards are plain text here
+    assert [h.conversation_id for h in like("-minus *star")] == [b]
+    with pytest.raises(UsageError):
+        like("   ")
