@@ -275,6 +275,29 @@ async def test_resume_last_on_the_command_line(tmp_path):
         assert shown(app) == [("user", "second"), ("assistant", "two")]
 
 
+async def test_persona_on_the_command_line_wins_over_the_resumed_conversations(tmp_path):
+    """`chatbot --resume --persona pirate`: go on as the pirate, a switch recorded, as `ask
+    --continue --persona pirate` does; without --persona the conversation keeps its own."""
+    settings = make_settings(tmp_path)
+    seed_conversation(settings, [("first", "one")])
+    app = make_app(tmp_path, settings=settings, resume="last", persona="pirate", command_line_persona="pirate")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 2, what="resume")
+        assert app.controller.persona.persona.name == "pirate" and chat(app).status.persona == "Pirate"
+        await type_and_send(pilot, "ahoy")
+        await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 4)
+    stored = branch(settings)
+    assert [m.persona.name for m in stored if m.role == "assistant"] == ["assistant", "pirate"]
+    with Store.open(settings.database_url()) as store:
+        switches = store.conversation(stored[0].conversation_id).persona_switches
+    assert [s.persona.name for s in switches] == ["pirate"]
+    # the same start without --persona goes on with the conversation's last persona
+    app = make_app(tmp_path, settings=settings, resume="last", persona="assistant")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 4, what="resume")
+        assert app.controller.persona.persona.name == "pirate"
+
+
 async def test_resume_unknown_id_ends_with_one_line_error(tmp_path):
     app = make_app(tmp_path, resume="999")
     async with app.run_test(size=SIZE) as pilot:

@@ -118,7 +118,7 @@ def test_resume_alone_opens_the_last_conversation(start, tmp_path):
     tui = start("--resume", "--persona", "pirate")  # no ID, and another option after it
     # (The list of conversations shows both questions; only the open one's reply is drawn.)
     assert tui.wait_for(b"latest-reply", 60), tui.screen.decode("utf-8", "replace")[-2000:]
-    assert tui.wait_for(b"Captain Redbeard", 30)  # --persona after it still applies
+    assert tui.wait_for("persona: Captain Redbeard".encode(), 30)  # --persona after it: a switch
     assert b"older-reply" not in tui.screen
     tui.send(QUIT)
     assert tui.close(30) == 0

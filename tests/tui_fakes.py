@@ -119,6 +119,7 @@ def make_app(
     settings: Settings | None = None,
     open_runtime=None,
     only: tuple[str, ...] | None = None,
+    command_line_persona: str | None = None,
 ) -> ChatApp:
     from chatbot.store import Store
 
@@ -137,7 +138,8 @@ def make_app(
 
     prefs = prefs or Preferences(tmp_path / "tui.toml")
     app = ChatApp(
-        controller, lambda: Store.open(settings.database_url()), open_runtime or fake_open_runtime, prefs, resume
+        controller, lambda: Store.open(settings.database_url()), open_runtime or fake_open_runtime, prefs, resume,
+        command_line_persona,
     )
     app.fake_runtime = runtime
     return app

@@ -30,6 +30,7 @@ class ChatApp(App):
         open_runtime: Callable[[Callable[[str], None]], Any],
         prefs: Preferences | None = None,
         resume: str | None = None,
+        persona: str | None = None,
     ):
         self.prefs = prefs if prefs is not None else Preferences(None)
         self.COMMAND_PALETTE_BINDING = self.prefs.keys.get("palette", BY_ID["palette"].keys)
@@ -38,6 +39,7 @@ class ChatApp(App):
         self.open_store = open_store
         self.open_runtime = open_runtime
         self.resume = resume
+        self.persona_asked = persona  # from the command line: it also applies to a resumed conversation
         self.fatal: Exception | None = None
         self.set_keymap(self.prefs.keys)
 
@@ -55,7 +57,7 @@ class ChatApp(App):
         elif self.prefs.theme:
             self.prefs.problems.append(f"unknown theme '{self.prefs.theme}': using the default")
         self.theme_changed_signal.subscribe(self, self._remember_theme)
-        self.install_screen(ChatScreen(self.controller, self.resume), "chat")
+        self.install_screen(ChatScreen(self.controller, self.resume, self.persona_asked), "chat")
         self.push_screen("chat")
         for problem in self.prefs.problems:
             self.notify(problem, title="config", severity="warning", timeout=10)
@@ -87,7 +89,7 @@ def run_tui(state, resume: str | None = None, persona: str | None = None) -> Non
         loader = get_current_worker()  # cancelled when the UI closes: then stop loading at once
         return open_remote_runtime(settings, progress=progress, cancelled=lambda: loader.is_cancelled)
 
-    app = ChatApp(controller, state.store, open_runtime, Preferences.load(default_path()), resume)
+    app = ChatApp(controller, state.store, open_runtime, Preferences.load(default_path()), resume, persona)
     tolerate_malformed_input()
     try:
         app.run()

@@ -33,10 +33,11 @@ SIDEBAR_MIN_WIDTH = 80
 class ChatScreen(Screen):
     BINDINGS = keys.bindings("chat")
 
-    def __init__(self, controller: ChatController, resume: str | None = None):
+    def __init__(self, controller: ChatController, resume: str | None = None, persona: str | None = None):
         super().__init__()
         self.controller = controller
         self.resume = resume
+        self.persona_asked = persona  # `--persona`: wins over a resumed conversation's own
         self.pending: list[tuple[str, MessageView]] = []  # typed before the model was ready
         self.cancel_event: threading.Event | None = None
         self.streaming: MessageView | None = None
@@ -153,6 +154,8 @@ class ChatScreen(Screen):
             return
         await self._render_view(keep_notice=True)
         self.sidebar.reload()
+        if self.persona_asked is not None:  # as `ask --continue --persona P` does: a recorded switch
+            self.switch_persona(self.persona_asked)
 
     def _runtime_ready(self, runtime) -> None:
         if not self.is_attached:
@@ -483,6 +486,8 @@ class ChatScreen(Screen):
         self.status.context = None
         await self._render_view(keep_notice=True)
         self.sidebar.reload()
+        if self.persona_asked is not None:  # as `ask --continue --persona P` does: a recorded switch
+            self.switch_persona(self.persona_asked)
         self.composer.focus()
 
     async def action_new_conversation(self) -> None:
@@ -493,6 +498,8 @@ class ChatScreen(Screen):
         self.status.context = None
         await self._render_view(keep_notice=True)
         self.sidebar.reload()
+        if self.persona_asked is not None:  # as `ask --continue --persona P` does: a recorded switch
+            self.switch_persona(self.persona_asked)
         self.composer.focus()
 
     def on_sidebar_rename(self, event: Sidebar.Rename) -> None:
