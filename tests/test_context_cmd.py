@@ -28,3 +28,5 @@ def test_context_matches_the_builder(isolated_settings, smol_tokenizer, bundled_
     assert shown["prompt"] == expected.text
     assert shown["tokens"] == expected.tokens and shown["dropped_turns"] == 0 and shown["total_turns"] == 4
     assert shown["persona"] == "assistant"
+    assert main(["history", "context", "last", "--json", "--message", "next?"]) == 0  # the same one
+    assert json.loads(capsys.readouterr().out)["prompt"] == expected.text

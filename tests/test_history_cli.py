@@ -81,6 +81,23 @@ def test_unknown_id_is_one_line_exit_1(db):
         assert (code, out, err) == (1, "", "chatbot: error: no conversation with id 42\n"), args
 
 
+def test_last_names_the_most_recent_conversation(db, tmp_path):
+    with Store.open(str(db)) as store:
+        newest = store.new_conversation("the newest one", "m")
+        store.add_user_message(newest, "latest words", None)
+    for args in (["show", "last"], ["show", "LAST", "--json"], ["export", "last", "--format", "md"], ["replay", "last", "--instant"]):
+        code, out, err = run(db, "history", *args)
+        assert code == 0 and "latest words" in out, (args, err)
+    assert run(db, "history", "rename", "last", "renamed")[0] == 0
+    assert run(db, "history", "delete", "last", "--yes")[0] == 0
+    with Store.open(str(db)) as store:
+        assert [c.id for c in store.list_conversations()] != [] and newest not in [c.id for c in store.list_conversations()]
+    empty = tmp_path / "empty.db"
+    assert run(empty, "history", "show", "last") == (1, "", "chatbot: error: there are no conversations yet\n")
+    for huge in ("99999999999999999999", "0"):
+        assert run(db, "history", "show", huge) == (1, "", f"chatbot: error: no conversation with id {int(huge)}\n")
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from chatbot.cli.history import history_app
+from chatbot.cli.history import ConversationId, conversation_id_of, history_app
 from chatbot.cli.state import state_of
 
 NEXT_MESSAGE = "<your next message>"
@@ -24,7 +24,7 @@ def current_persona_name(conversation, branch) -> str | None:
 @history_app.command("context")
 def context(
     ctx: typer.Context,
-    conversation_id: int = typer.Argument(..., help="Conversation id (see `chatbot history list`)."),
+    conversation_ref: str = ConversationId,
     message: str = typer.Option(NEXT_MESSAGE, "--message", "-m", help="The next message to render."),
     persona: str | None = typer.Option(None, "--persona", "-p", help="Render under this persona instead."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -35,6 +35,7 @@ def context(
 
     state = state_of(ctx)
     store = state.store()
+    conversation_id = conversation_id_of(store, conversation_ref)
     conversation = store.conversation(conversation_id)
     branch = store.active_branch(conversation_id)
     installed = state.persona(persona or current_persona_name(conversation, branch))

@@ -20,7 +20,7 @@ import typer
 
 from chatbot.cli.app import app
 from chatbot.cli.state import state_of
-from chatbot.errors import UsageError, UserError
+from chatbot.errors import NotFoundError, UsageError, UserError
 from chatbot.store import ConversationRecord, MessageRecord, Store, exchange
 from chatbot.store.exchange import persona_label
 from chatbot.store.replay import Switch, play, plan_reply, timeline
@@ -33,7 +33,9 @@ history_app = typer.Typer(
 )
 app.add_typer(history_app, name="history")
 
-ConversationId = typer.Argument(..., help="Conversation id (see `chatbot history list`).")
+ConversationId = typer.Argument(
+    ..., metavar="ID", show_default=False, help="Conversation id (see `chatbot history list`), or 'last'."
+)
 Json = typer.Option(False, "--json", help="Print JSON (the same vocabulary as `export`).")
 Leaf = typer.Option(None, "--leaf", help="Show the branch ending at this message (default: the latest).")
 
@@ -41,6 +43,22 @@ Leaf = typer.Option(None, "--leaf", help="Show the branch ending at this message
 class Format(str, Enum):
     md = "md"
     json = "json"
+
+
+def conversation_id_of(store: Store, ref: str) -> int:
+    """A conversation id as typed, or 'last': the most recently active conversation."""
+    if ref.strip().lower() == "last":
+        latest = store.latest_conversation_id()
+        if latest is None:
+            raise NotFoundError("there are no conversations yet")
+        return latest
+    try:
+        conversation_id = int(ref)
+    except ValueError:
+        raise UsageError(f"'{ref}' is not a conversation id (a number from `chatbot history list`, or 'last')") from None
+    if not 0 < conversation_id < 2**63:  # beyond what SQLite stores: no such row, and no overflow
+        raise NotFoundError(f"no conversation with id {conversation_id}")
+    return conversation_id
 
 
 def _store(ctx: typer.Context) -> Store:
@@ -111,9 +129,10 @@ def _switch_line(item: Switch) -> str:
 
 
 @history_app.command()
-def show(ctx: typer.Context, conversation_id: int = ConversationId, leaf: int | None = Leaf, as_json: bool = Json) -> None:
+def show(ctx: typer.Context, conversation: str = ConversationId, leaf: int | None = Leaf, as_json: bool = Json) -> None:
     """Show a conversation's active branch, with the persona of each reply and branch markers."""
     store = _store(ctx)
+    conversation_id = conversation_id_of(store, conversation)
     c = store.conversation(conversation_id)
     if as_json:
         emit_json(c.model_dump(mode="json"))
@@ -160,22 +179,25 @@ def search(
 
 
 @history_app.command()
-def rename(ctx: typer.Context, conversation_id: int = ConversationId, title: str = typer.Argument(...)) -> None:
+def rename(ctx: typer.Context, conversation: str = ConversationId, title: str = typer.Argument(...)) -> None:
     """Give a conversation a new title (stored exactly as given)."""
     if not title.strip():
         raise UsageError("the title is empty")
-    _store(ctx).rename_conversation(conversation_id, title)
+    store = _store(ctx)
+    conversation_id = conversation_id_of(store, conversation)
+    store.rename_conversation(conversation_id, title)
     print(f"renamed conversation {conversation_id}", file=sys.stderr)
 
 
 @history_app.command()
 def delete(
     ctx: typer.Context,
-    conversation_id: int = ConversationId,
+    conversation: str = ConversationId,
     yes: bool = typer.Option(False, "--yes", "-y", help="Really delete (there is no undo)."),
 ) -> None:
     """Delete a conversation and all its messages."""
     store = _store(ctx)
+    conversation_id = conversation_id_of(store, conversation)
     c = store.conversation(conversation_id)
     if not yes:
         raise UserError(f"refusing to delete conversation {c.id} ({len(c.messages)} messages) without --yes")
@@ -202,13 +224,14 @@ def write_private(path: Path, text: str) -> None:
 @history_app.command()
 def export(
     ctx: typer.Context,
-    conversation_id: int = ConversationId,
+    conversation: str = ConversationId,
     fmt: Format = typer.Option(Format.md, "--format", "-f", help="json: lossless (whole tree); md: for reading."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
     leaf: int | None = Leaf,
 ) -> None:
     """Export a conversation as JSON (lossless, importable) or Markdown."""
     store = _store(ctx)
+    conversation_id = conversation_id_of(store, conversation)
     doc = store.export_conversation(conversation_id)
     if fmt is Format.json:
         text = exchange.to_json(doc)
@@ -239,7 +262,7 @@ def import_(ctx: typer.Context, file: Path = typer.Argument(..., help="A JSON ex
 @history_app.command()
 def replay(
     ctx: typer.Context,
-    conversation_id: int = ConversationId,
+    conversation: str = ConversationId,
     speed: float | None = typer.Option(None, "--speed", help="Play replies this many times faster (default 1)."),
     instant: bool = typer.Option(False, "--instant", help="No delays: print each reply at once."),
     leaf: int | None = Leaf,
@@ -251,6 +274,7 @@ def replay(
         raise UsageError(f"--speed must be a positive number, not {speed}")
     factor = None if instant else (speed or 1.0)
     store = _store(ctx)
+    conversation_id = conversation_id_of(store, conversation)
     c = store.conversation(conversation_id)
     branch = store.active_branch(conversation_id, leaf)
     out(f"conversation {c.id}: {title_of(c.title)}\n")
