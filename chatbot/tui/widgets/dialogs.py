@@ -154,8 +154,9 @@ class HelpScreen(Dialog):
 
     def compose(self) -> ComposeResult:
         table = Table(box=None, expand=True, show_header=True, header_style="bold")
-        table.add_column("Keys", no_wrap=True)
-        table.add_column("Does")
+        # The keys wrap at their commas, so a narrow terminal still leaves room for what they do.
+        table.add_column("Keys", max_width=20)
+        table.add_column("Does", ratio=1)
         table.add_column("Id (config)", style="dim", no_wrap=True)
         for area, heading in AREAS.items():
             table.add_row(Text(heading, style="bold underline"), "", "")
