@@ -298,6 +298,15 @@ async def test_persona_on_the_command_line_wins_over_the_resumed_conversations(t
         assert app.controller.persona.persona.name == "pirate"
 
 
+async def test_resume_last_with_nothing_saved_starts_a_new_conversation(tmp_path):
+    app = make_app(tmp_path, resume="last")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await type_and_send(pilot, "first ever")
+        await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 2)
+    assert app.fatal is None and [m.content for m in branch(app.controller.settings)][0] == "first ever"
+
+
 async def test_resume_unknown_id_ends_with_one_line_error(tmp_path):
     app = make_app(tmp_path, resume="999")
     async with app.run_test(size=SIZE) as pilot:

@@ -88,12 +88,5 @@ def open_default_chat(state: AppState, resume: str | None = None, persona: str |
     store = state.store()
     conversation_id = None
     if resume:
-        conversation_id = store.latest_conversation_id() if resume == "last" else _conversation_id(resume)
+        conversation_id = store.conversation_id_of(resume)  # 'last' with none yet: a new one
     run_plain_chat(state, persona, store, conversation_id)
-
-
-def _conversation_id(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"--resume takes a conversation id or 'last', not '{text}'") from None

@@ -46,18 +46,10 @@ class Format(str, Enum):
 
 
 def conversation_id_of(store: Store, ref: str) -> int:
-    """A conversation id as typed, or 'last': the most recently active conversation."""
-    if ref.strip().lower() == "last":
-        latest = store.latest_conversation_id()
-        if latest is None:
-            raise NotFoundError("there are no conversations yet")
-        return latest
-    try:
-        conversation_id = int(ref)
-    except ValueError:
-        raise UsageError(f"'{ref}' is not a conversation id (a number from `chatbot history list`, or 'last')") from None
-    if not 0 < conversation_id < 2**63:  # beyond what SQLite stores: no such row, and no overflow
-        raise NotFoundError(f"no conversation with id {conversation_id}")
+    """An id as typed, or 'last' (an error when there are no conversations yet)."""
+    conversation_id = store.conversation_id_of(ref)
+    if conversation_id is None:
+        raise NotFoundError("there are no conversations yet")
     return conversation_id
 
 

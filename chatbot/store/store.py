@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DatabaseError, OperationalError, StatementError
 from sqlalchemy.orm import Session
 
-from chatbot.errors import UsageError
+from chatbot.errors import NotFoundError, UsageError
 from chatbot.text import unencodable
 from chatbot.store import database, exchange, repository, search
 from chatbot.store.database import Location, OpenReport
@@ -151,6 +151,20 @@ class Store:
     def latest_conversation_id(self) -> int | None:
         """The most recently active conversation (not archived), or None."""
         return self._read(repository.latest_conversation_id)
+
+    def conversation_id_of(self, ref: str) -> int | None:
+        """A conversation id as a user typed it, or 'last': the most recently active one (None if
+        there are none yet). UsageError for anything else; an id beyond SQLite's range cannot
+        exist, so it is NotFoundError here rather than an overflow later."""
+        if ref.strip().lower() == "last":
+            return self.latest_conversation_id()
+        try:
+            conversation_id = int(ref)
+        except ValueError:
+            raise UsageError(f"'{ref}' is not a conversation id (a number, or 'last')") from None
+        if not 0 < conversation_id < 2**63:
+            raise NotFoundError(f"no conversation with id {conversation_id}")
+        return conversation_id
 
     def conversation(self, conversation_id: int) -> ConversationRecord:
         """The conversation with its whole message tree; NotFoundError if there is none."""

@@ -138,15 +138,8 @@ class ChatScreen(Screen):
         self.sidebar.store = store
         resume = self.resume
         try:
-            if resume == "last":
-                latest = store.latest_conversation_id()
-                if latest is not None:
-                    self.controller.open(latest)
-            elif resume:
-                try:
-                    conversation_id = int(resume)
-                except ValueError:
-                    raise UserError(f"--resume takes a conversation id or 'last', not '{resume}'", 2) from None
+            conversation_id = store.conversation_id_of(resume) if resume else None
+            if conversation_id is not None:  # ('last' with none yet: a new conversation)
                 self.controller.open(conversation_id)
         except UserError as exc:
             self.app.fatal = exc
