@@ -298,6 +298,37 @@ async def test_persona_on_the_command_line_wins_over_the_resumed_conversations(t
         assert app.controller.persona.persona.name == "pirate"
 
 
+async def test_persona_on_the_command_line_applies_only_to_the_start(tmp_path):
+    """Opening another conversation later goes on with its own persona; Ctrl+N keeps the current."""
+    settings = make_settings(tmp_path)
+    other = seed_conversation(settings, [("older", "written by the assistant")], title="older")
+    seed_conversation(settings, [("newest", "fine")], title="newest")
+    app = make_app(tmp_path, settings=settings, resume="last", persona="pirate", command_line_persona="pirate")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and app.controller.persona.persona.name == "pirate", what="resume")
+        await chat(app).open_conversation(other)
+        await pilot.pause(0.1)
+        assert app.controller.conversation_id == other and app.controller.persona.persona.name == "assistant"
+        chat(app).switch_persona("pirate")
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert app.controller.conversation_id is None and app.controller.persona.persona.name == "pirate"
+
+
+async def test_context_use_shows_as_soon_as_a_conversation_opens(tmp_path):
+    settings = make_settings(tmp_path)
+    seed_conversation(settings, [("a question " * 20, "an answer " * 30)])
+    app = make_app(tmp_path, settings=settings, resume="last")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and chat(app).status.context is not None, what="context")
+        used, budget, dropped = chat(app).status.context
+        assert used == app.controller.session.context_for("").tokens and used > 50
+        assert budget == settings.context_budget and dropped == 0
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert chat(app).status.context is None  # nothing to hold yet
+
+
 async def test_resume_last_with_nothing_saved_starts_a_new_conversation(tmp_path):
     app = make_app(tmp_path, resume="last")
     async with app.run_test(size=SIZE) as pilot:

@@ -149,6 +149,7 @@ class ChatScreen(Screen):
         self.sidebar.reload()
         if self.persona_asked is not None:  # as `ask --continue --persona P` does: a recorded switch
             self.switch_persona(self.persona_asked)
+        self._preview_context()
 
     def _runtime_ready(self, runtime) -> None:
         if not self.is_attached:
@@ -162,7 +163,20 @@ class ChatScreen(Screen):
         self.status.model = runtime.model_name
         for event in self.log_view.query(".event.-loading"):
             event.remove()
+        self._preview_context()
         self._send_next_pending()
+
+    def _preview_context(self) -> None:
+        """How much of the budget the open branch (and persona) already takes, shown from the
+        moment a conversation opens rather than after its next reply."""
+        session = self.controller.session
+        if session is None or self.busy or self.controller.conversation_id is None:
+            return
+        try:
+            ctx = session.context_for("")
+        except Exception:  # noqa: BLE001 - only a preview: the next turn reports a real problem
+            return
+        self.status.context = (ctx.tokens, ctx.budget, ctx.dropped_turns)
 
     # -- showing the open branch ----------------------------------------------------------------
 
@@ -387,6 +401,7 @@ class ChatScreen(Screen):
         index = self.log_view.messages.index(view)
         if self.controller.sibling(view.message_id, step):
             await self._render_view()
+            self._preview_context()
             messages = self.log_view.messages
             if index < len(messages):
                 self.call_after_refresh(self.log_view.select, messages[index])
@@ -479,8 +494,7 @@ class ChatScreen(Screen):
         self.status.context = None
         await self._render_view(keep_notice=True)
         self.sidebar.reload()
-        if self.persona_asked is not None:  # as `ask --continue --persona P` does: a recorded switch
-            self.switch_persona(self.persona_asked)
+        self._preview_context()
         self.composer.focus()
 
     async def action_new_conversation(self) -> None:
@@ -491,8 +505,7 @@ class ChatScreen(Screen):
         self.status.context = None
         await self._render_view(keep_notice=True)
         self.sidebar.reload()
-        if self.persona_asked is not None:  # as `ask --continue --persona P` does: a recorded switch
-            self.switch_persona(self.persona_asked)
+        self._preview_context()
         self.composer.focus()
 
     def on_sidebar_rename(self, event: Sidebar.Rename) -> None:
