@@ -124,6 +124,10 @@ def test_new_scaffolds_a_control_code_persona(data_dir, capsys):
     assert installed.persona.control_code == "You are a chef."
     assert run_cli(["persona", "new", "chef"]) == 1  # exists
     assert run_cli(["persona", "new", "Bad Name"]) == 2
+    capsys.readouterr()
+    assert run_cli(["persona", "new", "night_owl"]) == 0  # no control code given: a plain one, and a hint
+    assert find("night_owl", data_dir).persona.control_code == "You are Night Owl."
+    assert "edit its control_code" in capsys.readouterr().err
 
 
 # -- soft-prompt files ---------------------------------------------------------------------------

@@ -163,16 +163,19 @@ def new_cmd(
         shutil.copyfile(soft_prompt_dir / sp.CONFIG_FILE, target / sp.CONFIG_FILE)
         shutil.copyfile(soft_prompt_dir / sp.WEIGHTS_FILE, target / sp.WEIGHTS_FILE)
     else:
+        title = name.replace("-", " ").replace("_", " ").title()
         persona = Persona(
             name=name,
-            display_name=name.replace("-", " ").replace("_", " ").title(),
+            display_name=title,
             description=description or "A new persona: describe it here.",
             kind="control_code",
-            control_code=control_code or "You are ... Always answer ...",
+            control_code=control_code or f"You are {title}.",  # usable at once, but says little
             placement=placement,
         )
     path = write_persona(folder, persona)
     print(f"created {path}")
+    if soft_prompt_dir is None and not control_code:
+        print(f"edit its control_code there to say who {persona.title} is and how they answer", file=sys.stderr)
 
 
 # -- train / distill -----------------------------------------------------------------------------------
