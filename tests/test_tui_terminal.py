@@ -139,3 +139,13 @@ def test_resume_without_a_value_means_last(args, expected):
     from chatbot.cli.app import resume_alone_means_last
 
     assert resume_alone_means_last(args) == expected
+
+
+def test_the_root_options_that_take_values_are_all_known():
+    """The `--resume` rewrite skips the values of the other root options: a new one must be listed."""
+    import typer
+
+    from chatbot.cli.app import ROOT_VALUE_OPTIONS, app
+
+    taking_values = {opt for p in typer.main.get_command(app).params if not getattr(p, "is_flag", False) for opt in p.opts}
+    assert taking_values - {"--resume"} == set(ROOT_VALUE_OPTIONS)
