@@ -211,15 +211,16 @@ class FastLlama(nn.Module):
             return None
         if logits == "last":
             x = x[-1:]
-        return self.logits(self._norm(x, self.norm))
+        return self.logits(F.rms_norm(x, self._norm_shape, self.norm, self.shape.norm_eps))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.output(h)
+        """h: the final normed hidden states in fp32 (the head's input is their bf16 rounding)."""
+        logits = self.output(h.to(self._dtype))
         if not self.layout.head.endswith("+exact"):
             return logits
         # The approximate head only nominates; the candidates' logits are recomputed from the
-        # tied embedding rows, so the likely tokens (all that greedy, top-k and top-p look at)
-        # score exactly as with the unquantized head.
+        # tied embedding rows and the fp32 hidden state, so the likely tokens (all that greedy,
+        # top-k and top-p look at) score as with the unquantized head on unrounded input.
         T = h.shape[0]
         idx = logits.topk(RESCORED_CANDIDATES, dim=-1, sorted=False).indices  # [T, k]
         rows = self.embedding_rows(idx.reshape(-1)).view(T, RESCORED_CANDIDATES, -1)
