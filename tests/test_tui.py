@@ -206,6 +206,13 @@ async def test_conversation_list_follows_the_width_until_toggled(tmp_path):
         await pilot.resize_terminal(*SIZE)
         await pilot.pause(0.1)
         assert not sidebar.display
+    app = make_app(tmp_path)
+    async with app.run_test(size=(60, 20)) as pilot:
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+f")  # search shows the list: that too is the user's choice
+        await pilot.resize_terminal(59, 20)
+        await pilot.pause(0.1)
+        assert chat(app).sidebar.display
 
 
 async def test_switch_persona_from_picker_and_palette(tmp_path):

@@ -472,6 +472,7 @@ class ChatScreen(Screen):
 
     def action_search(self) -> None:
         self.sidebar.display = True
+        self.sidebar_chosen = True  # asked for: a narrow terminal's resize must not hide it again
         self.sidebar.query_one("#search", Input).focus()
 
     async def on_sidebar_open(self, event: Sidebar.Open) -> None:
@@ -505,7 +506,6 @@ class ChatScreen(Screen):
         self.status.context = None
         await self._render_view(keep_notice=True)
         self.sidebar.reload()
-        self._preview_context()
         self.composer.focus()
 
     def on_sidebar_rename(self, event: Sidebar.Rename) -> None:
