@@ -29,6 +29,7 @@ def test_model_spec_kinds(tmp_path):
     (tmp_path / "hf" / "config.json").write_text("{}")
     assert resolve_source(str(tmp_path / "hf")).kind == "directory"
     assert resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
+    assert resolve_source("gpt2").kind == "hub"
     with pytest.raises(NotFoundError):
         resolve_source(str(tmp_path / "missing.gguf"))
     with pytest.raises(UserError, match="no config.json"):
@@ -79,3 +80,22 @@ def test_a_damaged_cache_is_rebuilt(bundled_fp32, tmp_path):
     assert any("damaged" in line for line in progress)
     assert cache_is_complete(target)
     assert loaded.model.config.hidden_size == 576
+
+
+@pytest.mark.parametrize("spec", ["gpt2", "openai-community/gpt2"])
+def test_a_hub_id_offline_says_the_hub_is_unreachable(spec, tmp_path):
+    """A bare hub id (the hub's top-level `gpt2`) is a hub id as much as `owner/name`: offline,
+    both get the same honest line, not "no such model"."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "CHATBOT_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run(
+        [sys.executable, "-m", "chatbot", "--model", spec, "model", "info"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"chatbot: error: cannot fetch {spec}: the Hugging Face hub is not reachable (offline?); "
+        "pass a local model directory or .gguf file with --model"
+    ]

