@@ -16,7 +16,7 @@ from chatbot.engine.fast import quantize as qz
 from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape
 from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
 
-FORMAT = 3  # bump when the cached tensors' meaning changes
+FORMAT = 4  # bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors)
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM"}
 
 
@@ -164,31 +164,34 @@ def cache_key(dtype: torch.dtype, layout: Layout) -> str:
     return f"fast-v{FORMAT}-{str(dtype).removeprefix('torch.')}-{tag}"
 
 
-def save(model: FastLlama, folder: Path, key: str) -> None:
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Written beside `path` and renamed into place: a reader sees the old file or the new one."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "output.weight" or not _tied(model)}
-    dense = {k: state.pop(k) for k in [k for k in state if k.endswith(".dense")]}
-    if dense:  # the prefill copies: a file of their own, mapped lazily (see load)
-        fd, tmp = tempfile.mkstemp(prefix=".fast-", suffix=".pt", dir=folder)
-        os.close(fd)
-        try:
-            torch.save(dense, tmp)
-            os.replace(tmp, folder / f"{key}.dense.pt")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    meta = {"shape": json.dumps(model.shape.__dict__), "layout": json.dumps(model.layout.as_dict()),
-            "dtype": str(model.dtype).removeprefix("torch.")}
-    fd, tmp = tempfile.mkstemp(prefix=".fast-", suffix=".safetensors", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".fast-", suffix=".safetensors", dir=path.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, folder / f"{key}.safetensors")
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _dense_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".safetensors") + ".dense.safetensors")
+
+
+def save(model: FastLlama, folder: Path, key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "output.weight" or not _tied(model)}
+    dense = {k: state.pop(k) for k in [k for k in state if k.endswith(".dense")]}
+    path = folder / f"{key}.safetensors"
+    if dense:  # the prefill copies: a file of their own, mapped lazily (see load)
+        _write_safetensors(dense, _dense_path(path))
+    meta = {"shape": json.dumps(model.shape.__dict__), "layout": json.dumps(model.layout.as_dict()),
+            "dtype": str(model.dtype).removeprefix("torch.")}
+    _write_safetensors(state, path, meta)
 
 
 def _tied(model: FastLlama) -> bool:
@@ -229,10 +232,11 @@ def load(path: Path) -> FastLlama:
     layout = Layout(**json.loads(meta["layout"]))
     dtype = getattr(torch, meta["dtype"])
     model = _skeleton(shape, dtype, layout)
-    dense_path = path.with_name(path.name.removesuffix(".safetensors") + ".dense.pt")
     if layout.dense_prefill:
+        from safetensors.torch import load_file
+
         # Memory-mapped: pages are read (and count in RSS) only once a long prefill touches them.
-        state.update(torch.load(dense_path, mmap=True, weights_only=True))
+        state.update(load_file(_dense_path(path)))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not (m == "output.weight" and _tied(model))]
     if missing or unexpected:
@@ -247,7 +251,7 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     """The repacked model from `folder` (a cache keyed by the GGUF file), building it once."""
     key = cache_key(dtype, layout)
     path = folder / f"{key}.safetensors"
-    if path.is_file() and (not layout.dense_prefill or path.with_name(f"{key}.dense.pt").is_file()):
+    if path.is_file() and (not layout.dense_prefill or _dense_path(path).is_file()):
         try:
             return load(path)
         except Exception:  # a damaged or foreign file: rebuild it
