@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatbot.errors import UsageError
-from chatbot.store.search import fts_query, split_markers
+from chatbot.store.search import fts_query
+from chatbot.store.snippets import SNIPPET_TOKENS, make_snippet
 from test_store_support import db_path, store  # noqa: F401
 
 
@@ -71,8 +72,7 @@ def test_unicode_words(store):
     assert store.search("Zürich")[0].conversation_id == c
 
 
-def test_markers_are_split_off():
-    assert split_markers("a \x02bc\x03 d \x02e\x03") == ("a bc d e", [(2, 4), (7, 8)])
+def test_query_words_are_quoted():
     assert fts_query('say "hi"') == '"say" """hi"""'
     assert fts_query("((( ***") is None
     assert fts_query("0\x00x") == '"0" "x"'  # found by hypothesis: a NUL ended FTS5's query string
@@ -104,3 +104,37 @@ def test_substring_fallback_for_databases_without_fts5(filled):
     assert [h.conversation_id for h in like("-minus *star")] == [b]
     with pytest.raises(UsageError):
         like("   ")
+
+
+def test_a_message_of_a_hundred_thousand_hits(store):
+    """A long paste of one repeated word: the right hit and passage (the time it takes is measured
+    by `benchmarks.store_load`: FTS5's own snippet() was quadratic in a message's hits)."""
+    c = store.new_conversation("paste", "m")
+    big = store.add_user_message(c, "intro text, then " + "Echo " * 100_000 + "and the end", None)
+    other = store.add_user_message(c, "one echo only", big)
+    hits = store.search("echo")
+    assert [h.message_id for h in hits] == [big, other]  # denser first (bm25)
+    first = hits[0]
+    assert first.snippet == "intro text, then " + " ".join(["Echo"] * (SNIPPET_TOKENS - 3)) + "…"
+    assert [first.snippet[s:e] for s, e in first.highlights] == ["Echo"] * (SNIPPET_TOKENS - 3)
+    assert store.search("echo end")[0].snippet.endswith("Echo Echo and the end")
+
+
+@pytest.mark.parametrize(
+    ("content", "words", "snippet", "marked"),
+    [
+        ("Crème brûlée à Zürich", ["creme", "ZURICH"], "Crème brûlée à Zürich", ["Crème", "Zürich"]),
+        ("say don't, do not", ["don't"], "say don't, do not", ["don't"]),
+        ("C++ (templates) AND x", ["(templates)"], "C++ (templates) AND x", ["templates"]),
+        ("pineapples and pine", ["pine"], "pineapples and pine", ["pine"]),  # whole words only
+        (" ".join(f"w{i}" for i in range(40)) + " target " + " ".join(f"v{i}" for i in range(40)), ["target"],
+         "…w37 w38 w39 target v0 v1 v2 v3 v4 v5 v6 v7…", ["target"]),
+        ("a b c d e f g h i j k l m n o p target", ["target"], "…f g h i j k l m n o p target", ["target"]),
+        ("far apart: alpha " + "x " * 100 + "beta, then alpha beta together", ["alpha", "beta"],
+         "…x x x x x x x beta, then alpha beta together", ["beta", "alpha", "beta"]),
+    ],
+)
+def test_snippets(content, words, snippet, marked):
+    got = make_snippet(content, words)
+    assert got.text == snippet
+    assert [got.text[s:e] for s, e in got.highlights] == marked

@@ -1,7 +1,8 @@
-"""Full-text search over message text: FTS5 (ranked by bm25, with snippets) on SQLite, LIKE elsewhere.
+"""Full-text search over message text: FTS5 (ranked by bm25) on SQLite, LIKE elsewhere.
 
 The user's words are never passed to FTS5 as query syntax: each whitespace-separated word becomes a
 quoted string (an implicit AND of them), so `"`, `*`, `-`, `:`, `(`, `NEAR`, `OR`... are just text.
+Snippets are cut by `snippets.py` (FTS5's own are quadratic in a message's hits).
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from sqlalchemy.orm import Session
 from chatbot.errors import UsageError
 from chatbot.store.models import Conversation, Message, UTCDateTime
 from chatbot.store.records import SearchHit
+from chatbot.store.snippets import make_snippet
 
-OPEN, CLOSE = "\x02", "\x03"  # snippet markers, removed before a hit is handed out
-SNIPPET_TOKENS = 12
 FALLBACK_CONTEXT = 40
 
 FTS_QUERY = text(
-    f"""
-    SELECT m.id, m.conversation_id, m.role, m.created_at, c.title,
-           snippet(messages_fts, 0, :open, :close, '…', {SNIPPET_TOKENS}) AS snippet,
+    """
+    SELECT m.id, m.conversation_id, m.role, m.created_at, c.title, m.content,
            bm25(messages_fts) AS rank
     FROM messages_fts
     JOIN messages AS m ON m.id = messages_fts.rowid
@@ -32,33 +31,20 @@ FTS_QUERY = text(
 )
 
 
-def fts_query(query: str) -> str | None:
-    """The FTS5 query for the user's words; None when no word has a letter or digit to look for."""
+def query_words(query: str) -> list[str]:
+    """The words to look for; UsageError when there is nothing at all."""
     query = query.replace("\x00", " ")  # FTS5 reads its query as a C string: a NUL would end it
     if not query.split():
         raise UsageError("the search query is empty")
-    words = [w for w in query.split() if any(ch.isalnum() for ch in w)]
+    return [w for w in query.split() if any(ch.isalnum() for ch in w)]
+
+
+def fts_query(query: str) -> str | None:
+    """The FTS5 query for the user's words; None when no word has a letter or digit to look for."""
+    words = query_words(query)
     if not words:
         return None
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
-def split_markers(marked: str) -> tuple[str, list[tuple[int, int]]]:
-    """Remove the snippet markers, returning the plain text and the [start, end) of each highlight."""
-    plain: list[str] = []
-    spans: list[tuple[int, int]] = []
-    length = 0
-    start = None
-    for ch in marked:
-        if ch == OPEN:
-            start = length
-        elif ch == CLOSE and start is not None:
-            spans.append((start, length))
-            start = None
-        else:
-            plain.append(ch)
-            length += 1
-    return "".join(plain), spans
 
 
 def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
@@ -69,11 +55,12 @@ def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
         return []
     rows = session.execute(
         FTS_QUERY.columns(created_at=UTCDateTime()),
-        {"open": OPEN, "close": CLOSE, "query": match, "limit": limit},
+        {"query": match, "limit": limit},
     )
+    words = query_words(query)
     hits = []
     for row in rows:
-        snippet, spans = split_markers(row.snippet)
+        snippet = make_snippet(row.content, words)
         hits.append(
             SearchHit(
                 conversation_id=row.conversation_id,
@@ -81,8 +68,8 @@ def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
                 message_id=row.id,
                 role=row.role,
                 created_at=row.created_at,
-                snippet=snippet,
-                highlights=spans,
+                snippet=snippet.text,
+                highlights=snippet.highlights,
                 score=-row.rank,
             )
         )
