@@ -140,3 +140,67 @@ def test_markdown_is_readable(store):
     assert "*persona switched to assistant (control, " in md
     assert "The secret word is PINEAPPLE" in md and "· interrupted" in md
     assert "1 message(s) on other branches" in md
+
+
+# --- numbers SQLite and JSON cannot hold, texts no command could show ------------------------------
+
+
+def _raw_edit(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (('"temperature": 0.7', '"temperature": 1e999'), "conversation.messages.1.settings.temperature is inf"),
+        (('"ttft_ms": 120.5', '"ttft_ms": NaN'), "conversation.messages.1.stats.ttft_ms is nan"),
+        (('"tokens_per_s": 24.5', '"tokens_per_s": -Infinity'), "stats.tokens_per_s is -inf"),
+        (('"top_p": 0.9', '"top_p": [1, {"x": NaN}]'), "settings.top_p.1.x is nan"),
+        (('"title": "What is the secret word?"', '"title": "' + "t" * 1_000_001 + '"'), "conversation.title is 1,000,001"),
+        (('"model": "SmolLM2-135M-Instruct"', '"model": "' + "m" * 5_000 + '"'), "conversation.model is 5,000"),
+        (('"top_p": 0.9', '"top_p": "' + "s" * 70_000 + '"'), "conversation.messages.1.settings is"),
+    ],
+    ids=["infinite setting", "NaN stat", "-inf stat", "NaN nested", "huge title", "huge model", "huge settings"],
+)
+def test_unstorable_values_are_refused(store, tmp_path, edit, expected):
+    text = _raw_edit(json.dumps(_valid_export(store)), *edit)
+    before = store.list_conversations()
+    with pytest.raises(UserError) as err:
+        exchange.parse_document(text, "doc.json")
+    message = str(err.value)
+    assert expected in message and "nothing imported" in message and "\n" not in message, message
+    assert store.list_conversations() == before
+
+
+def test_an_infinite_persona_setting_is_refused(store):
+    data = _valid_export(store)
+    text = _raw_edit(json.dumps(data), '"definition": {', '"definition": {"temperature": Infinity, ')
+    with pytest.raises(UserError, match=r"personas\.0\.definition\.temperature is inf"):
+        exchange.parse_document(text, "doc.json")
+
+
+def test_a_huge_message_is_refused_by_import_and_by_the_store(store, monkeypatch):
+    from chatbot.store import limits
+
+    monkeypatch.setattr(limits, "MESSAGE_MAX_CHARS", 1_000)  # the same check, without 16 MB of text
+    data = _valid_export(store)
+    data["conversation"]["messages"][0]["content"] = "x" * 1_001
+    with pytest.raises(UserError, match=r"messages\.0\.content is 1,001 characters long \(at most 1,000\)"):
+        exchange.parse_document(json.dumps(data), "doc.json")
+    c = store.new_conversation(None, "m")
+    with pytest.raises(UserError, match="the message is 1,001 characters long.*nothing was saved"):
+        store.add_user_message(c, "x" * 1_001, None)
+    with pytest.raises(UserError, match="the title is 1,001 characters long"):
+        store.rename_conversation(c, "t" * 1_001)
+    assert store.conversation(c).messages == [] and store.conversation(c).title is None
+
+
+def test_the_limits_keep_every_stored_conversation_importable(store):
+    """What the chatbot stores itself imports back: the longest title and message it accepts."""
+    from chatbot.store import limits
+
+    c = store.new_conversation("t" * limits.TITLE_MAX_CHARS, "m" * limits.MODEL_NAME_MAX_CHARS)
+    store.add_user_message(c, "a long paste " * 100_000, None)
+    doc = exchange.parse_document(exchange.to_json(store.export_conversation(c)), "doc.json")
+    assert normalized(store.export_conversation(store.import_conversation(doc))) == normalized(doc)

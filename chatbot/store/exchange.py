@@ -3,7 +3,8 @@
 The JSON document is `{"format": "persona-chatbot.conversation", "version": 1, "exported_at",
 "conversation": <ConversationRecord: the whole message tree, persona switches>, "personas": [the
 full definition of every persona version referred to]}`. Importing it gives an identical
-conversation with new ids; a malformed document is refused with its first problem named.
+conversation with new ids; a malformed document is refused with its first problem named, as is
+one holding a NaN or an infinity, or a text beyond `limits.py` (nothing is written).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chatbot.errors import NotFoundError, UserError
-from chatbot.store import repository
+from chatbot.store import limits, repository
 from chatbot.store.models import Conversation, Message, PersonaSwitch, utcnow
 from chatbot.store.records import ConversationRecord, MessageRecord, PersonaRef, PersonaVersionRecord, Record
 from chatbot.store.replay import Switch, timeline
@@ -32,6 +33,13 @@ class ExportDocument(Record):
     exported_at: datetime
     conversation: ConversationRecord
     personas: list[PersonaVersionRecord] = []
+
+    @model_validator(mode="after")
+    def _storable(self) -> ExportDocument:
+        problem = next((p for p in _storage_problems(self) if p is not None), None)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportDocument:
@@ -57,6 +65,25 @@ class ExportDocument(Record):
             if s.persona not in known:
                 raise ValueError(f"conversation.persona_switches.{i}.persona: not among the document's personas")
         return self
+
+
+def _storage_problems(doc: ExportDocument):
+    """Each field's problem or None, lazily: the first problem is enough."""
+    c = doc.conversation
+    yield limits.too_long("conversation.title", c.title, limits.TITLE_MAX_CHARS)
+    yield limits.too_long("conversation.model", c.model, limits.MODEL_NAME_MAX_CHARS)
+    for i, m in enumerate(c.messages):
+        where = f"conversation.messages.{i}"
+        yield limits.too_long(f"{where}.content", m.content, limits.MESSAGE_MAX_CHARS)
+        yield limits.too_long(f"{where}.model", m.model, limits.MODEL_NAME_MAX_CHARS)
+        for field in ("settings", "stats"):
+            value = getattr(m, field)
+            yield limits.non_finite(f"{where}.{field}", value)
+            yield limits.json_too_long(f"{where}.{field}", value, limits.SETTINGS_MAX_CHARS)
+    for i, p in enumerate(doc.personas):
+        # (a persona's hash is of its canonical JSON, which has no NaN: a mismatch is also refused)
+        yield limits.non_finite(f"personas.{i}.definition", p.definition)
+        yield limits.json_too_long(f"personas.{i}.definition", p.definition, limits.PERSONA_DEFINITION_MAX_CHARS)
 
 
 def export_document(session: Session, conversation_id: int) -> ExportDocument:
@@ -119,6 +146,7 @@ def import_document(session: Session, doc: ExportDocument) -> int:
 
 def parse_document(text: str | bytes, source: str) -> ExportDocument:
     """Validate an export; a problem becomes one UserError line naming the source and the problem."""
+    check_size(len(text), source)
     try:
         return ExportDocument.model_validate_json(text)
     except ValidationError as exc:
@@ -134,12 +162,20 @@ def parse_document(text: str | bytes, source: str) -> ExportDocument:
 
 def read_document(path: Path) -> ExportDocument:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(limits.IMPORT_FILE_MAX_BYTES + 1)
     except FileNotFoundError as exc:
         raise NotFoundError(f"no such file: {path}") from exc
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from exc
     return parse_document(data, str(path))
+
+
+def check_size(size: int, source: str) -> None:
+    if size > limits.IMPORT_FILE_MAX_BYTES:
+        raise UserError(
+            f"{source}: larger than {limits.IMPORT_FILE_MAX_BYTES >> 20} MiB, not a conversation export; nothing imported"
+        )
 
 
 def to_json(doc: ExportDocument) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from chatbot.errors import NotFoundError, UsageError
 from chatbot.text import unencodable
-from chatbot.store import database, exchange, repository, search
+from chatbot.store import database, exchange, limits, repository, search
 from chatbot.store.database import Location, OpenReport
 from chatbot.store.exchange import ExportDocument
 from chatbot.store.models import utcnow
@@ -50,6 +50,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise UsageError(f"{problem}; nothing was saved")
 
 
 class Store:
@@ -146,6 +151,7 @@ class Store:
 
     def new_conversation(self, title: str | None, model: str) -> int:
         """A new conversation; with title None, the first user message gives it one."""
+        _refuse(limits.too_long("the title", title, limits.TITLE_MAX_CHARS))
         return self._write(lambda s: repository.new_conversation(s, title, model))
 
     def latest_conversation_id(self) -> int | None:
@@ -175,6 +181,7 @@ class Store:
         return self._read(lambda s: repository.list_conversations(s, limit))
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
+        _refuse(limits.too_long("the title", title, limits.TITLE_MAX_CHARS))
         self._write(lambda s: repository.rename(s, conversation_id, title))
 
     def delete_conversation(self, conversation_id: int) -> None:
@@ -195,6 +202,7 @@ class Store:
 
     def add_user_message(self, conversation_id: int, content: str, parent_id: int | None) -> int:
         """Commit a user message (before generation starts); returns its id."""
+        _refuse(limits.too_long("the message", content, limits.MESSAGE_MAX_CHARS))
         return self._write(
             lambda s: repository.add_message(
                 s, conversation_id, "user", content=content, parent_id=parent_id, status="complete"
