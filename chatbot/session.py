@@ -26,15 +26,35 @@ FLUSH_EVERY_S = 0.5
 
 
 def turns_from_messages(messages) -> list[Turn]:
-    """Group a stored branch (root to leaf) into turns of (user message, reply)."""
+    """Group a stored branch (root to leaf) into turns of (user message, reply), each reply with
+    where its prompt's window started (`dropped_turns` in its stats)."""
     turns: list[Turn] = []
     for message in messages:
         if message.role == "user":
             turns.append(Turn(message.content, None))
         elif message.role == "assistant" and turns:
-            turns[-1] = Turn(turns[-1].user, message.content)
-    # A user message whose reply never started (a crash) still counts, with an empty reply.
+            start = message.stats.get("dropped_turns")
+            window_start = start if isinstance(start, int) and not isinstance(start, bool) else None
+            turns[-1] = Turn(turns[-1].user, message.content, window_start)
+    # A user message whose reply never started (a crash) still counts, with an empty reply (which
+    # the model does not see, as any empty reply).
     return [t if t.reply is not None else Turn(t.user, "") for t in turns]
+
+
+def prompt_budget(budget: int, context_length: int, max_new_tokens: int) -> tuple[int, str | None]:
+    """The prompt's share of the model's positions: the configured budget, but never so much that
+    the prompt and `max_new_tokens` of reply overflow the model's context (a note says so)."""
+    room = context_length - max_new_tokens
+    if room < 1:
+        raise UsageError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context of {context_length} tokens"
+        )
+    if budget <= room:
+        return budget, None
+    return room, (
+        f"the context budget of {budget} tokens is more than the model's context of {context_length} leaves "
+        f"beside {max_new_tokens} new tokens: using {room}"
+    )
 
 
 def resolve_sampling(settings: Settings, persona: InstalledPersona, **overrides) -> SamplingParams:
@@ -108,12 +128,19 @@ class ChatSession:
     def sampling_params(self, **overrides) -> SamplingParams:
         return resolve_sampling(self.settings, self.persona, **overrides)
 
-    def context_for(self, message: str, prefix: Prefix | None = None) -> Context:
-        """The model input for answering `message`; `prefix` is the persona's soft prompt if the
-        caller already has it."""
+    def context_for(self, message: str, prefix: Prefix | None = None, params: SamplingParams | None = None) -> Context:
+        """The model input for answering `message` with `params` (default: this session's);
+        `prefix` is the persona's soft prompt if the caller already has it."""
         prefix = prefix or self.prefix()
         reserved = 0 if prefix is None else int(prefix.embeddings.shape[0])
-        return self.builder.build(self.persona.persona, self.history, message, reserved=reserved)
+        params = params or self.sampling_params()
+        budget, note = prompt_budget(
+            self.settings.context_budget, self.runtime.loaded.info.context_length, params.max_new_tokens
+        )
+        context = self.builder.build(self.persona.persona, self.history, message, reserved=reserved, budget=budget)
+        if note:
+            context.warnings.insert(0, note)
+        return context
 
     def prefix(self) -> Prefix | None:
         from chatbot.personas.soft_prompt import prefix_for
@@ -144,7 +171,7 @@ class ChatSession:
 
     def _answer(self, message: str, user_id: int | None, params: SamplingParams, cancel) -> Reply:
         prefix = self.prefix()
-        context = self.context_for(message, prefix)
+        context = self.context_for(message, prefix, params)
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
         if params.seed is None and not params.greedy:
             params = params.model_copy(update={"seed": int(time.time_ns() % (2**31))})
@@ -199,10 +226,13 @@ class ChatSession:
 
     def _finish(self, reply: Reply, message: str, user_id: int | None) -> None:
         text = reply.generation.text
-        self.history.append(Turn(message, text))
+        window_start = reply.context.dropped_turns
+        self.history.append(Turn(message, text, window_start))
         if self.store is not None and reply.message_id is not None:
+            # The window is stored with the reply: the branch, not this process, remembers it.
+            stats = {**reply.stats.as_dict(), "dropped_turns": window_start}
             try:
-                self.store.finish_reply(reply.message_id, text, reply.status, reply.stats.as_dict())
+                self.store.finish_reply(reply.message_id, text, reply.status, stats)
                 reply.save_error = None  # a flush failed, but the whole reply is stored now
             except UserError as exc:  # the reply stays with the reader; what was stored before is intact
                 reply.save_error = reply.save_error or str(exc)

@@ -50,6 +50,18 @@ def tiny_llama():
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture
+def tiny_runtime(tiny_llama, smol_tokenizer):
+    """The tiny random Llama behind the real engine, with the bundled model's tokenizer."""
+    from chatbot.engine.decoding import Engine
+    from chatbot.engine.loading import LoadedModel, ModelInfo
+    from chatbot.runtime import Runtime
+
+    info = ModelInfo("tiny", "memory", "test", "float32", 1024, None, "LlamaForCausalLM", True)
+    loaded = LoadedModel(tiny_llama, smol_tokenizer, info, eos_token_ids={-1})
+    return Runtime(loaded, Engine(tiny_llama, smol_tokenizer, {-1}, 1024))
+
+
 @pytest.fixture(scope="session")
 def tiny_bpe_tokenizer():
     """A small byte-level BPE tokenizer with no chat template (as GPT-2 and CTRL have)."""

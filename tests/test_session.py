@@ -4,13 +4,10 @@ import threading
 
 import pytest
 
-from chatbot.engine.decoding import Engine
-from chatbot.engine.loading import LoadedModel, ModelInfo
 from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError
 from chatbot.personas.registry import InstalledPersona
 from chatbot.personas.schema import Persona
-from chatbot.runtime import Runtime
 from chatbot.session import ChatSession
 from chatbot.store import Store
 
@@ -18,10 +15,8 @@ GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=8)
 
 
 @pytest.fixture
-def runtime(tiny_llama, smol_tokenizer):
-    info = ModelInfo("tiny", "memory", "test", "float32", 1024, None, "LlamaForCausalLM", True)
-    loaded = LoadedModel(tiny_llama, smol_tokenizer, info, eos_token_ids={-1})
-    return Runtime(loaded, Engine(tiny_llama, smol_tokenizer, {-1}, 1024))
+def runtime(tiny_runtime):
+    return tiny_runtime
 
 
 @pytest.fixture

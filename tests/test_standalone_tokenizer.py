@@ -69,9 +69,10 @@ def test_context_builder_makes_the_same_prompt(pair):
     ours, theirs = pair
     persona = Persona(name="pirate", control_code="Talk like a pirate.", placement="user")
     history = [Turn("Hello there", "Arr, hello!"), Turn("What is 2+2?", "Four, matey.")]
-    for tokenizer_budget in (2048, 40):  # the second drops turns and cuts the message
-        a = ContextBuilder(ours, tokenizer_budget).build(persona, history, "Tell me a long story " * 5)
-        b = ContextBuilder(theirs, tokenizer_budget).build(persona, history, "Tell me a long story " * 5)
+    for tokenizer_budget in (2048, 64):  # the second drops turns and cuts the message
+        a = ContextBuilder(ours, tokenizer_budget).build(persona, history, "Tell me a long story " * 20)
+        b = ContextBuilder(theirs, tokenizer_budget).build(persona, history, "Tell me a long story " * 20)
+        assert tokenizer_budget == 2048 or a.message_cut_to
         assert (a.text, a.prompt_ids, a.dropped_turns) == (b.text, b.prompt_ids, b.dropped_turns)
 
 

@@ -22,7 +22,7 @@ from chatbot.tui.preferences import Preferences
 class FakeTokenizer:
     chat_template = None
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, split_special_tokens=False):  # no special tokens
         return {"input_ids": [ord(c) for c in text]}
 
     def decode(self, ids, skip_special_tokens=True):
@@ -90,7 +90,7 @@ class FakeRuntime:
     def __init__(self, engine: FakeEngine | None = None):
         self.engine = engine or FakeEngine()
         self.tokenizer = FakeTokenizer()
-        self.loaded = SimpleNamespace(tokenizer=self.tokenizer, info=SimpleNamespace(name="fake-model"))
+        self.loaded = SimpleNamespace(tokenizer=self.tokenizer, info=SimpleNamespace(name="fake-model", context_length=1 << 20))
         self.model_name = "fake-model"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def context(
 ) -> None:
     """Print the rendered prompt of the next turn: persona, kept and dropped turns, token counts."""
     from chatbot.memory.context import ContextBuilder
-    from chatbot.session import turns_from_messages  # torch: only when this command runs
+    from chatbot.memory.tokens import special_ids, special_texts
+    from chatbot.session import prompt_budget, resolve_sampling, turns_from_messages  # torch: only now
 
     state = state_of(ctx)
     store = state.store()
@@ -39,9 +41,14 @@ def context(
     conversation = store.conversation(conversation_id)
     branch = store.active_branch(conversation_id)
     installed = state.persona(persona or current_persona_name(conversation, branch))
-    tokenizer = _tokenizer(state)
-    builder = ContextBuilder(tokenizer, state.settings.context_budget)
-    built = builder.build(installed.persona, turns_from_messages(branch), message)
+    tokenizer, context_length = _tokenizer(state)
+    # The same budget as the next turn: the model's positions less the reply's, and a soft prompt's.
+    params = resolve_sampling(state.settings, installed)
+    budget, note = prompt_budget(state.settings.context_budget, context_length, params.max_new_tokens)
+    builder = ContextBuilder(tokenizer, budget)
+    built = builder.build(installed.persona, turns_from_messages(branch), message, reserved=_reserved(installed))
+    specials, special = special_texts(tokenizer), special_ids(tokenizer)
+    typed = sum(piece.text.count(s) for piece in built.pieces if piece.content for s in specials)
     if as_json:
         payload = {
             "conversation_id": conversation_id,
@@ -51,6 +58,11 @@ def context(
             "total_turns": built.total_turns,
             "dropped_turns": built.dropped_turns,
             "prompt": built.text,
+            # the prompt as template text (its markers are special tokens) and content (never)
+            "pieces": [{"text": p.text, "content": p.content} for p in built.pieces],
+            "special_tokens": sum(1 for i in built.prompt_ids if i in special),
+            "typed_markers": typed,
+            "warnings": ([note] if note else []) + built.warnings,
         }
         print(json.dumps(payload, ensure_ascii=False))
         return
@@ -59,19 +71,46 @@ def context(
         f"# {built.tokens} of {built.budget} tokens; {built.total_turns} turns, "
         f"{built.dropped_turns} oldest dropped for the budget\n"
     )
-    sys.stdout.write(built.text + "\n")
+    for warning in ([note] if note else []) + built.warnings:
+        sys.stdout.write(f"# note: {warning}\n")
+    if typed:
+        sys.stdout.write(
+            f"# {typed} special-token look-alike(s) in messages or persona text, shown {MARK.format('so')}: "
+            "the model reads them as plain text\n"
+        )
+    sys.stdout.write("".join(_marked(p.text, specials) if p.content else p.text for p in built.pieces) + "\n")
+
+
+MARK = "\u2039{}\u203a"  # ‹…›
+
+
+def _marked(text: str, specials: list[str]) -> str:
+    """Content with each special-token look-alike marked, so it cannot pass for a real marker."""
+    if not specials:
+        return text
+    pattern = re.compile("|".join(re.escape(s) for s in specials))
+    return pattern.sub(lambda m: MARK.format(m.group(0)), text)
+
+
+def _reserved(installed) -> int:
+    if installed.persona.kind != "soft_prompt":
+        return 0
+    from chatbot.personas.soft_prompt import persona_soft_prompt
+
+    return persona_soft_prompt(installed).num_virtual_tokens
 
 
 def _tokenizer(state):
-    """Only the tokenizer is needed: load it alone (fast) rather than the whole model."""
-    from transformers import AutoTokenizer
-
-    from chatbot.engine.loading import converted_dir, resolve_source
+    """The tokenizer and the model's context length. Only those are needed: load them alone
+    (fast), as the fast path does, rather than the whole model."""
+    from chatbot.engine.loading import cache_is_complete, converted_dir, open_tokenizer_and_config, resolve_source
 
     source = resolve_source(state.settings.model)
     if source.kind == "gguf":
         folder = converted_dir(Path(source.location), state.settings.cache_dir)
-        if not (folder / "tokenizer.json").exists():
-            return state.runtime().tokenizer  # not converted yet: the full load converts it
-        return AutoTokenizer.from_pretrained(str(folder))
-    return state.runtime().tokenizer
+        if cache_is_complete(folder):
+            tokenizer, config, _ = open_tokenizer_and_config(folder)
+            positions = getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048
+            return tokenizer, int(positions)
+    loaded = state.runtime().loaded  # not converted yet (the full load converts it), or not a GGUF
+    return loaded.tokenizer, loaded.info.context_length

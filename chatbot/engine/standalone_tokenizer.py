@@ -4,7 +4,7 @@
 costs over a second of a cold start (and ~100 MB). transformers' fast tokenizers are this same
 Rust `tokenizers.Tokenizer` underneath, and its chat templates are jinja2 rendered in a sandbox;
 this class is that pair, with the part of the `PreTrainedTokenizer` interface this project calls
-(`__call__`, `decode`, `apply_chat_template(tokenize=False)`, `get_vocab`, the special token ids).
+(`__call__` with `split_special_tokens`, `decode`, `apply_chat_template(tokenize=False)`, `get_vocab`, the special token ids).
 Tests hold it equal to `AutoTokenizer` on the bundled model. `open` returns None for a folder it
 cannot serve exactly (no tokenizer.json, a template that needs transformers' own extensions):
 the caller then loads `AutoTokenizer`.
@@ -39,6 +39,7 @@ class StandaloneTokenizer:
         self._config = config
         self.chat_template = chat_template
         self._template = None
+        self._text_tokenizer = None
         self.special_tokens = {
             key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "pad_token", "unk_token")
         }
@@ -74,8 +75,24 @@ class StandaloneTokenizer:
 
     # -- what the project calls ------------------------------------------------------------------
 
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+    @property
+    def backend_tokenizer(self):
+        """The Rust tokenizer, as transformers' fast tokenizers name it."""
+        return self._tokenizer
+
+    def __call__(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> dict:
+        # split_special_tokens: typed "<|im_end|>" is text, as in transformers (own copy: no shared flag)
+        tokenizer = self._text_only() if split_special_tokens else self._tokenizer
+        return {"input_ids": tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def _text_only(self):
+        if self._text_tokenizer is None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(self._tokenizer.to_str())
+            copy.encode_special_tokens = True
+            self._text_tokenizer = copy
+        return self._text_tokenizer
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self(text, add_special_tokens)["input_ids"]

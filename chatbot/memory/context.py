@@ -4,14 +4,26 @@ The persona always stays; the oldest whole turns go first. Once turns have to be
 builder drops down to a low-water mark rather than one turn at a time, and keeps that window while
 it fits: every change of the first kept turn changes the prompt's prefix and costs the engine a full
 re-prefill, so the window should move rarely.
+
+The window belongs to the conversation's branch, not to the builder: each reply records where its
+prompt's window started (`Turn.window_start`, stored with the reply), and the next turn starts
+from there. Any process that loads the branch (the UI, `ask --continue`, `history context`)
+therefore builds the same prompt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from chatbot.memory.render import Turn, renderer_for
+from chatbot.errors import UserError
+from chatbot.memory.render import Piece, Turn, renderer_for, text_of
+from chatbot.memory.tokens import content_encoder, template_encoder
 from chatbot.personas.schema import Persona
+
+# An over-long latest message is cut, but never below this share of the budget: a persona that
+# leaves less is refused rather than silently eating the message.
+MESSAGE_FLOOR = 0.25
 
 
 @dataclass
@@ -25,6 +37,7 @@ class Context:
     message: str = ""  # the latest message as the model sees it (cut if it was too long)
     message_cut_to: int | None = None  # tokens kept of an over-long latest message
     warnings: list[str] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)  # the template's text and content, in order
 
     @property
     def tokens(self) -> int:
@@ -37,38 +50,50 @@ class ContextBuilder:
         self.renderer = renderer_for(tokenizer)
         self.budget = budget
         self.low_water = low_water
-        self._first_kept = 0  # the window's start, remembered between turns
+        encoders = {False: template_encoder(tokenizer), True: content_encoder(tokenizer)}
+        # Earlier turns render to the same pieces on every turn: encode each once.
+        self._piece_ids = lru_cache(maxsize=4096)(lambda text, content: tuple(encoders[content](text)))
 
-    def _encode(self, text: str) -> list[int]:
-        # The rendered text already carries any special tokens (BOS, chat markers).
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode_content(self, text: str) -> list[int]:
+        return list(self._piece_ids(text, True))
 
-    def _ids(self, persona: Persona, turns: list[Turn]) -> tuple[str, list[int]]:
-        text = self.renderer.render(persona, turns)
-        return text, self._encode(text)
+    def _ids(self, persona: Persona, turns: list[Turn]) -> tuple[list[Piece], list[int]]:
+        pieces = self.renderer.pieces(persona, turns)
+        ids: list[int] = []
+        for piece in pieces:
+            ids += self._piece_ids(piece.text, piece.content)
+        return pieces, ids
 
-    def build(self, persona: Persona, history: list[Turn], message: str, reserved: int = 0) -> Context:
+    def build(
+        self, persona: Persona, history: list[Turn], message: str, reserved: int = 0, budget: int | None = None
+    ) -> Context:
         """Context for answering `message` after `history` (complete turns, oldest first).
-        `reserved` tokens of the budget are taken by something else (a soft prompt)."""
-        budget = max(self.budget - reserved, 1)
+        `reserved` tokens of the budget (default: the builder's) are taken by something else (a
+        soft prompt)."""
+        total = self.budget if budget is None else budget
+        budget = total - reserved
+        if budget < 1:
+            raise UserError(
+                f"persona {persona.name!r} takes {reserved} tokens, the whole context budget of {total}: "
+                "raise CHATBOT_CONTEXT_BUDGET or choose another persona"
+            )
         turns = [*history, Turn(message)]
         warnings: list[str] = []
-        first = min(self._first_kept, len(history))
-        text, ids = self._ids(persona, turns[first:])
+        first = self._window_start(persona, turns, budget)
+        pieces, ids = self._ids(persona, turns[first:])
         if len(ids) > budget:
             first = self._smallest_start(persona, turns, int(budget * self.low_water), lower=first)
-            text, ids = self._ids(persona, turns[first:])
+            pieces, ids = self._ids(persona, turns[first:])
         cut_to = None
         if len(ids) > budget:  # the latest message alone is too long: keep its beginning
             message, cut_to = self._cut_message(persona, message, budget)
             turns[-1] = Turn(message)
             first = len(history)
-            text, ids = self._ids(persona, turns[first:])
+            pieces, ids = self._ids(persona, turns[first:])
             warnings.append(f"your message was cut to {cut_to} tokens to fit the context budget of {budget}")
-        self._first_kept = first
         return Context(
             prompt_ids=ids,
-            text=text,
+            text=text_of(pieces),
             dropped_turns=first,
             total_turns=len(turns),
             stops=self.renderer.stops,
@@ -76,7 +101,20 @@ class ContextBuilder:
             message=message,
             message_cut_to=cut_to,
             warnings=warnings,
+            pieces=pieces,
         )
+
+    def _window_start(self, persona: Persona, turns: list[Turn], budget: int) -> int:
+        """Where the branch's last reply had its window start, if this rule could have put it
+        there: a window is only ever moved to where one turn more would not fit the low-water
+        mark. A start that fails this (a larger budget now, a shorter persona, an imported
+        value) is forgotten and the window is fitted afresh."""
+        history = turns[:-1]
+        first = next((t.window_start for t in reversed(history) if t.window_start is not None), 0)
+        first = min(max(first, 0), len(history))
+        if first and len(self._ids(persona, turns[first - 1 :])[1]) <= int(budget * self.low_water):
+            return 0
+        return first
 
     def _smallest_start(self, persona: Persona, turns: list[Turn], target: int, lower: int) -> int:
         """The fewest oldest turns to drop so the rest fits `target` tokens (binary search: the
@@ -91,13 +129,18 @@ class ContextBuilder:
         return lo
 
     def _cut_message(self, persona: Persona, message: str, budget: int) -> tuple[str, int]:
+        ids = self.encode_content(message)
         overhead = len(self._ids(persona, [Turn("")])[1])
-        room = max(budget - overhead, 1)
-        ids = self._encode(message)
-        keep = room
+        floor = min(len(ids), max(int(budget * MESSAGE_FLOOR), 1))
+        if budget - overhead < floor:
+            raise UserError(
+                f"persona {persona.name!r} takes {overhead} of the context budget of {budget} tokens, "
+                f"too little is left for your message: shorten its control code or raise CHATBOT_CONTEXT_BUDGET"
+            )
+        keep = budget - overhead
         while keep > 0:
-            cut = self.tokenizer.decode(ids[:keep], skip_special_tokens=True)
+            cut = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
             if len(self._ids(persona, [Turn(cut)])[1]) <= budget:
                 return cut, keep
             keep -= max(1, keep // 20)
-        return "", 0
+        return "", 0  # not reached: the floor leaves room for at least one token

@@ -3,64 +3,139 @@
 Chat models get their own chat template. Models without one (GPT-2, CTRL) get a plain
 `User:` / `Assistant:` transcript, stopped at the next `User:`; a control code goes first in the
 sequence, as CTRL was trained.
+
+A render is a list of `Piece`s: the template's own text (its markers may be special tokens) and
+content (messages, replies, persona text), which is encoded as plain text however much it looks
+like a marker. Typed `<|im_end|>` must never close a turn.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from chatbot.personas.schema import Persona
 
 PLAIN_STOPS = ("\nUser:",)
 
+# Stand-ins for content while the template renders: private-use characters no template writes.
+_SLOT = "\ue000{}\ue001"
+_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
+
 
 @dataclass(frozen=True)
 class Turn:
-    """One exchange: the user's message and the reply to it (None for the turn being answered)."""
+    """One exchange: the user's message and the reply to it (None for the turn being answered).
+
+    `window_start` is how many of the branch's oldest turns were left out of the prompt that
+    produced this reply (None: not known): the context window belongs to the conversation."""
 
     user: str
     reply: str | None = None
+    window_start: int | None = None
+
+    @property
+    def answered(self) -> bool:
+        """An empty reply (interrupted before its first token) is not a turn the model should see."""
+        return bool(self.reply and self.reply.strip())
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    content: bool  # True: typed or stored text, never special tokens
+
+
+def text_of(pieces: list[Piece]) -> str:
+    return "".join(piece.text for piece in pieces)
 
 
 def _with_control_code(persona: Persona, text: str) -> str:
     return f"{persona.control_code}\n\n{text}" if persona.control_code else text
 
 
-class ChatTemplateRenderer:
+class _Renderer:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def render(self, persona: Persona, turns: list[Turn]) -> str:
+        return text_of(self.pieces(persona, turns))
+
+    def pieces(self, persona: Persona, turns: list[Turn]) -> list[Piece]:
+        raise NotImplementedError
+
+
+class ChatTemplateRenderer(_Renderer):
     stops: tuple[str, ...] = ()
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def pieces(self, persona: Persona, turns: list[Turn]) -> list[Piece]:
+        contents: list[str] = []
 
-    def render(self, persona: Persona, turns: list[Turn]) -> str:
+        def slot(text: str) -> str:
+            contents.append(text)
+            return _SLOT.format(len(contents) - 1)
+
         messages: list[dict] = []
         if persona.control_code and persona.placement == "system":
-            messages.append({"role": "system", "content": persona.control_code})
+            messages.append({"role": "system", "content": slot(persona.control_code)})
         for index, turn in enumerate(turns):
             latest = index == len(turns) - 1
-            user = turn.user
-            if latest and persona.placement == "user":
-                user = _with_control_code(persona, user)
-            messages.append({"role": "user", "content": user})
-            if turn.reply is not None:
-                messages.append({"role": "assistant", "content": turn.reply})
+            user = _with_control_code(persona, turn.user) if latest and persona.placement == "user" else turn.user
+            messages.append({"role": "user", "content": slot(user)})
+            if turn.answered:
+                messages.append({"role": "assistant", "content": slot(turn.reply)})
         open_turn = bool(turns) and turns[-1].reply is None
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=open_turn)
+        return self._pieces(self._apply(messages, open_turn), contents)
+
+    def _apply(self, messages: list[dict], open_turn: bool) -> str:
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=open_turn)
+        except TemplateError:
+            # A template that insists on alternating roles: an unanswered message joins the next.
+            merged = _merge_consecutive_users(messages)
+            if merged == messages:
+                raise
+            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=open_turn)
+
+    @staticmethod
+    def _pieces(rendered: str, contents: list[str]) -> list[Piece]:
+        parts = _SLOT_RE.split(rendered)  # template, slot index, template, slot index, ...
+        slots = [int(i) for i in parts[1::2]]
+        if slots != list(range(len(contents))):
+            raise ValueError("the chat template does not write each message's content once, in order")
+        pieces: list[Piece] = []
+        for index, part in enumerate(parts):
+            text = contents[int(part)] if index % 2 else part
+            if text:
+                pieces.append(Piece(text, content=bool(index % 2)))
+        return pieces
 
 
-class PlainRenderer:
+def _merge_consecutive_users(messages: list[dict]) -> list[dict]:
+    merged: list[dict] = []
+    for message in messages:
+        if merged and message["role"] == "user" and merged[-1]["role"] == "user":
+            merged[-1] = {"role": "user", "content": f"{merged[-1]['content']}\n\n{message['content']}"}
+        else:
+            merged.append(message)
+    return merged
+
+
+class PlainRenderer(_Renderer):
     stops = PLAIN_STOPS
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def render(self, persona: Persona, turns: list[Turn]) -> str:
-        parts = [f"{persona.control_code}\n\n"] if persona.control_code else []
+    def pieces(self, persona: Persona, turns: list[Turn]) -> list[Piece]:
+        # Content keeps its leading space (" hello" is one word to a BPE); markers stay apart.
+        pieces = [Piece(persona.control_code, True), Piece("\n\n", False)] if persona.control_code else []
         for turn in turns:
-            parts.append(f"User: {turn.user}\nAssistant:")
-            if turn.reply is not None:
-                parts.append(f" {turn.reply}\n")
-        return "".join(parts)
+            pieces += [Piece("User:", False), Piece(f" {turn.user}", True), Piece("\nAssistant:", False)]
+            if turn.answered:
+                pieces += [Piece(f" {turn.reply}", True), Piece("\n", False)]
+            elif turn.reply is not None:  # unanswered: the next message follows it directly
+                pieces[-1] = Piece("\n", False)
+        return pieces
 
 
 def renderer_for(tokenizer) -> ChatTemplateRenderer | PlainRenderer:

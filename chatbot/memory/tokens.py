@@ -1,0 +1,41 @@
+"""Token ids for the pieces of a render: the template's markers may be special tokens, content never.
+
+transformers' `split_special_tokens=True` flips a flag on the tokenizer it shares with every
+other caller (the UI's preview and a reply's build run on different threads), so content is
+encoded by a private copy of the Rust tokenizer that never matches special tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def template_encoder(tokenizer) -> Callable[[str], list[int]]:
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def content_encoder(tokenizer) -> Callable[[str], list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python tokenizer: per call, nothing shared to flip
+        return lambda text: tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    from tokenizers import Tokenizer
+
+    private = Tokenizer.from_str(backend.to_str())
+    private.encode_special_tokens = True
+    return lambda text: private.encode(text, add_special_tokens=False).ids
+
+
+def special_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        ids |= {i for i, token in backend.get_added_tokens_decoder().items() if token.special}
+    return ids
+
+
+def special_texts(tokenizer) -> list[str]:
+    """The text of every special token, longest first (for showing look-alikes in content)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    texts = {t.content for t in backend.get_added_tokens_decoder().values() if t.special} if backend else set()
+    texts |= set(getattr(tokenizer, "all_special_tokens", None) or [])
+    return sorted((t for t in texts if t), key=len, reverse=True)
