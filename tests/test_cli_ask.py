@@ -93,3 +93,34 @@ def test_model_info_json(env_dirs, bundled_fp32):
     assert info["architecture"] == "LlamaForCausalLM"
     assert info["context_length"] == 8192
     assert info["source_kind"] == "bundled gguf" and info["cache_path"]
+
+
+def _interrupt_after_output(args, env_dirs, stdout_bytes=20):
+    """Start `chatbot ARGS`, send SIGINT (a Ctrl+C) once it has printed `stdout_bytes` bytes."""
+    import select
+    import signal
+
+    env = {**os.environ, **env_dirs, "TQDM_DISABLE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatbot", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    printed = b""
+    while len(printed) < stdout_bytes and process.poll() is None:
+        if select.select([process.stdout], [], [], 1.0)[0]:
+            printed += os.read(process.stdout.fileno(), 4096)
+    process.send_signal(signal.SIGINT)
+    rest, err = process.communicate(timeout=120)
+    return process.returncode, (printed + rest).decode(), err.decode()
+
+
+def test_ctrl_c_exits_130_and_keeps_the_partial_reply(env_dirs, bundled_fp32):
+    from chatbot.store import Store
+
+    story = ["ask", "Tell me a very long story about a dragon.", "--temperature", "0", "--max-new-tokens", "600"]
+    code, out, err = _interrupt_after_output(story, env_dirs)
+    assert code == 130, err
+    assert err.splitlines() == ["chatbot: error: interrupted: the reply so far is saved as message 2, marked interrupted"]
+    with Store.open(f"sqlite:///{env_dirs['CHATBOT_DB']}") as store:
+        reply = store.active_branch(store.latest_conversation_id())[-1]
+    assert reply.status == "interrupted"
+    assert reply.content and out == reply.content + "\n"  # all that was printed, and only that

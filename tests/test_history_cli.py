@@ -93,6 +93,7 @@ def test_last_names_the_most_recent_conversation(db, tmp_path):
     with Store.open(str(db)) as store:
         assert [c.id for c in store.list_conversations()] != [] and newest not in [c.id for c in store.list_conversations()]
     empty = tmp_path / "empty.db"
+    Store.open(str(empty)).close()  # (a read command on a missing file says so: test_paths.py)
     assert run(empty, "history", "show", "last") == (1, "", "chatbot: error: there are no conversations yet\n")
     for huge in ("99999999999999999999", "0"):
         assert run(db, "history", "show", huge) == (1, "", f"chatbot: error: no conversation with id {int(huge)}\n")
@@ -190,6 +191,17 @@ def test_replay(db, monkeypatch):
     code, instant, _ = run(db, "history", "replay", "1", "--instant")
     assert code == 0 and instant == out and slept == []
 
+
+
+def test_ctrl_c_in_a_replay_exits_130(db, monkeypatch):
+    """Typer turns a Ctrl+C in any command into exit status 130: the entry point passes it on."""
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", ctrl_c)
+    code, out, err = run(db, "history", "replay", "1")
+    assert code == 130 and "pirate> " in out and "Traceback" not in err
 
 def test_db_commands(db, tmp_path):
     code, out, _ = run(db, "db", "current")

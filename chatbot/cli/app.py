@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     _register_groups()
     argv = resume_alone_means_last(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="chatbot", standalone_mode=False)
+        code = app(args=argv, prog_name="chatbot", standalone_mode=False)
+        if isinstance(code, int):  # typer's exit status: 130 for a Ctrl+C it caught, a typer.Exit's
+            return code
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
     except typer.Exit as exc:

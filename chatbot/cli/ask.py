@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 
 import typer
 
@@ -12,6 +15,8 @@ from chatbot.cli.app import app
 from chatbot.cli.state import state_of
 from chatbot.errors import UsageError, UserError
 from chatbot.text import check_text
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT
 
 
 @app.command()
@@ -60,19 +65,19 @@ def ask(
         repetition_penalty=repetition_penalty,
     )
     session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
-    reply = session.send(text, params)
+    cancel = threading.Event()
+    reply = session.send(text, params, cancel)
     for warning in reply.warnings:
         print(f"chatbot: warning: {warning}", file=sys.stderr)
-    stream = iter(reply)
-    try:
-        for delta in stream:
-            if not as_json:
-                sys.stdout.write(delta)
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        stream.close()  # the partial reply is stored as interrupted
-        print(file=sys.stdout)
-        raise
+    with ctrl_c_sets(cancel):
+        try:
+            for delta in reply:
+                if not as_json:
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:  # a second Ctrl+C: the row is marked interrupted at the next start
+            print(file=sys.stdout)
+            raise
     if as_json:
         payload = {
             "reply": reply.text,
@@ -90,9 +95,32 @@ def ask(
         sys.stdout.write("\n")
         if verbose:
             print(format_stats(reply), file=sys.stderr)
+    # 130 after Ctrl+C, as a shell gives a command ended by SIGINT: a script can tell a cut reply.
+    interrupted = reply.status == "interrupted"
+    code = INTERRUPTED_EXIT if interrupted else 1
     if reply.save_error:  # the reply is on stdout; say in one line that it was not stored
         sys.stdout.flush()
-        raise UserError(reply.save_error)
+        raise UserError(reply.save_error, exit_code=code)
+    if interrupted:
+        sys.stdout.flush()
+        kept = "not saved (--no-save)" if store is None else f"saved as message {reply.message_id}, marked interrupted"
+        raise UserError(f"interrupted: the reply so far is {kept}", exit_code=code)
+
+
+@contextlib.contextmanager
+def ctrl_c_sets(cancel: threading.Event):
+    """While the reply streams, Ctrl+C stops it through the engine's cancel (within one token), so
+    the reply ends as `interrupted` and is stored whole; a second Ctrl+C interrupts at once."""
+
+    def first_ctrl_c(signum, frame):
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def read_stdin() -> str:
