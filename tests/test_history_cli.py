@@ -54,7 +54,7 @@ def test_show_text_and_json(db):
     assert "branch 2 of 2 (others: #2" in out
     assert "-- persona switched: pirate → assistant (control, " in out
     assert "The secret word is PINEAPPLE" in out and "interrupted" in out
-    assert "\x07\x1b[1m [b]x[/b]" in out  # stored text, control characters and all
+    assert "␇␛[1m [b]x[/b]" in out  # stored text, its control characters shown, not obeyed
     code, out, _ = run(db, "history", "show", "1", "--leaf", "2")
     assert "Arr, the secret word be PINEAPPLE!" in out and "Now answer plainly." not in out
     code, out, _ = run(db, "history", "show", "1", "--json")
@@ -120,8 +120,8 @@ def test_usage_errors_exit_2(db, args):
 def test_rename_keeps_any_characters(db):
     assert run(db, "history", "rename", "1", CONTROL_TITLE)[0] == 0
     _, out, _ = run(db, "history", "list")
-    assert CONTROL_TITLE in out
-    _, out, _ = run(db, "history", "show", "1", "--json")
+    assert "tab\there ␛[31mred␛[0m [bold]not markup[/bold] é 🏴\u200d☠️ ␇" in out  # shown, not obeyed
+    _, out, _ = run(db, "history", "show", "1", "--json")  # stored exactly
     assert json.loads(out)["title"] == CONTROL_TITLE
 
 
@@ -178,7 +178,7 @@ def test_replay(db, monkeypatch):
     assert code == 0
     assert out.splitlines()[1:] == [
         "user> What is the secret word?",
-        "It is PINEAPPLE. 🍍 \x07\x1b[1m [b]x[/b]",
+        "It is PINEAPPLE. 🍍 ␇␛[1m [b]x[/b]",
         "pirate> Arr, PINEAPPLE it be.",
         "-- persona switched: pirate → assistant (control, " + out.split("(control, ")[-1].split(")")[0] + ") --",
         "user> Now answer plainly.",

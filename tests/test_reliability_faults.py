@@ -145,6 +145,26 @@ def test_read_only_database_can_still_be_read(tmp_path):
     assert dump(path) == before
 
 
+@pytest.mark.parametrize("error", [DISK_FULL, "disk I/O error"], ids=["disk-full", "io-error"])
+def test_a_database_that_cannot_be_written_opens_for_reading(stored, monkeypatch, error):
+    """Opening writes (replies left `streaming` become `interrupted`): on a full disk that write
+    fails, and the history can still be read, listed, searched and exported."""
+    path, store, session = stored
+    store.close()
+    for write in ("mark_interrupted", "rename"):
+        fail_after(monkeypatch, write, error)
+    with Store.open(str(path)) as full:
+        c = full.latest_conversation_id()
+        assert [m.content for m in full.active_branch(c)][-1] == REPLY
+        assert full.search("second")[0].conversation_id == c
+        assert full.export_conversation(c).conversation.id == c
+        with pytest.raises(UserError) as err:
+            full.rename_conversation(c, "new")
+        assert one_line(str(err.value))
+    monkeypatch.undo()
+    assert integrity(path) == "ok"
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 

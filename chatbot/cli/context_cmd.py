@@ -36,7 +36,7 @@ def context(
     from chatbot.session import prompt_budget, resolve_sampling, turns_from_messages  # torch: only now
 
     state = state_of(ctx)
-    store = state.store()
+    store = state.store(create=False)
     conversation_id = conversation_id_of(store, conversation_ref)
     conversation = store.conversation(conversation_id)
     branch = store.active_branch(conversation_id)

@@ -25,7 +25,7 @@ def _location(ctx: typer.Context) -> database.Location:
 @db_app.command()
 def upgrade(ctx: typer.Context) -> None:
     """Bring the database to the latest schema (a SQLite file is backed up first)."""
-    report = state_of(ctx).store().report
+    report = state_of(ctx).store(create=False).report
     where = _location(ctx).display
     if not report.upgraded:
         print(f"{where}: schema {report.revision} (latest), nothing to do")
@@ -66,6 +66,6 @@ def backup(
         raise UsageError(f"backups are for SQLite files; {location.display} is not one")
     if not location.path.exists():
         raise NotFoundError(f"no database at {location.path}")
-    database.read_revision(location.path)  # refuses a file that is not a chatbot database
+    database.current_revision(location)  # refuses a file that is not a chatbot database
     print(database.backup_file(location.path, output))
     print("backup done", file=sys.stderr)

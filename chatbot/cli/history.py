@@ -1,7 +1,9 @@
 """`chatbot history ...`: list, show, search, rename, delete, export, import and replay conversations.
 
-Text is printed exactly as stored (plain `write`, no Rich markup), so unicode and control characters
-come back as they were typed. Listings take `--json`; their JSON is the store's record vocabulary.
+Text is printed as stored (plain `write`, no Rich markup), except that a character that would steer
+the terminal (an escape sequence, a lone CR, a bidi override) is shown as a visible stand-in, as the
+TUI shows it (`chatbot.terminal_text`). Exact text: `--json` (the store's record vocabulary, those
+characters as JSON escapes) and `export` to a file or a pipe.
 (`history context` needs the model and lives with the chat commands.)
 """
 
@@ -24,6 +26,7 @@ from chatbot.errors import NotFoundError, UsageError, UserError
 from chatbot.store import ConversationRecord, MessageRecord, Store, exchange
 from chatbot.store.exchange import persona_label
 from chatbot.store.replay import Switch, play, plan_reply, timeline
+from chatbot.terminal_text import safe_json, visible
 
 history_app = typer.Typer(
     name="history",
@@ -54,15 +57,21 @@ def conversation_id_of(store: Store, ref: str) -> int:
 
 
 def _store(ctx: typer.Context) -> Store:
-    return state_of(ctx).store()
+    """The store for a command on stored history: it never creates a database."""
+    return state_of(ctx).store(create=False)
 
 
 def out(text: str) -> None:
     sys.stdout.write(text)
 
 
+def show_text(text: str) -> None:
+    """Stored text for a person to read: what would steer the terminal is made visible."""
+    out(visible(text))
+
+
 def emit_json(data: Any) -> None:
-    out(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    out(safe_json(json.dumps(data, ensure_ascii=False, indent=2)) + "\n")
 
 
 def when(moment: datetime) -> str:
@@ -90,7 +99,7 @@ def list_(
     if not rows:
         print("no conversations yet", file=sys.stderr)
     for r in rows:
-        out(f"{r.id:>5}  {when(r.updated_at)}  {r.message_count:>4} msgs  {title_of(r.title)}\n")
+        show_text(f"{r.id:>5}  {when(r.updated_at)}  {r.message_count:>4} msgs  {title_of(r.title)}\n")
 
 
 def _stats_line(m: MessageRecord) -> str:
@@ -130,17 +139,17 @@ def show(ctx: typer.Context, conversation: str = ConversationId, leaf: int | Non
         emit_json(c.model_dump(mode="json"))
         return
     branch = store.active_branch(conversation_id, leaf)
-    out(f"conversation {c.id}: {title_of(c.title)}\n")
-    out(f"model {c.model} · created {when(c.created_at)} · updated {when(c.updated_at)} · {len(c.messages)} messages\n")
+    show_text(f"conversation {c.id}: {title_of(c.title)}\n")
+    show_text(f"model {c.model} · created {when(c.created_at)} · updated {when(c.updated_at)} · {len(c.messages)} messages\n")
     for item in timeline(c, branch):
         out("\n")
         if isinstance(item, Switch):
-            out(_switch_line(item))
+            show_text(_switch_line(item))
             continue
         head = f"[#{item.id}] {item.role} · {when(item.created_at)}"
         if item.role == "assistant":
             head += f" · {_stats_line(item)}"
-        out(head + "\n" + item.content + "\n")
+        show_text(head + "\n" + item.content + "\n")
         out(_branch_marker(c, item) or "")
 
 
@@ -160,11 +169,18 @@ def search(
         print("no matches", file=sys.stderr)
     bold = sys.stdout.isatty()
     for h in hits:
-        snippet = h.snippet
-        if bold:
-            for start, end in reversed(h.highlights):
-                snippet = f"{snippet[:start]}\x1b[1m{snippet[start:end]}\x1b[0m{snippet[end:]}"
-        out(f"{h.conversation_id:>5}  #{h.message_id} {h.role}  {title_of(h.conversation_title)}\n       {snippet}\n")
+        snippet = _highlighted(h.snippet, h.highlights if bold else [])
+        show_text(f"{h.conversation_id:>5}  #{h.message_id} {h.role}  {title_of(h.conversation_title)}\n")
+        out(f"       {snippet}\n")
+
+
+def _highlighted(snippet: str, highlights: list[tuple[int, int]]) -> str:
+    """The snippet made visible, with each highlight in bold (our own escapes, added after)."""
+    parts, at = [], 0
+    for start, end in highlights:
+        parts += [visible(snippet[at:start]), "\x1b[1m", visible(snippet[start:end]), "\x1b[0m"]
+        at = end
+    return "".join(parts) + visible(snippet[at:])
 
 
 # --- rename, delete ----------------------------------------------------------------------------
@@ -230,7 +246,8 @@ def export(
     else:
         text = exchange.render_markdown(doc, store.active_branch(conversation_id, leaf))
     if output is None:
-        out(text)
+        # Exact into a pipe or a file; on a terminal, shown as `show` shows it.
+        out(text if not sys.stdout.isatty() else safe_json(text) if fmt is Format.json else visible(text))
     else:
         write_private(output, text)
         print(f"exported conversation {conversation_id} to {output}", file=sys.stderr)
@@ -243,7 +260,7 @@ def import_(ctx: typer.Context, file: Path = typer.Argument(..., help="A JSON ex
         doc = exchange.parse_document(sys.stdin.buffer.read(), "<stdin>")
     else:
         doc = exchange.read_document(file)
-    new_id = _store(ctx).import_conversation(doc)
+    new_id = state_of(ctx).store().import_conversation(doc)  # the one command here that may create it
     out(f"{new_id}\n")
     print(f"imported as conversation {new_id}", file=sys.stderr)
 
@@ -269,16 +286,17 @@ def replay(
     conversation_id = conversation_id_of(store, conversation)
     c = store.conversation(conversation_id)
     branch = store.active_branch(conversation_id, leaf)
-    out(f"conversation {c.id}: {title_of(c.title)}\n")
+    show_text(f"conversation {c.id}: {title_of(c.title)}\n")
     for item in timeline(c, branch):
         if isinstance(item, Switch):
-            out(_switch_line(item))
+            show_text(_switch_line(item))
         elif item.role == "assistant":
             name = item.persona.name if item.persona else "assistant"
-            out(f"{name}> ")
+            show_text(f"{name}> ")
             sys.stdout.flush()
-            play(plan_reply(item, factor), out, sys.stdout.flush, time.sleep)
+            shown = item.model_copy(update={"content": visible(item.content)})  # same timing, visible text
+            play(plan_reply(shown, factor), out, sys.stdout.flush, time.sleep)
             out("\n" if item.status == "complete" else f"\n[{item.status}]\n")
         else:
-            out(f"{item.role}> {item.content}\n")
+            show_text(f"{item.role}> {item.content}\n")
         sys.stdout.flush()

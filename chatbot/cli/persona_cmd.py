@@ -65,12 +65,15 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
         print(json.dumps(items, indent=1, ensure_ascii=False))
         return
     from rich.table import Table
+    from rich.text import Text
+
+    from chatbot.terminal_text import visible
 
     table = Table(box=None, pad_edge=False)
     for column in ("name", "kind", "source", "description"):
         table.add_column(column, overflow="fold")
-    for item in items:
-        table.add_row(item["name"], item["kind"], item["source"], item["description"])
+    for item in items:  # Text: a persona file's `[bold]` is characters, its escapes are visible
+        table.add_row(*(Text(visible(item[key] or "")) for key in ("name", "kind", "source", "description")))
     _stdout_console().print(table)
 
 
@@ -106,15 +109,17 @@ def show_cmd(
     if as_json:
         print(json.dumps(info, indent=1, ensure_ascii=False))
         return
+    from chatbot.terminal_text import visible
+
     console = _stdout_console()
-    for key, value in info.items():
+    for key, value in info.items():  # a persona file's escapes are shown, not obeyed
         if isinstance(value, dict):
             console.print(f"{key}:")
             for k, v in value.items():
                 if v not in (None, ""):
-                    console.print(f"  {k}: {v}", markup=False)
+                    console.print(visible(f"  {k}: {v}"), markup=False)
         elif value not in (None, "", []):
-            console.print(f"{key}: {value}", markup=False)
+            console.print(visible(f"{key}: {value}"), markup=False)
 
 
 # -- new ---------------------------------------------------------------------------------------------
@@ -133,6 +138,7 @@ def new_cmd(
     force: bool = typer.Option(False, "--force", help="Replace your own persona of that name."),
 ) -> None:
     """Scaffold a persona in your data dir (edit its persona.toml afterwards)."""
+    from chatbot.locations import ensure_private_dir
     from chatbot.personas import soft_prompt as sp
     from chatbot.personas.registry import user_dir
     from chatbot.personas.schema import Persona, SoftPromptRef
@@ -159,7 +165,7 @@ def new_cmd(
         target = folder / "soft_prompt"
         if target.exists():
             shutil.rmtree(target)
-        target.mkdir(parents=True)
+        ensure_private_dir(target)  # the data dir's folders: 0700 whatever the umask
         shutil.copyfile(soft_prompt_dir / sp.CONFIG_FILE, target / sp.CONFIG_FILE)
         shutil.copyfile(soft_prompt_dir / sp.WEIGHTS_FILE, target / sp.WEIGHTS_FILE)
     else:

@@ -28,11 +28,24 @@ class AppState:
             self._opened["runtime"] = open_runtime(self.settings, progress=echo_progress)
         return self._opened["runtime"]
 
-    def store(self):
+    def store(self, create: bool = True):
+        """The store, opened once. Commands that only read pass `create=False`: they never make a
+        database (a mistyped `--db` is `no database at …`, not an empty history); the default one,
+        not made yet, reads as an empty history. Only the data dir is created when missing: a new
+        database elsewhere needs its folder to exist."""
         if "store" not in self._opened:
             from chatbot.store import Store
+            from chatbot.store.database import NoDatabase, locate
 
-            self._opened["store"] = Store.open(self.settings.database_url())
+            url = self.settings.database_url()
+            location = locate(url)
+            in_data_dir = location.path is not None and location.path.parent == self.settings.data_dir.expanduser().absolute()
+            try:
+                self._opened["store"] = Store.open(url, create=create, create_folders=in_data_dir)
+            except NoDatabase:
+                if self.settings.db:
+                    raise
+                self._opened["store"] = Store.open("sqlite://")  # nothing saved yet, and nothing made for it
         return self._opened["store"]
 
     def close(self) -> None:

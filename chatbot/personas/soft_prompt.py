@@ -226,7 +226,9 @@ def save_soft_prompt(folder: Path, embeddings: torch.Tensor, config: dict) -> st
     """Write the adapter (atomically per file); returns the tensor file's sha256."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from chatbot.locations import ensure_private_dir
+
+    ensure_private_dir(folder)  # in the data dir: 0700 whatever the umask
     tensor = embeddings.detach().to("cpu", torch.float32).contiguous()
     if not torch.isfinite(tensor).all():
         raise UserError("refusing to save a soft prompt with NaN or infinite values")

@@ -129,7 +129,9 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[i
 def _save_checkpoint(folder: Path, state: dict, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from chatbot.locations import ensure_private_dir
+
+    ensure_private_dir(folder)  # in the data dir: 0700 whatever the umask
     tmp = folder / (CHECKPOINT_TENSORS + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
     tmp.replace(folder / CHECKPOINT_TENSORS)

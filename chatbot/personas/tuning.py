@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError, UserError
+from chatbot.locations import ensure_private_dir, write_private_text
 from chatbot.memory.context import ContextBuilder
 from chatbot.personas import soft_prompt as sp
 from chatbot.personas.data import Encoder, examples_of, file_digest, read_jsonl, split_lines
@@ -54,12 +55,8 @@ def persona_toml(persona: Persona) -> str:
 
 
 def write_persona(folder: Path, persona: Persona) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / PERSONA_FILE
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(persona_toml(persona), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    # in the data dir: private (0700 folders, a 0600 file) whatever the umask
+    return write_private_text(folder / PERSONA_FILE, persona_toml(persona))
 
 
 def check_name(name: str) -> str:
@@ -110,7 +107,7 @@ def train_into(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     init = initial_embeddings(model, tokenizer, config.virtual_tokens, config.init, init_text, config.seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(folder)
     data_sha = file_digest(data_path)
     settings = asdict(config)
     settings.pop("steps")
@@ -219,7 +216,7 @@ def teacher_conversations(
 
 
 def write_jsonl(path: Path, conversations: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations), encoding="utf-8")
     tmp.replace(path)

@@ -4,7 +4,9 @@ Opening is careful about files it does not own: before anything is written, the 
 through a read-only connection; a file that is not SQLite, is corrupt, belongs to something else
 or carries a schema newer than this code is refused with a `UserError` naming it, untouched.
 An older schema is upgraded after a timestamped backup copy is made, in one transaction (SQLite
-has transactional DDL), so a failed migration leaves the original as it was.
+has transactional DDL), so a failed migration leaves the original as it was. A file this user
+cannot write is opened read-only (see docs/store.md, "Opening"); a missing one is created only
+when the caller says so, and its folder only for the data dir.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +24,7 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from chatbot.errors import UserError
+from chatbot.errors import NotFoundError, UserError
 from chatbot.locations import ensure_private_dir, shipped_folder
 
 if TYPE_CHECKING:
@@ -41,11 +43,20 @@ SCHEMA_HEAD = "0002_message_search"
 
 @dataclass(frozen=True)
 class Location:
-    """A database URL, and its file when it is a SQLite file (None: in memory, or another server)."""
+    """A database URL, and its file when it is a SQLite file (None: in memory, or another server).
+
+    For a file: `read_only` when the URL asks for it (`?mode=ro`, `immutable=1`) or, once opened,
+    when this user cannot write it; `immutable` when SQLite must also be told that nobody changes
+    it (a write-ahead-log database in a folder this user cannot write: SQLite cannot make the
+    `-shm` file it reads through); `must_exist` for `?mode=rw`.
+    """
 
     url: str
     path: Path | None
     dialect: str
+    read_only: bool = False
+    immutable: bool = False
+    must_exist: bool = False
 
     @property
     def display(self) -> str:
@@ -56,6 +67,12 @@ class Location:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    @property
+    def engine_url(self) -> str:
+        if self.path is None or not self.read_only:
+            return self.url
+        return f"sqlite:///{read_only_uri(self.path, self.immutable)}&uri=true"
 
 
 @dataclass(frozen=True)
@@ -72,8 +89,18 @@ class OpenReport:
         return self.previous_revision != self.revision
 
 
+# The query parameters a SQLite file URL may carry (SQLAlchemy's own, or SQLite URI ones with
+# `uri=true`): anything else would be silently ignored or warned about, so it is refused.
+SQLITE_FILE_PARAMETERS = {"mode": ("ro", "rw", "rwc"), "immutable": ("0", "1"), "uri": ("true", "false")}
+
+
 def locate(url: str) -> Location:
-    """Where a database is: a SQLAlchemy URL, or (as for `--db`) a plain path to a SQLite file."""
+    """Where a database is: a SQLAlchemy URL, or (as for `--db`) a plain path to a SQLite file.
+
+    A SQLite file may be named by a path (`sqlite:///chat.db`) or a SQLite URI
+    (`sqlite:///file:chat.db?mode=ro&uri=true`); `mode=ro` (with or without `uri=true`) and
+    `immutable=1` open it read-only, `mode=rw` only if it exists. A URL SQLite would misread is a
+    UsageError."""
     if "://" not in url:
         path = Path(url).expanduser().absolute()
         return Location(f"sqlite:///{path}", path, "sqlite")
@@ -85,9 +112,30 @@ def locate(url: str) -> Location:
     if dialect != "sqlite":
         return Location(url, None, dialect)
     database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:") or parsed.query.get("mode") == "memory":
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in parsed.query.items()}
+    if database in ("", ":memory:") or query.get("mode") == "memory" or _memory_uri(database):
         return Location(url, None, dialect)
-    return Location(url, Path(database).expanduser().absolute(), dialect)
+    if database.startswith("file:"):
+        uri = urllib.parse.urlsplit(database)
+        query = {**dict(urllib.parse.parse_qsl(uri.query)), **query}
+        database = urllib.parse.unquote(uri.path)
+        if not database:
+            raise UserError(f"no file named in the database URL {url!r}", exit_code=2)
+    for key, value in query.items():
+        allowed = SQLITE_FILE_PARAMETERS.get(key)
+        if allowed is None or value not in allowed:
+            supported = ", ".join(f"{k}={'|'.join(v)}" for k, v in SQLITE_FILE_PARAMETERS.items())
+            raise UserError(f"unsupported parameter {key}={value} in the database URL {url!r} (supported: {supported})", exit_code=2)
+    path = Path(database).expanduser().absolute()
+    read_only = query.get("mode") == "ro" or query.get("immutable") == "1"
+    return Location(
+        f"sqlite:///{path}", path, dialect, read_only=read_only,
+        immutable=query.get("immutable") == "1", must_exist=query.get("mode") == "rw",
+    )
+
+
+def _memory_uri(database: str) -> bool:
+    return database.startswith("file:") and "mode=memory" in database
 
 
 # --- Alembic ---------------------------------------------------------------------------------
@@ -140,12 +188,51 @@ def check_revision(revision: str | None, where: str) -> None:
 # --- Read-only inspection ------------------------------------------------------------------------
 
 
-def _readonly(path: Path) -> sqlite3.Connection:
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+def read_only_uri(path: Path, immutable: bool = False) -> str:
+    return f"file:{urllib.parse.quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
 
 
-def read_revision(path: Path) -> str | None:
+def _readonly(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(read_only_uri(path, immutable), uri=True, timeout=BUSY_TIMEOUT_S)
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    """SQLite could not open the file for reading at all (as opposed to: it is not a database)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or (
+        not name and ("readonly database" in str(exc) or "unable to open" in str(exc))
+    )
+
+
+def needs_immutable(path: Path) -> bool:
+    """Whether reading needs `immutable=1`: a write-ahead-log database whose `-shm` file SQLite
+    cannot make (a read-only folder, a read-only mount). That is only right while no log holds
+    changes; a log with changes it cannot read through is a UserError (reading around it would
+    show old contents)."""
+    try:
+        with _closing(_readonly(path)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return False
+    except sqlite3.DatabaseError as exc:
+        if not _cannot_open(exc):
+            return False  # not ours to judge here: read_revision names the problem
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise UserError(
+            f"cannot read {path}: its write-ahead log {wal.name} holds changes, and SQLite cannot make "
+            f"the {path.name}-shm file it needs to read them in a folder this user cannot write; "
+            "open it once where it can be written. It was not changed"
+        )
+    return True
+
+
+def writable(path: Path) -> bool:
+    """Whether this user can change the file: the file and its folder (SQLite makes `-wal`,
+    `-shm` and journal files beside it). A read-only mount counts as not writable."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def read_revision(path: Path, immutable: bool = False) -> str | None:
     """The schema revision of a SQLite file, read without writing; None for an empty database.
 
     Raises UserError (naming the file) for a directory, a non-SQLite or corrupt file, or a SQLite
@@ -156,7 +243,7 @@ def read_revision(path: Path) -> str | None:
     if path.stat().st_size == 0:
         return None
     try:
-        with _closing(_readonly(path)) as conn:
+        with _closing(_readonly(path, immutable)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables:
                 return None
@@ -164,6 +251,8 @@ def read_revision(path: Path) -> str | None:
                 raise UserError(f"{path} is a SQLite database but not a chatbot database; refusing to change it")
             rows = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
     except sqlite3.DatabaseError as exc:
+        if _cannot_open(exc):
+            raise UserError(f"cannot read {path} ({exc}); it was not changed") from exc
         raise UserError(f"{path} is not a SQLite database or is corrupt ({exc}); it was not changed") from exc
     if len(rows) > 1:
         raise UserError(f"{path} has several schema heads ({', '.join(r[0] for r in rows)}); refusing to change it")
@@ -184,7 +273,8 @@ class _closing:
 def current_revision(location: Location) -> str | None:
     """The schema revision without writing anything (None: no database yet, or an empty one)."""
     if location.path is not None:
-        return read_revision(location.path) if location.path.exists() else None
+        path = location.path
+        return read_revision(path, location.immutable or needs_immutable(path)) if path.exists() else None
     engine = create_engine_for(location)
     try:
         return current_revision_of(engine)
@@ -212,14 +302,14 @@ def create_engine_for(location: Location) -> Engine:
             location.url, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        engine = create_engine(location.url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        engine = create_engine(location.engine_url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, record: object) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         dbapi_conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         dbapi_conn.execute("PRAGMA foreign_keys = ON")
-        if location.path is not None:
+        if location.path is not None and not location.read_only:
             _retry_busy(lambda: dbapi_conn.execute("PRAGMA journal_mode = WAL").fetchall())
             dbapi_conn.execute("PRAGMA synchronous = FULL")
 
@@ -258,12 +348,16 @@ def translate_error(exc: DatabaseError, location: Location) -> Exception:
     for cause, says in _WRITE_FAILURES.items():
         if cause in text:
             what = says.format(db=location.display)
-            kind = ReadOnlyDatabase if cause == "readonly database" else UserError
+            kind = ReadOnlyDatabase if cause == "readonly database" else WriteFailure
             return kind(f"{what}: this was not saved (what was saved before is intact)")
     return exc
 
 
-class ReadOnlyDatabase(UserError):
+class WriteFailure(UserError):
+    """A write SQLite could not do (a full disk, an I/O error...): reads may still work."""
+
+
+class ReadOnlyDatabase(WriteFailure):
     """A write refused because the database is read-only (reads still work)."""
 
 
@@ -279,14 +373,31 @@ _WRITE_FAILURES = {
 # --- Files and backups -------------------------------------------------------------------------
 
 
-def create_private_file(path: Path) -> None:
-    """Create an empty database file readable by its owner only (its data dir 0700 if new)."""
-    if not path.parent.exists():
-        ensure_private_dir(path.parent)
+def create_private_file(path: Path, create_folders: bool = True) -> None:
+    """Create an empty database file readable by its owner only. A missing folder is created (0700)
+    only with `create_folders` (the data dir); otherwise it is a UserError, as is a parent that is
+    not a folder, or one this user cannot write."""
+    parent = path.parent
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        is_folder = parent.is_dir()
+    except OSError as exc:
+        raise UserError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    if not is_folder:
+        if parent.exists():
+            raise UserError(f"cannot create {path}: {parent} is not a folder")
+        if not create_folders:
+            raise UserError(f"cannot create {path}: the folder {parent} does not exist")
+        ensure_private_dir(parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
+        finally:
+            os.close(fd)
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise UserError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
 def backup_path_for(path: Path) -> Path:
@@ -306,9 +417,9 @@ def backup_file(path: Path, dest: Path | None = None) -> Path:
         raise UserError(f"{dest} already exists; not overwriting it")
     if dest.resolve() == path.resolve():
         raise UserError(f"cannot back up {path} onto itself")
-    create_private_file(dest)
+    create_private_file(dest, create_folders=False)
     try:
-        with _closing(_readonly(path)) as source, _closing(sqlite3.connect(dest)) as target:
+        with _closing(_readonly(path, needs_immutable(path))) as source, _closing(sqlite3.connect(dest)) as target:
             source.backup(target)
     except sqlite3.Error as exc:
         dest.unlink(missing_ok=True)
@@ -319,24 +430,41 @@ def backup_file(path: Path, dest: Path | None = None) -> Path:
 # --- Opening -----------------------------------------------------------------------------------
 
 
-def open_database(url: str) -> tuple[Engine, Location, OpenReport]:
-    """Open (creating if needed) and bring the schema to head; see the module docstring."""
+class NoDatabase(NotFoundError):
+    """A command that only reads found no database file (it creates none)."""
+
+
+def open_database(
+    url: str, create: bool = True, create_folders: bool = True
+) -> tuple[Engine, Location, OpenReport]:
+    """Open and bring the schema to head; see the module docstring. A missing SQLite file is
+    created only with `create` (NoDatabase otherwise), and its missing folder only with
+    `create_folders` (the data dir). A file this user cannot write (or `?mode=ro`) is opened
+    read-only: it can be read at the latest schema; anything else about it is a UserError."""
     location = locate(url)
     before = backup = None
     if location.path is not None:
-        if not location.path.exists():
-            create_private_file(location.path)
-        before = read_revision(location.path)
+        location = _prepare_file(location, create, create_folders)
+        before = read_revision(location.path, location.immutable)
         if before == SCHEMA_HEAD:  # the common case: nothing to check or migrate
             return create_engine_for(location), location, OpenReport(previous_revision=before, revision=before)
         check_revision(before, str(location.path))
+        if location.read_only:
+            schema = "no schema yet" if before is None else f"the older schema {before}"
+            raise ReadOnlyDatabase(
+                f"{location.path} is read-only and has {schema}; it can be used once it can be written "
+                "(it was not changed)"
+            )
     head = head_revision()
     if before is not None and before != head:
         backup = backup_file(location.path)
     engine = create_engine_for(location)
     try:
         if location.path is None:
-            before = current_revision_of(engine)
+            try:
+                before = current_revision_of(engine)
+            except DatabaseError as exc:
+                raise translate_error(exc, location) from exc
             check_revision(before, location.display)
         if before != head:
             try:
@@ -353,6 +481,24 @@ def open_database(url: str) -> tuple[Engine, Location, OpenReport]:
         engine.dispose()
         raise
     return engine, location, OpenReport(previous_revision=before, revision=head, backup=backup)
+
+
+def _prepare_file(location: Location, create: bool, create_folders: bool) -> Location:
+    """The file there (created if it may be), and how it can be opened: read-only when this user
+    cannot write it, immutable when SQLite could not read it otherwise."""
+    path = location.path
+    assert path is not None
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a folder on the way this user may not look into
+        raise UserError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    if not exists:
+        if not create or location.must_exist or location.read_only:
+            raise NoDatabase(f"no database at {path}")
+        create_private_file(path, create_folders)
+    read_only = location.read_only or not writable(path)
+    immutable = location.immutable or (read_only and needs_immutable(path))
+    return replace(location, read_only=read_only, immutable=immutable)
 
 
 def current_revision_of(engine: Engine) -> str | None:

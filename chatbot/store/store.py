@@ -67,14 +67,16 @@ class Store:
     # --- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open a database (a path or URL), creating and upgrading it as needed; then mark replies
-        left `streaming` by a process that is gone as `interrupted`."""
-        engine, location, report = database.open_database(url)
+    def open(cls, url: str, create: bool = True, create_folders: bool = True) -> Store:
+        """Open a database (a path or URL), upgrading it as needed; then mark replies left
+        `streaming` by a process that is gone as `interrupted`. A missing file is created only
+        with `create` (else `database.NoDatabase`), its missing folder only with `create_folders`.
+        A database that cannot be written (read-only, a full disk) opens for reading."""
+        engine, location, report = database.open_database(url, create, create_folders)
         store = cls(engine, location, report)
         try:
-            recovered = store._write(store._recover)
-        except database.ReadOnlyDatabase:
+            recovered = 0 if location.read_only else store._write(store._recover)
+        except database.WriteFailure:
             recovered = 0  # readable all the same; replies left streaming stay so until it is writable
         except BaseException:
             store.close()
