@@ -1,6 +1,12 @@
 """Building a FastLlama: from a GGUF file (exact repack of its quantized blocks), from a loaded
 transformers Llama (its dense weights), and a safetensors cache of the repacked weights so a start
-does not repack (nor load the transformers model at all)."""
+does not repack (nor load the transformers model at all).
+
+The cache of one model is up to three files: `<key>.safetensors` (everything whose layout is the
+same on every CPU: scales and zeros, int8 head, Q8_0 embedding, norms), `<key>.dense.safetensors`
+(the prefill copies) and `<key>.int4-<kernel path>.safetensors`, the packed int4 weights, whose
+layout is the one `_convert_weight_to_int4pack_for_cpu` gives on this CPU kernel path: a file
+packed under another path reads as garbage with no error, so it is never read there."""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from chatbot.engine.fast import quantize as qz
 from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape
 from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
 
-FORMAT = 4  # bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors)
+# bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors;
+# 5: packed int4 weights in a file of their own, per CPU kernel path)
+FORMAT = 5
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM"}
 
 
@@ -182,11 +190,32 @@ def _dense_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".safetensors") + ".dense.safetensors")
 
 
+def kernel_path() -> str:
+    """What the packed int4 layout depends on: ATen's CPU kernel path in this process (the best the
+    CPU has, or what `ATEN_CPU_CAPABILITY` asks for) and the torch build that packed it."""
+    return f"{torch.backends.cpu.get_cpu_capability().lower()}-torch{torch.__version__}"
+
+
+def _packed_path(path: Path) -> Path:
+    return path.with_name(f"{path.name.removesuffix('.safetensors')}.int4-{kernel_path()}.safetensors")
+
+
+def _packing_stamp() -> dict[str, str]:
+    return {"kernel_path": kernel_path(), "torch_git": torch.version.git_version}
+
+
+def _packed_names(model: FastLlama) -> list[str]:
+    return [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, qz.Int4Linear)]
+
+
 def save(model: FastLlama, folder: Path, key: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "output.weight" or not _tied(model)}
     dense = {k: state.pop(k) for k in [k for k in state if k.endswith(".dense")]}
+    packed = {k: state.pop(k) for k in _packed_names(model)}
     path = folder / f"{key}.safetensors"
+    if packed:  # laid out for this process's kernel path: named and stamped with it
+        _write_safetensors(packed, _packed_path(path), _packing_stamp())
     if dense:  # the prefill copies: a file of their own, mapped lazily (see load)
         _write_safetensors(dense, _dense_path(path))
     meta = {"shape": json.dumps(model.shape.__dict__), "layout": json.dumps(model.layout.as_dict()),
@@ -232,6 +261,11 @@ def load(path: Path) -> FastLlama:
     layout = Layout(**json.loads(meta["layout"]))
     dtype = getattr(torch, meta["dtype"])
     model = _skeleton(shape, dtype, layout)
+    if _packed_names(model):
+        packed, stamp = read_safetensors(_packed_path(path))
+        if stamp != _packing_stamp():
+            raise ValueError(f"{path.name}: int4 weights packed for {stamp}, this process runs {_packing_stamp()}")
+        state.update(packed)
     if layout.dense_prefill:
         from safetensors.torch import load_file
 
@@ -251,16 +285,24 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     """The repacked model from `folder` (a cache keyed by the GGUF file), building it once."""
     key = cache_key(dtype, layout)
     path = folder / f"{key}.safetensors"
-    if path.is_file() and (not layout.dense_prefill or _dense_path(path).is_file()):
+    if path.is_file():
         try:
             return load(path)
-        except Exception:  # a damaged or foreign file: rebuild it
-            path.unlink(missing_ok=True)
+        except Exception:  # a file missing (another kernel path: none packed for this one), damaged or foreign
+            pass  # rebuilt below: every file is replaced whole
     if progress:
-        progress(f"Repacking {Path(gguf_path).name} for the fast engine (once)...")
+        progress(f"Repacking {Path(gguf_path).name} for the fast engine (once per CPU kernel path)...")
     model = from_gguf(gguf_path, dtype, layout)
     save(model, folder, key)
-    for stale in folder.glob("fast-v*"):  # files of an older format
-        if not stale.name.startswith(f"fast-v{FORMAT}-"):
-            stale.unlink(missing_ok=True)
+    _remove_stale(folder)
     return model
+
+
+def _remove_stale(folder: Path) -> None:
+    """Files of an older format, and int4 weights packed by another torch build. Those of another
+    kernel path of this build stay: a cache shared between machines keeps one packing for each."""
+    for stale in folder.glob("fast-v*"):
+        other_format = not stale.name.startswith(f"fast-v{FORMAT}-")
+        other_torch = ".int4-" in stale.name and not stale.name.endswith(f"-torch{torch.__version__}.safetensors")
+        if other_format or other_torch:
+            stale.unlink(missing_ok=True)
