@@ -25,12 +25,12 @@ def db(tmp_path) -> Path:
     return path
 
 
-def run(db: Path, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+def run(db: Path, *args: str, stdout=None) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit status, stdout, stderr). `stdout`: a StringIO to use."""
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    out, err = io.StringIO(), io.StringIO()
+    out, err = stdout or io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         try:
             code = main(["--db", str(db), *args])

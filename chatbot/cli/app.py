@@ -7,6 +7,7 @@ import typer
 from chatbot.cli.state import AppState
 from chatbot.config import Settings
 from chatbot.errors import UserError
+from chatbot.terminal_text import visible
 
 app = typer.Typer(
     name="chatbot",
@@ -118,5 +119,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(message: str, code: int) -> None:
     first_line = message.strip().splitlines()[0] if message.strip() else "error"
-    print(f"chatbot: error: {first_line}", file=sys.stderr)
+    print(f"chatbot: error: {visible(first_line)}", file=sys.stderr)  # it may quote what was typed
     raise SystemExit(code)

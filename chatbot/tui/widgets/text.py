@@ -1,27 +1,16 @@
-"""Message text shown exactly as written: never parsed as markup, control characters made visible."""
+"""Message text shown exactly as written: never parsed as markup, control characters made visible
+(`chatbot.terminal_text`)."""
 
 from __future__ import annotations
-
-import re
 
 from rich.color import Color as RColor
 from rich.style import Style
 from rich.text import Text
 from textual.color import Color as TColor
 
-# C0 controls except tab and newline, DEL, C1 controls; \r\n is a line break like \n.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from chatbot.terminal_text import visible
 
-
-def _visible(match: re.Match) -> str:
-    code = ord(match.group())
-    if code < 0x20:
-        return chr(0x2400 + code)  # ␛, ␍, ␀... (Unicode control pictures)
-    return "␡" if code == 0x7F else f"\\x{code:02x}"
-
-
-def clean(text: str) -> str:
-    return _CONTROL.sub(_visible, text.replace("\r\n", "\n"))
+clean = visible  # the TUI shows text by the same rule as every CLI command
 
 
 def literal(text: str, style: str | Style = "") -> Text:
