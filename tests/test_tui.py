@@ -421,6 +421,24 @@ async def test_markup_looking_text_is_shown_literally(tmp_path):
     assert branch(settings)[0].content == MARKUPISH
 
 
+
+async def test_a_paste_reaches_the_store_exactly(tmp_path):
+    """The TUI's half of a paste (the terminal's half: test_tui_terminal.py): what the driver's
+    `Paste` carries is what is stored, control characters, NUL and tabs included; a line break
+    (CR LF or CR, as terminals send it) is LF."""
+    from textual import events
+
+    pasted = "xyz\x1b[31mQ a\x07b\x01c\td\x00e \x9b1m 👍🏽\r\nsecond\rthird"
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        chat(app).composer.focus()
+        app.post_message(events.Paste(pasted))
+        await wait_for(pilot, lambda: chat(app).composer.text, what="paste")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 2, what="reply")
+    assert branch(app.controller.settings)[0].content == pasted.replace("\r\n", "\n").replace("\r", "\n")
+
 async def test_rename_delete_and_new_conversation(tmp_path):
     settings = make_settings(tmp_path)
     cid = seed_conversation(settings, [("hello", "hi")], title="old name")

@@ -149,3 +149,34 @@ def test_the_root_options_that_take_values_are_all_known():
 
     taking_values = {opt for p in typer.main.get_command(app).params if not getattr(p, "is_flag", False) for opt in p.opts}
     assert taking_values - {"--resume"} == set(ROOT_VALUE_OPTIONS)
+
+
+def _stored_messages(db_path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    if not db_path.exists():
+        return []
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        try:
+            return db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # not created yet
+            return []
+
+
+def test_a_bracketed_paste_is_stored_exactly_in_order(tui, tmp_path):
+    """Textual's parser read an ESC inside a paste as a key sequence: `xyz ESC[31mQ` became the
+    keys `^[31mQ` then `xyz`, and BEL, ^A and Tab were lost. Line breaks arrive as CR (terminals
+    send a pasted newline so) and are stored as LF."""
+    pasted = "xyz\x1b[31mQ a\x07b\x01c\td\x00e é 👍🏽 \x9b1m\rsecond line"
+    assert tui.wait_for(b"Enter sends", 60), tui.screen[-2000:]
+    tui.read_for(1.0)
+    tui.send(b"\x1b[200~" + pasted.encode() + b"\x1b[201~")
+    tui.read_for(0.5)
+    tui.send(b"\r")  # Enter: send
+    deadline = time.monotonic() + 120
+    while not _stored_messages(tmp_path / "chat.db") and time.monotonic() < deadline:
+        tui.read_for(0.5)
+    assert _stored_messages(tmp_path / "chat.db")[:1] == [("user", pasted.replace("\r", "\n"))]
+    assert tui.wait_for("xyz␛[31mQ a␇b␁c".encode(), 30)  # shown in the log as typed, in order
+    tui.send(QUIT)
+    tui.close(30)
