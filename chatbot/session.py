@@ -110,6 +110,7 @@ class ChatSession:
         self.builder = ContextBuilder(runtime.tokenizer, settings.context_budget)
         self.history: list[Turn] = []
         self.leaf_id: int | None = None
+        self._branching = False  # the next send is an edit: a sibling of a stored message
         if store is not None and conversation_id is not None:
             self.load_branch()
 
@@ -119,6 +120,11 @@ class ChatSession:
         branch = self.store.active_branch(self.conversation_id, leaf_id)
         self.history = turns_from_messages(branch)
         self.leaf_id = branch[-1].id if branch else None
+        self._branching = False
+
+    def start_new(self) -> None:
+        """The next send starts a new conversation."""
+        self.conversation_id, self.history, self.leaf_id, self._branching = None, [], None, False
 
     def switch_persona(self, persona: InstalledPersona) -> None:
         self.persona = persona
@@ -161,6 +167,7 @@ class ChatSession:
         branch = self.store.active_branch(self.conversation_id, user_message_id)
         self.history = turns_from_messages(branch[:-1])
         self.leaf_id = user_message_id
+        self._branching = False
         return self._answer(branch[-1].content, user_message_id, params, cancel)
 
     def branch_before(self, user_message_id: int) -> None:
@@ -168,6 +175,7 @@ class ChatSession:
         branch = self.store.active_branch(self.conversation_id, user_message_id)
         self.history = turns_from_messages(branch[:-1])
         self.leaf_id = branch[-1].parent_id
+        self._branching = True
 
     def _answer(self, message: str, user_id: int | None, params: SamplingParams, cancel) -> Reply:
         prefix = self.prefix()
@@ -180,9 +188,8 @@ class ChatSession:
         reply.warnings.extend(context.warnings)
         if user_id is None:
             # Stored in full even when the model sees it cut: nothing typed is lost.
-            user_id = self._store_user_message(message)
-        reply.conversation_id = self.conversation_id
-        if self.store is not None:
+            user_id, reply.message_id = self._store_turn(message, params)
+        elif self.store is not None:
             try:
                 reply.message_id = self.store.start_reply(
                     self.conversation_id,
@@ -193,10 +200,10 @@ class ChatSession:
                     self.runtime.model_name,
                 )
             except UserError:
-                # The question is stored and is the leaf now: remember it with no reply, as
-                # reloading the conversation would, so the next turn's context matches the store.
+                # The question is the leaf now, with no new reply: remember it as reloading would.
                 self.history.append(Turn(message, ""))
                 raise
+        reply.conversation_id = self.conversation_id
         reply._deltas = self._stream(reply, message, user_id, cancel)
         return reply
 
@@ -238,14 +245,26 @@ class ChatSession:
                 reply.save_error = reply.save_error or str(exc)
             self.leaf_id = reply.message_id
 
-    def _store_user_message(self, message: str) -> int | None:
+    def _store_turn(self, message: str, params: SamplingParams) -> tuple[int | None, int | None]:
+        """The user's message and its `streaming` reply, in one transaction. Refused (one line,
+        nothing stored) if another process added to this branch since it was loaded."""
         if self.store is None:
-            return None
+            return None, None
         if self.conversation_id is None:
             self.conversation_id = self.store.new_conversation(None, self.runtime.model_name)
-        user_id = self.store.add_user_message(self.conversation_id, message, self.leaf_id)
+        user_id, reply_id = self.store.add_turn(
+            self.conversation_id,
+            message,
+            self.leaf_id,
+            self._persona_version_id(),
+            params.model_dump(mode="json"),
+            params.seed,
+            self.runtime.model_name,
+            branch=self._branching,
+        )
+        self._branching = False
         self.leaf_id = user_id
-        return user_id
+        return user_id, reply_id
 
     def _persona_version_id(self) -> int | None:
         if self.store is None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from chatbot.errors import NotFoundError
+from chatbot.errors import NotFoundError, UserError
 from chatbot.store.models import (
     FINAL_STATUSES,
     ROLES,
@@ -203,11 +203,14 @@ def check_parent(session: Session, conversation_id: int, parent_id: int | None) 
         raise ValueError(f"message {parent_id} is not in conversation {conversation_id}")
 
 
-def add_message(session: Session, conversation_id: int, role: str, **fields: Any) -> int:
+def add_message(session: Session, conversation_id: int, role: str, sender: str | None = None, **fields: Any) -> int:
+    """`sender`: the owner (host:pid) of the process adding a user message (see `user_parent`)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     conversation = get_conversation(session, conversation_id)
     check_parent(session, conversation_id, fields.get("parent_id"))
+    if role == "user":
+        fields["parent_id"] = user_parent(session, conversation_id, fields.get("parent_id"), sender)
     now = utcnow()
     row = Message(conversation_id=conversation_id, role=role, created_at=now, updated_at=now, **fields)
     session.add(row)
@@ -216,6 +219,63 @@ def add_message(session: Session, conversation_id: int, role: str, **fields: Any
     conversation.updated_at = now
     session.flush()
     return row.id
+
+
+def moved_on(conversation_id: int) -> UserError:
+    return UserError(
+        f"conversation {conversation_id} moved on while this message was being sent (another message was "
+        "added to it): nothing was sent; open it again to see the new turn, then send again"
+    )
+
+
+def user_parent(session: Session, conversation_id: int, parent_id: int | None, owner: str | None = None) -> int | None:
+    """A user message follows a finished assistant reply or starts at the root, never another user
+    message or a reply still being written. A user message left without a reply (its reply never
+    started: written before replies were stored with their question) first gets an empty
+    `interrupted` reply, which the model never sees. A reply `owner` (this process) streamed is
+    finished for it, even if its last write failed (a full disk)."""
+    if parent_id is None:
+        return None
+    parent = session.get(Message, parent_id)
+    if parent.role == "assistant" and parent.status == "streaming" and (owner is None or parent.owner != owner):
+        raise moved_on(conversation_id)
+    if parent.role == "user":
+        if has_children(session, parent_id):
+            raise moved_on(conversation_id)
+        now = utcnow()
+        empty = Message(conversation_id=conversation_id, role="assistant", content="", parent_id=parent_id,
+                        status="interrupted", created_at=now, updated_at=now, finished_at=now)
+        session.add(empty)
+        session.flush()
+        return empty.id
+    return parent_id
+
+
+def has_children(session: Session, message_id: int) -> bool:
+    return session.scalar(select(exists().where(Message.parent_id == message_id))) or False
+
+
+def add_turn(
+    session: Session, conversation_id: int, content: str, parent_id: int | None, branch: bool, reply: dict[str, Any]
+) -> tuple[int, int]:
+    """A user message and its `streaming` reply, in one transaction. Unless `branch` (an edit
+    beside an existing message), the message must continue its branch: a parent that has gained
+    a child since the sender loaded it (another process's turn) is refused, so concurrent writers
+    never fork a conversation into hidden side branches."""
+    if not branch:
+        taken = (
+            has_children(session, parent_id)
+            if parent_id is not None
+            else session.scalar(select(exists().where(Message.conversation_id == conversation_id)))
+        )
+        if taken:
+            get_conversation(session, conversation_id)  # an unknown id is "not found", not "moved on"
+            raise moved_on(conversation_id)
+    user_id = add_message(
+        session, conversation_id, "user", content=content, parent_id=parent_id, status="complete", sender=reply.get("owner")
+    )
+    reply_id = add_message(session, conversation_id, "assistant", content="", parent_id=user_id, status="streaming", **reply)
+    return user_id, reply_id
 
 
 def update_content(session: Session, message_id: int, content: str) -> None:

@@ -211,6 +211,28 @@ class Store:
             )
         )
 
+    def add_turn(
+        self,
+        conversation_id: int,
+        content: str,
+        parent_id: int | None,
+        persona_version_id: int | None,
+        settings: dict[str, Any],
+        seed: int | None,
+        model: str,
+        branch: bool = False,
+    ) -> tuple[int, int]:
+        """Commit a user message and its `streaming` reply together (no other writer ever sees the
+        question without its reply); returns both ids. Refused with one line when the conversation
+        moved on past `parent_id` (see repository.add_turn)."""
+        reply = dict(persona_version_id=persona_version_id, settings=settings, seed=seed, model=model, owner=_owner())
+        user_id, reply_id = self._write(
+            lambda s: repository.add_turn(s, conversation_id, content, parent_id, branch, reply)
+        )
+        with _live_lock:
+            _live_replies.add((self.location.display, reply_id))
+        return user_id, reply_id
+
     def start_reply(
         self,
         conversation_id: int,

@@ -66,10 +66,10 @@ class ChatController:
         session = self.session
         if session is None:
             return
-        session.conversation_id = self.conversation_id
         if self.conversation_id is None:
-            session.history, session.leaf_id = [], None
+            session.start_new()
         else:
+            session.conversation_id = self.conversation_id
             session.load_branch(self.leaf_id)
 
     # -- which conversation and branch ----------------------------------------------------------
