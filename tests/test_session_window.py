@@ -77,3 +77,44 @@ def test_the_window_is_the_same_after_a_reload_and_in_history_context(small_budg
     assert main(["history", "context", str(conversation), "--json", "--message", "next?"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["dropped_turns"], shown["prompt"]) == (ui.dropped_turns, ui.text)
+
+
+@pytest.mark.asyncio
+async def test_the_chat_ui_keeps_the_window_of_the_conversation_it_shows(tmp_path):
+    """The issue's repro in the real UI (Pilot, fake model: one token per character)."""
+    from tui_fakes import FakeEngine, idle, make_app, make_settings, wait_for
+
+    settings = make_settings(tmp_path).model_copy(update={"context_budget": 300})
+    engine = FakeEngine()
+    app = make_app(tmp_path, engine, settings=settings)
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.get_screen("chat")
+
+        async def say(text):
+            count = len(screen.log_view.messages)
+            screen.composer.focus()
+            screen.composer.text = text
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: idle(app) and len(screen.log_view.messages) == count + 2, what=text[:20])
+
+        async def open_item(index, first_message):
+            listing = screen.sidebar.query_one("#conversations")
+            listing.focus()
+            listing.index = index
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: idle(app) and screen.log_view.messages
+                           and screen.log_view.messages[0].content == first_message, what=first_message)
+
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await say("hi")
+        await say(PASTE)
+        await pilot.press("ctrl+n")
+        await say("My dog is called Rex.")
+        await say("What is my dog called?")
+        await open_item(1, "hi")
+        assert screen.status.context[2] >= 1  # conversation 1 drops turns
+        await open_item(0, "My dog is called Rex.")
+        await wait_for(pilot, lambda: screen.status.context is not None and screen.status.context[2] == 0,
+                       what="conversation 2's own window")
+        await say("Repeat the name of my dog.")
+        assert screen.status.context[2] == 0 and "Rex" in engine.prompts[-1]
