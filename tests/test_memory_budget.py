@@ -77,6 +77,15 @@ def test_a_control_code_that_leaves_no_room_is_refused_and_nothing_is_stored(env
     assert json.loads(listed.stdout or "[]") == []
 
 
+def test_a_10_mb_control_code_is_refused_in_one_line(env, bundled_fp32):
+    add_persona(env, "vast", "Talk like a pirate. " * 500_000)
+    result = run(["ask", "hi", "-p", "vast"], env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "chatbot: error: persona 'vast' takes over 8192 of the context budget of 2048 tokens, too little is left "
+        "for your message: shorten its control code or raise CHATBOT_CONTEXT_BUDGET")
+
+
 def test_a_long_control_code_that_leaves_room_keeps_a_quarter_of_the_budget_for_the_message(smol_tokenizer):
     builder = ContextBuilder(smol_tokenizer, budget=2048)
     persona = Persona(name="long", control_code="Talk like a pirate. " * 250)  # ~1250 tokens

@@ -26,6 +26,13 @@ from chatbot.personas.schema import Persona
 MESSAGE_FLOOR = 0.25
 
 
+def too_little_room(persona: Persona, taken: str, budget: int) -> UserError:
+    return UserError(
+        f"persona {persona.name!r} takes {taken} of the context budget of {budget} tokens, "
+        "too little is left for your message: shorten its control code or raise CHATBOT_CONTEXT_BUDGET"
+    )
+
+
 @dataclass
 class Context:
     prompt_ids: list[int]
@@ -51,6 +58,7 @@ class ContextBuilder:
         self.budget = budget
         self.low_water = low_water
         encoders = {False: template_encoder(tokenizer), True: content_encoder(tokenizer)}
+        self._longest: int | None = None  # bytes of the vocabulary's longest token
         # Earlier turns render to the same pieces on every turn: encode each once.
         self._piece_ids = lru_cache(maxsize=4096)(lambda text, content: tuple(encoders[content](text)))
 
@@ -77,6 +85,7 @@ class ContextBuilder:
                 f"persona {persona.name!r} takes {reserved} tokens, the whole context budget of {total}: "
                 "raise CHATBOT_CONTEXT_BUDGET or choose another persona"
             )
+        self._refuse_hopeless_control_code(persona, budget)
         turns = [*history, Turn(message)]
         warnings: list[str] = []
         first = self._window_start(persona, turns, budget)
@@ -103,6 +112,20 @@ class ContextBuilder:
             warnings=warnings,
             pieces=pieces,
         )
+
+    def _refuse_hopeless_control_code(self, persona: Persona, budget: int) -> None:
+        """A control code many times the budget is refused before it is encoded (10 MB take
+        ~20 s): no token covers more bytes than the vocabulary's longest entry, so its length in
+        bytes over that bounds its tokens from below."""
+        size = len((persona.control_code or "").encode("utf-8", "surrogatepass"))
+        if size and size > 4 * budget * self._longest_token_bytes():
+            raise too_little_room(persona, f"over {4 * budget}", budget)
+
+    def _longest_token_bytes(self) -> int:
+        if self._longest is None:
+            vocab = getattr(self.tokenizer, "get_vocab", lambda: {})()
+            self._longest = max((len(token.encode("utf-8", "surrogatepass")) for token in vocab), default=0) or 1 << 30
+        return self._longest
 
     def _window_start(self, persona: Persona, turns: list[Turn], budget: int) -> int:
         """Where the branch's last reply had its window start, if this rule could have put it
@@ -133,10 +156,7 @@ class ContextBuilder:
         overhead = len(self._ids(persona, [Turn("")])[1])
         floor = min(len(ids), max(int(budget * MESSAGE_FLOOR), 1))
         if budget - overhead < floor:
-            raise UserError(
-                f"persona {persona.name!r} takes {overhead} of the context budget of {budget} tokens, "
-                f"too little is left for your message: shorten its control code or raise CHATBOT_CONTEXT_BUDGET"
-            )
+            raise too_little_room(persona, str(overhead), budget)
         keep = budget - overhead
         while keep > 0:
             cut = self.tokenizer.decode(ids[:keep], skip_special_tokens=False)
