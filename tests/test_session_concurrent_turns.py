@@ -84,3 +84,34 @@ def test_an_edit_still_makes_a_sibling_and_an_unanswered_question_gets_an_empty_
         branch = store.active_branch(session.conversation_id, after)
         assert [(m.role, m.content, m.status) for m in branch[-3:]] == [
             ("user", "no reply", "complete"), ("assistant", "", "interrupted"), ("user", "next", "complete")]
+
+
+def test_plain_chat_goes_on_after_another_process_took_a_turn(tmp_path, monkeypatch, capsys):
+    import io
+
+    from reliability_helpers import run_cli
+
+    settings = settings_for(tmp_path)
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("CHATBOT_DB", settings.db)
+    with Store.open(settings.database_url()) as store:
+        session_for(store, settings).send("first question", PARAMS).run()
+
+    class Typing(io.StringIO):
+        """Before the chat reads its second line, another writer takes a turn in the conversation."""
+
+        def readline(self, *args):
+            line = super().readline(*args)
+            if line == "two\n":
+                with Store.open(settings.database_url()) as other:
+                    session_for(other, settings, conversation_id=other.latest_conversation_id()).send(
+                        "elsewhere", PARAMS).run()
+            return line
+
+    monkeypatch.setattr("sys.stdin", Typing("one\ntwo\nthree\n"))
+    code, out, err, _ = run_cli(["chat", "--plain", "--continue"], monkeypatch, capsys)
+    assert code == 0 and "Traceback" not in err
+    assert err.count("moved on") == 1 and "open again at its latest turn" in err
+    with Store.open(settings.database_url()) as store:
+        users = [m.content for m in store.active_branch(store.latest_conversation_id()) if m.role == "user"]
+    assert users == ["first question", "one", "elsewhere", "three"]  # "two" was refused, nothing forked

@@ -42,6 +42,7 @@ def chat(
 
 def run_plain_chat(state: AppState, persona: str | None, store, conversation_id, **overrides) -> None:
     from chatbot.session import ChatSession
+    from chatbot.store.repository import ConversationMovedOn
 
     installed = state.persona(persona)
     params = options.sampling_params(state.settings, installed, **overrides)
@@ -62,6 +63,11 @@ def run_plain_chat(state: AppState, persona: str | None, store, conversation_id,
             continue
         try:
             reply = session.send(message, params)
+        except ConversationMovedOn as exc:  # another process took a turn: go on after it
+            print(f"chatbot: error: {exc}", file=sys.stderr)
+            session.load_branch()
+            print("chatbot: the conversation is open again at its latest turn", file=sys.stderr)
+            continue
         except UserError as exc:
             print(f"chatbot: error: {exc}", file=sys.stderr)
             continue

@@ -221,8 +221,12 @@ def add_message(session: Session, conversation_id: int, role: str, sender: str |
     return row.id
 
 
-def moved_on(conversation_id: int) -> UserError:
-    return UserError(
+class ConversationMovedOn(UserError):
+    """Another writer added to the branch a turn was meant to continue (exit 1)."""
+
+
+def moved_on(conversation_id: int) -> ConversationMovedOn:
+    return ConversationMovedOn(
         f"conversation {conversation_id} moved on while this message was being sent (another message was "
         "added to it): nothing was sent; open it again to see the new turn, then send again"
     )
