@@ -15,6 +15,7 @@ between the reference's top two logits.
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ import torch
 from benchmarks.common import report
 from chatbot.config import Settings
 from chatbot.engine.decoding import Engine
+from chatbot.engine.fast.closeness import Closeness, teacher_forced
 from chatbot.engine.fast.engine import build_fast_engine
 from chatbot.engine.loading import load_model
 from chatbot.engine.sampling import SamplingParams
@@ -58,22 +60,6 @@ def leading_agreement(ours: list[int], reference: list[int]) -> int:
     return count
 
 
-def teacher_forced(engine, reference_logits, sequence: list[int], start: int) -> list[dict]:
-    """The reference's own greedy continuation fed one token at a time (prefix reuse: the decode
-    path). Per position: does our top token match, and how far is our margin between the
-    reference's top two tokens from its own. Unlike greedy identity, one near-tie does not decide
-    the rest of the sequence, so small numeric changes show as small changes here."""
-    engine.reset()
-    positions = []
-    for p in range(start, len(sequence)):
-        ours = engine.next_token_logits(sequence[: p + 1])
-        ref = reference_logits[p]
-        first, second = ref.topk(2).indices.tolist()
-        margin_error = abs(float((ours[first] - ours[second]) - (ref[first] - ref[second])))
-        positions.append({"top1": int(ours.argmax()) == first, "margin_error": margin_error})
-    return positions
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32)
@@ -106,21 +92,18 @@ def main() -> None:
         same_test = sum(r["identical"] for r in rs[: len(TEST_PROMPTS)])
         mean_leading = sum(r["leading"] for r in rs) / len(rs)
         verdict = f"target >= 90%: {'PASS' if same >= 0.9 * len(rs) else 'MISS'}" if name.startswith("fast") else "(yardstick)"
-        positions = forced[name]
-        top1 = sum(p["top1"] for p in positions) / len(positions)
-        margins = sorted(p["margin_error"] for p in positions)
+        closeness = Closeness.of(forced[name])
         rows += [
             (f"{name}: identical first {args.tokens}", f"{same}/{len(rs)}", verdict),
             ("  of them, the test's ten prompts", f"{same_test}/{len(TEST_PROMPTS)}", ""),
             ("  leading tokens agreeing, mean", f"{mean_leading:.1f}", ""),
-            ("  teacher-forced: same top token", f"{100 * top1:.2f}%", f"{len(positions)} positions"),
-            ("  teacher-forced: top-two margin error, mean / p90", f"{sum(margins) / len(margins):.4f} / {margins[int(0.9 * len(margins))]:.4f}", "logits"),
+            ("  teacher-forced: same top token", f"{100 * closeness.same_top:.2f}%", f"{closeness.positions} positions"),
+            ("  teacher-forced: top-two margin error, mean / p90",
+             f"{closeness.margin_error_mean:.4f} / {closeness.margin_error_p90:.4f}", "logits"),
         ]
     report(f"greedy agreement with the fp32 reference, {len(prompts)} prompts", rows,
            {"tokens": args.tokens, "results": results,
-            "teacher_forced": {name: {"positions": len(ps), "top1": sum(p["top1"] for p in ps) / len(ps),
-                                      "margin_error_mean": sum(p["margin_error"] for p in ps) / len(ps)}
-                               for name, ps in forced.items()}})
+            "teacher_forced": {name: asdict(Closeness.of(ps)) for name, ps in forced.items()}})
 
 
 if __name__ == "__main__":

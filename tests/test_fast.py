@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chatbot.engine.decoding import Engine, Prefix
-from chatbot.engine.fast import loader
+from chatbot.engine.fast import closeness, loader
 from chatbot.engine.fast import quantize as qz
 from chatbot.engine.fast.engine import FastEngine, build_fast_engine
 from chatbot.engine.fast.gguf_weights import GGUFWeights
@@ -136,6 +136,7 @@ def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
 
 
 def test_int4_perplexity_within_one_percent_of_the_reference(int4_engine, bundled_fp32):
+    """One prefill of the whole text: over DENSE_MIN_ROWS, so the dense prefill copies."""
     ids = torch.tensor(bundled_fp32.tokenizer(HELD_OUT)["input_ids"])
     with torch.inference_mode():
         reference = _nll(bundled_fp32.model(ids[None]).logits[0], ids)
@@ -148,31 +149,29 @@ def test_int4_perplexity_within_one_percent_of_the_reference(int4_engine, bundle
     assert abs(ratio - 1) <= 0.01, (reference, ours)
 
 
-def _reference_greedy(loaded, prompts: list[list[int]], n: int) -> list[list[int]]:
-    """The fp32 reference's greedy continuations, all prompts in one left-padded batch."""
-    pad = loaded.tokenizer.eos_token_id
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.inference_mode():
-        out = loaded.model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                                    eos_token_id=sorted(loaded.eos_token_ids), pad_token_id=pad)
-    replies = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in loaded.eos_token_ids), len(row))
-        replies.append(row[:cut])
-    return replies
+# Set from measurements under every kernel path torch has on the machines it ran on (docs/fast.md,
+# "Quality guard"), each with a clear margin; an int8 head without its exact re-scoring fails the
+# margin (0.10), an int4 head all three.
+SAME_TOP_MIN = 0.95
+MARGIN_ERROR_MAX = 0.07
+PERPLEXITY_RATIO_MAX_ERROR = 0.01
 
 
-def test_int4_first_32_greedy_tokens_match_for_nine_prompts_in_ten(int4_engine, bundled_fp32):
-    prompts = [prompt_ids(bundled_fp32.tokenizer, text) for text in PROMPTS]
-    theirs = _reference_greedy(bundled_fp32, prompts, 32)
-    same = 0
-    for ids, reference in zip(prompts, theirs):
-        ours = int4_engine.generate(ids, greedy(32))
-        ours.run()
-        same += ours.token_ids == reference
-    assert same >= 0.9 * len(PROMPTS)
+def test_int4_decode_path_stays_close_to_the_reference(int4_engine, bundled_fp32):
+    """The int4 kernel's path (decode steps; the held-out text in 32-row chunks), measured in ways
+    that hold across CPUs: the fp32 reference's greedy continuations of the ten prompts fed back
+    one token at a time (the share of positions whose top token is the reference's, and the error of
+    the margin between the reference's top two logits), and the held-out perplexity ratio. Greedy
+    identity over 32 tokens is not one of them: one near-tie decides a whole reply, and kernel paths
+    round differently (8 or 9 prompts of 10, depending on the CPU)."""
+    tokenizer = bundled_fp32.tokenizer
+    prompts = [prompt_ids(tokenizer, text) for text in PROMPTS]
+    figures = closeness.guard_figures(int4_engine, bundled_fp32, prompts, tokenizer(HELD_OUT)["input_ids"])
+    close = figures["closeness"]
+    assert close.positions >= 200, figures
+    assert close.same_top >= SAME_TOP_MIN, figures
+    assert close.margin_error_mean <= MARGIN_ERROR_MAX, figures
+    assert abs(figures["perplexity_ratio"] - 1) <= PERPLEXITY_RATIO_MAX_ERROR, figures
 
 
 # -- engine semantics on the static cache -----------------------------------------------------------
