@@ -5,6 +5,7 @@ conversations and their memory; replay; search; literal text; dialogs; config.""
 from __future__ import annotations
 
 import io
+import re
 import threading
 
 import pytest
@@ -394,10 +395,50 @@ async def test_search_finds_conversations_by_message_text(tmp_path):
         await wait_for(pilot, lambda: len(chat(app).sidebar.query("ConversationItem")) == 1, what="hits")
         hit = chat(app).sidebar.query_one("ConversationItem")
         assert hit.title == "food" and "pineapple" in hit.detail
-        await pilot.press("enter", "enter")
+        await pilot.press("enter")  # in the search box: opens the best match
         await wait_for(pilot, lambda: len(shown(app)) == 2, what="open hit")
         assert shown(app)[0] == ("user", "I like pineapple pizza")
+        await pilot.press("ctrl+f")
+        chat(app).sidebar.query_one("#search").value = ""  # every conversation: ↓ to choose one
+        await wait_for(pilot, lambda: len(chat(app).sidebar.query("ConversationItem")) == 2, what="all")
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: shown(app)[0] == ("user", "What about the weather"), what="open chosen")
 
+
+
+def screen_lines(app) -> list[str]:
+    """The screen as drawn, line by line (where a cut or a shifted border shows)."""
+    return ["".join(segment.text for segment in strip) for strip in app.screen._compositor.render_strips()]
+
+
+async def test_the_message_count_in_the_list_is_never_cut(tmp_path):
+    settings = make_settings(tmp_path)
+    for i in range(20):  # enough that the list scrolls: its scrollbar takes cells of its width
+        seed_conversation(settings, [("one question", "one answer")], title=f"short one {i}")
+    seed_conversation(settings, [(f"question {i}", f"answer {i}") for i in range(8)], title="long one")
+    app = make_app(tmp_path, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(chat(app).sidebar.query("ConversationItem")) == 21, what="list")
+        await pilot.pause(0.1)
+        lines = screen_lines(app)
+    assert any(re.search(r"\b16 (messages|msgs)\b", line) for line in lines), lines
+    assert any(re.search(r"\b2 (messages|msgs)\b", line) for line in lines), lines
+
+
+@pytest.mark.parametrize("width", [70, 56])
+async def test_a_narrow_status_bar_keeps_the_context_figures(tmp_path, width):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(140, SIZE[1])) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        status = chat(app).status
+        status.model, status.context, status.speed = "SmolLM2-135M-Instruct", (39, 300, 2), (120.0, 42.0)
+        await pilot.pause(0.1)
+        wide = screen_lines(app)[status.region.y]
+        assert "context 39/300 (2 turns dropped)  │  last reply TTFT 120 ms" in wide, wide  # room for all
+        await pilot.resize_terminal(width, SIZE[1])
+        await pilot.pause(0.2)
+        bottom = screen_lines(app)[status.region.y]
+    assert "39/300" in bottom and "2 turns dropped" in bottom, bottom
 
 MARKUPISH = "[bold]x[/] and [/] and [link=x]y[/link] \x1b[31mred\x1b[0m bell\x07 [red"
 

@@ -80,7 +80,9 @@ class Sidebar(Vertical):
         else:
             for c in self.store.list_conversations():
                 title = title_of(c.title, c.id)
-                detail = f"{when(c.updated_at)} · {c.message_count} messages"
+                # The count first: at the list's width (~29 cells) the date may be cut, never the count.
+                count = f"{c.message_count} msg{'' if c.message_count == 1 else 's'}"
+                detail = f"{count} · {when(c.updated_at)}"
                 items.append(ConversationItem(c.id, title, detail, current=c.id == self.current_id))
         view = self.query_one("#conversations", ListView)
         view.clear()
@@ -93,11 +95,19 @@ class Sidebar(Vertical):
         self.reload()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the search box opens the best match (the list's first); ↓ goes to the list."""
         event.stop()
-        listing = self.query_one("#conversations", ListView)
-        if listing.index is None and listing.children:
-            listing.index = 0
-        listing.focus()
+        first = next(iter(self.query_one("#conversations", ListView).query(ConversationItem)), None)
+        if first is not None:
+            self.post_message(self.Open(first.conversation_id))
+
+    def on_key(self, event) -> None:
+        if event.key == "down" and self.query_one("#search", Input).has_focus:
+            event.stop()
+            listing = self.query_one("#conversations", ListView)
+            if listing.index is None and listing.children:
+                listing.index = 0
+            listing.focus()
 
     def _highlighted(self) -> int | None:
         item = self.query_one("#conversations", ListView).highlighted_child

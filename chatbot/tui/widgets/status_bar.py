@@ -23,26 +23,64 @@ class StatusBar(Static):
         super().__init__("", markup=False, **kwargs)
 
     def render(self) -> Text:
-        bar = Text(no_wrap=True, overflow="ellipsis", end="")
-        bar.append("model ", style="dim")
-        bar.append(clean(self.model), style="italic" if self.model_loading else "bold")
-        bar.append("  │  persona ", style="dim")
-        bar.append(clean(self.persona), style=color_style(self.persona_color))
-        bar.append("  │  context ", style="dim")
-        if self.context is None:
-            bar.append("–")
+        """The fullest form that fits the width. Narrower, the labels go first, then the last
+        reply's speed, then the model's name; the context figures stay (in the last resort
+        they come first, so only what follows them is cut)."""
+        width = self.content_size.width
+        forms = [(True, True, True), (False, True, True), (False, False, True), (False, False, False)]
+        for labels, speed, model in forms:
+            bar = self._line(labels, speed, model)
+            if bar.cell_len <= width:
+                return bar
+        return self._line(False, False, False, context_first=True)
+
+    def _line(self, labels: bool, speed: bool, model: bool, context_first: bool = False) -> Text:
+        sections: list[Text] = []
+        if model:
+            section = _labelled("model ", labels)
+            section.append(clean(self.model), style="italic" if self.model_loading else "bold")
+            sections.append(section)
+        section = _labelled("persona ", labels)
+        section.append(clean(self.persona), style=color_style(self.persona_color))
+        sections.append(section)
+        context = self._context_section(labels)
+        if context_first:
+            sections.insert(0, context)
         else:
-            used, budget, dropped = self.context
-            bar.append(f"{used}/{budget}")
-            if dropped:
-                bar.append(f" ({dropped} turn{'s' if dropped != 1 else ''} dropped)", style="yellow")
-        bar.append("  │  last reply ", style="dim")
-        if self.speed is None:
-            bar.append("–")
-        else:
-            ttft, rate = self.speed
-            bar.append(f"TTFT {ttft:.0f} ms · {rate:.1f} tok/s")
+            sections.append(context)
+        if speed:
+            section = _labelled("last reply ", labels)
+            if self.speed is None:
+                section.append("–")
+            else:
+                ttft, rate = self.speed
+                section.append(f"TTFT {ttft:.0f} ms · {rate:.1f} tok/s")
+            sections.append(section)
         if self.activity:
-            bar.append("  │  ", style="dim")
-            bar.append(clean(self.activity), style="italic")
+            sections.append(Text(clean(self.activity), style="italic"))
+        bar = Text(no_wrap=True, overflow="ellipsis", end="")
+        for i, section in enumerate(sections):
+            if i:
+                bar.append("  │  ", style="dim")
+            bar.append_text(section)
         return bar
+
+    def _context_section(self, labels: bool) -> Text:
+        section = _labelled("context ", labels)
+        if self.context is None:
+            section.append("–")
+            return section
+        used, budget, dropped = self.context
+        section.append(f"{used}/{budget}" if labels else f"{used}/{budget} tokens")
+        if dropped:
+            turns = f"{dropped} turn{'s' if dropped != 1 else ''}"
+            section.append(f" ({turns} dropped)", style="yellow")
+        return section
+
+
+def _labelled(label: str, labels: bool) -> Text:
+    """A section that starts with its label (dim, in a span of its own) when labels are shown."""
+    section = Text()
+    if labels:
+        section.append(label, style="dim")
+    return section
