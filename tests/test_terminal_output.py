@@ -65,6 +65,12 @@ def test_views_show_steering_characters_visibly(db, args):
         assert "\\u202e" in out or "\\x9b" in out or "hidden" not in args
 
 
+def test_history_context_shows_steering_characters_visibly(db, isolated_settings):
+    code, out, _ = run(db, "history", "context", "1")
+    assert code == 0 and "␛[2J" in out and "\\u2066iso" in out
+    assert not STEERING.search(out), repr(out)
+
+
 def test_json_is_exact_and_safe_on_a_terminal(db):
     for args in (["history", "show", "1", "--json"], ["history", "search", "hidden", "--json"]):
         code, out, _ = run(db, *args)

@@ -11,6 +11,7 @@ import typer
 
 from chatbot.cli.history import ConversationId, conversation_id_of, history_app
 from chatbot.cli.state import state_of
+from chatbot.terminal_text import visible
 
 NEXT_MESSAGE = "<your next message>"
 
@@ -78,7 +79,9 @@ def context(
             f"# {typed} special-token look-alike(s) in messages or persona text, shown {MARK.format('so')}: "
             "the model reads them as plain text\n"
         )
-    sys.stdout.write("".join(_marked(p.text, specials) if p.content else p.text for p in built.pieces) + "\n")
+    # Content is shown as a terminal should show stored text (escapes drawn, never obeyed).
+    shown = (visible(_marked(p.text, specials)) if p.content else p.text for p in built.pieces)
+    sys.stdout.write("".join(shown) + "\n")
 
 
 MARK = "\u2039{}\u203a"  # ‹…›
