@@ -18,6 +18,7 @@ from pathlib import Path
 from chatbot.errors import NotFoundError, UserError
 from chatbot.memory.context import ContextBuilder
 from chatbot.memory.render import Turn
+from chatbot.memory.tokens import content_encoder
 from chatbot.personas.schema import Persona
 
 MAX_REPORTED = 5
@@ -150,9 +151,10 @@ class Encoder:
         self.tokenizer = tokenizer
         self.budget = budget
         self.end_ids = end_of_turn_ids(tokenizer, ContextBuilder(tokenizer, budget))
+        self._content_ids = content_encoder(tokenizer)  # a reply is content: never special tokens
 
     def encode(self, persona: Persona, example: Example, reserved: int = 0) -> Encoded:
         builder = ContextBuilder(self.tokenizer, self.budget)  # fresh: no window remembered
         context = builder.build(persona, list(example.history), example.message, reserved=reserved)
-        reply = self.tokenizer(example.reply, add_special_tokens=False)["input_ids"]
+        reply = self._content_ids(example.reply)
         return Encoded(list(context.prompt_ids), list(reply) + self.end_ids)
