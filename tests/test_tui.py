@@ -480,6 +480,24 @@ async def test_a_paste_reaches_the_store_exactly(tmp_path):
         await wait_for(pilot, lambda: idle(app) and len(shown(app)) == 2, what="reply")
     assert branch(app.controller.settings)[0].content == pasted.replace("\r\n", "\n").replace("\r", "\n")
 
+
+async def test_the_message_box_shows_control_characters_it_holds_visibly(tmp_path):
+    """Text waiting in the message box is drawn as the log draws it: an ESC in a paste is never
+    sent to the terminal (it recoloured the box and broke its border), yet it is sent exactly."""
+    from textual import events
+
+    pasted = "xyz\x1b[31mQ a\x07b \u202eevil"
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        composer = chat(app).composer
+        composer.focus()
+        app.post_message(events.Paste(pasted))
+        await wait_for(pilot, lambda: composer.text, what="paste")
+        drawn = "".join(segment.text for segment in composer.render_line(0))
+        assert composer.text == pasted
+    assert "xyz␛[31mQ a␇b" in drawn and "\\u202eevil" in drawn
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]", drawn), repr(drawn)
+
 async def test_rename_delete_and_new_conversation(tmp_path):
     settings = make_settings(tmp_path)
     cid = seed_conversation(settings, [("hello", "hi")], title="old name")

@@ -3,10 +3,12 @@ tells them apart) starts a new line. Both keys can be changed in the config file
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
+from chatbot.terminal_text import visible
 from chatbot.tui.keys import BY_ID
 
 
@@ -31,6 +33,13 @@ class Composer(TextArea):
             compact=True,
             **kwargs,
         )
+
+    def get_line(self, line_index: int) -> Text:
+        """The line as drawn: control characters as visible stand-ins, as the log shows them
+        (drawn raw, a pasted ESC would steer the terminal); the text itself stays exact. The
+        stand-ins are wider than the zero cells the layout counts for a control character, so
+        the cursor sits a little left on such a line: drawn, never obeyed, is what matters."""
+        return Text(visible(self.document.get_line(line_index)), end="", no_wrap=True)
 
     def _keys(self, binding_id: str) -> set[str]:
         keymap = getattr(self.app, "keymap", {})
