@@ -627,3 +627,37 @@ async def test_picker_shows_a_persona_kind_once(tmp_path):
         pirate = str(options.get_option("pirate").prompt)
     assert tidy.count("(control code)") == 1
     assert "(control code)" in pirate  # a title without it still gets the kind
+
+
+@pytest.fixture
+def rich_widths():
+    """The emoji width probe changes Rich's width table for the process: put it back."""
+    from chatbot.tui import emoji_width
+
+    yield emoji_width
+    emoji_width.set_modifier_width(0)
+
+
+async def test_the_message_box_fits_a_skin_tone_emoji_as_the_terminal_draws_it(tmp_path, rich_widths):
+    """xterm, VTE and tmux draw 👍🏽 4 cells wide, Rich counts 2: the box's border was pushed out by
+    2 cells. The app asks the terminal (a cursor position report after drawing the pair) and lays
+    the line out as drawn."""
+    from textual import events
+
+    def drawn_padding(composer) -> int:
+        text = "".join(segment.text for segment in composer.render_line(0))
+        return len(text) - len(text.rstrip(" "))
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        composer = chat(app).composer
+        composer.focus()
+        composer.insert("ok 👍🏽 fine")
+        await pilot.pause()
+        before = drawn_padding(composer)
+        app.probe_emoji_width()
+        app.post_message(events.CursorPosition(4, 0))  # the terminal's answer: column 4 (0-based)
+        await pilot.pause()
+        await pilot.pause()
+        after = drawn_padding(composer)
+    assert before - after == 2

@@ -6,10 +6,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from textual import events
 from textual.app import App
 from textual.binding import Binding
 
 from chatbot.tui.commands import ChatCommands
+from chatbot.tui import emoji_width
 from chatbot.tui.conversation import ChatController
 from chatbot.tui.keys import BY_ID
 from chatbot.tui.preferences import Preferences, default_path
@@ -42,6 +44,7 @@ class ChatApp(App):
         self.persona_asked = persona  # from the command line: it also applies to a resumed conversation
         self.fatal: Exception | None = None
         self.set_keymap(self.prefs.keys)
+        self._probing_widths = False
 
     @property
     def keymap(self) -> dict[str, str]:
@@ -61,6 +64,24 @@ class ChatApp(App):
         self.push_screen("chat")
         for problem in self.prefs.problems:
             self.notify(problem, title="config", severity="warning", timeout=10)
+        if not self.is_headless and self._driver is not None:
+            self.probe_emoji_width()
+
+    def probe_emoji_width(self) -> None:
+        """Ask the terminal how wide it draws 👍🏽 (see emoji_width.py); the answer arrives as a
+        cursor position report."""
+        self._probing_widths = True
+        if self._driver is not None:
+            self._driver.write(emoji_width.PROBE)
+            self._driver.flush()
+
+    def on_cursor_position(self, event: events.CursorPosition) -> None:
+        if not self._probing_widths:
+            return
+        self._probing_widths = False
+        if emoji_width.adjust_to_report(event.x):
+            self.refresh_css(animate=False)  # every widget drops the lines it laid out before
+            self.screen.refresh(layout=True)
 
     def _remember_theme(self, theme) -> None:
         if self.prefs.theme != theme.name:
