@@ -81,7 +81,7 @@ class ChatApp(App):
         self._probing_widths = False
         if emoji_width.adjust_to_report(event.x):
             self.refresh_css(animate=False)  # every widget drops the lines it laid out before
-            self.screen.refresh(layout=True)
+        self.screen.refresh(layout=True)  # and the corner the probe drew in is painted over
 
     def _remember_theme(self, theme) -> None:
         if self.prefs.theme != theme.name:
