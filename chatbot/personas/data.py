@@ -18,7 +18,6 @@ from pathlib import Path
 from chatbot.errors import NotFoundError, UserError
 from chatbot.memory.context import ContextBuilder
 from chatbot.memory.render import Turn
-from chatbot.memory.tokens import content_encoder
 from chatbot.personas.schema import Persona
 
 MAX_REPORTED = 5
@@ -150,11 +149,12 @@ class Encoder:
     def __init__(self, tokenizer, budget: int = 2048):
         self.tokenizer = tokenizer
         self.budget = budget
-        self.end_ids = end_of_turn_ids(tokenizer, ContextBuilder(tokenizer, budget))
-        self._content_ids = content_encoder(tokenizer)  # a reply is content: never special tokens
+        # One builder for every example: it keeps no window between builds, and its encoders
+        # and piece cache are worth keeping.
+        self.builder = ContextBuilder(tokenizer, budget)
+        self.end_ids = end_of_turn_ids(tokenizer, self.builder)
 
     def encode(self, persona: Persona, example: Example, reserved: int = 0) -> Encoded:
-        builder = ContextBuilder(self.tokenizer, self.budget)  # fresh: no window remembered
-        context = builder.build(persona, list(example.history), example.message, reserved=reserved)
-        reply = self._content_ids(example.reply)
+        context = self.builder.build(persona, list(example.history), example.message, reserved=reserved)
+        reply = self.builder.encode_content(example.reply)  # a reply is content: never special tokens
         return Encoded(list(context.prompt_ids), list(reply) + self.end_ids)

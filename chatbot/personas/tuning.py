@@ -201,8 +201,9 @@ def teacher_conversations(
     """The teacher's greedy replies under its control code, rendered exactly as at inference."""
     out = []
     params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    builder = ContextBuilder(loaded.tokenizer, budget)
     for index, prompt in enumerate(prompts):
-        context = ContextBuilder(loaded.tokenizer, budget).build(teacher, [], prompt)
+        context = builder.build(teacher, [], prompt)
         generation = engine.generate(context.prompt_ids, params.model_copy(update={"stop": context.stops}), reuse=True)
         reply = generation.run()
         if generation.stats.stop_reason == "max_new_tokens":
