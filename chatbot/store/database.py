@@ -38,7 +38,7 @@ BUSY_TIMEOUT_S = 15.0
 VERSION_TABLE = "alembic_version"
 # The newest migration's revision. A database already there opens without importing alembic (and
 # mako, pygments: ~0.15 s of every command's start); tests hold it equal to alembic's own head.
-SCHEMA_HEAD = "0002_message_search"
+SCHEMA_HEAD = "0003_recall_rating_settings"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 ROLES = ("user", "assistant", "system")
+RATINGS = ("good", "bad")
 STATUSES = ("streaming", "complete", "interrupted", "error")
 FINAL_STATUSES = ("complete", "interrupted", "error")
 STAT_COLUMNS = ("prompt_tokens", "reused_tokens", "new_tokens", "ttft_ms", "tokens_per_s")
@@ -89,6 +90,8 @@ class Conversation(Base):
     title: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(500))
     archived: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # per-conversation choices (sampling, budget, memory scope, model), applied from the next reply
+    settings: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
@@ -132,9 +135,26 @@ class Message(Base):
     # last write (a streaming reply's heartbeat)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # what memory recalled into this reply's prompt: [{"message_id", "conversation_id", ...}]
+    recalled: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # the user's "good" / "bad" (RATINGS); None when unrated
+    rating: Mapped[str | None] = mapped_column(String(8))
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
     persona_version: Mapped[PersonaVersion | None] = relationship(lazy="joined")
+
+
+class MemorySummary(Base):
+    """A model-written summary of a branch's dropped turns, up to and including `through_message_id`."""
+
+    __tablename__ = "memory_summaries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    through_message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class PersonaSwitch(Base):
