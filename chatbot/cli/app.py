@@ -12,6 +12,7 @@ from chatbot.terminal_text import visible
 app = typer.Typer(
     name="chatbot",
     help="A terminal chatbot with conversation memory and personas.",
+    epilog="The options --db, --model and --engine may also follow the command: chatbot ask 'hi' --model FILE.gguf",
     add_completion=False,
     no_args_is_help=False,
     pretty_exceptions_enable=False,
@@ -90,10 +91,64 @@ def resume_alone_means_last(args: list[str]) -> list[str]:
     return args
 
 
+# Root options a user may also write after the command (as in `llm`): moved in front of it.
+# --persona and --resume stay where they are: commands that take them have their own.
+ROOT_OPTIONS_ANYWHERE = ("--db", "--model", "--engine")
+
+
+def root_options_first(args: list[str]) -> list[str]:
+    """`chatbot ask "hi" --model X` means `chatbot --model X ask "hi"`. The command path is walked
+    as click will parse it, so a value of the command's own options and everything after `--`
+    stay untouched, and an option the command defines itself stays the command's."""
+    args = list(args)
+    command = typer.main.get_command(app)  # typer's vendored click: duck-typed below
+    i = _skip_options(args, 0, command)
+    insert_at = i
+    while i < len(args) and args[i] in (getattr(command, "commands", None) or {}):
+        command = command.commands[args[i]]
+        i = _skip_options(args, i + 1, command)
+    own = {name for param in command.params for name in param.opts}
+    takes_value = _value_options(command)
+    moved: list[str] = []
+    kept: list[str] = []
+    rest = args[insert_at:]
+    j = 0
+    while j < len(rest):
+        arg = rest[j]
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            kept.extend(rest[j:])
+            break
+        if name in ROOT_OPTIONS_ANYWHERE and name not in own:
+            count = 1 if "=" in arg else 2
+            moved.extend(rest[j : j + count])
+            j += count
+        elif arg in takes_value:  # the command's own option: its value is not an option
+            kept.extend(rest[j : j + 2])
+            j += 2
+        else:
+            kept.append(arg)
+            j += 1
+    return args[:insert_at] + moved + kept
+
+
+def _value_options(command) -> set[str]:
+    return {name for param in command.params if param.param_type_name == "option"
+            and not param.is_flag and not param.count for name in param.opts}
+
+
+def _skip_options(args: list[str], i: int, command) -> int:
+    """The index of the first argument after the options that follow `command`'s name."""
+    takes_value = _value_options(command)
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        i += 2 if args[i] in takes_value else 1
+    return i
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: run, and map every user error to one line."""
     _register_groups()
-    argv = resume_alone_means_last(sys.argv[1:] if argv is None else argv)
+    argv = resume_alone_means_last(root_options_first(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="chatbot", standalone_mode=False)
         if isinstance(code, int):  # typer's exit status: 130 for a Ctrl+C it caught, a typer.Exit's
