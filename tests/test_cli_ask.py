@@ -124,3 +124,50 @@ def test_ctrl_c_exits_130_and_keeps_the_partial_reply(env_dirs, bundled_fp32):
         reply = store.active_branch(store.latest_conversation_id())[-1]
     assert reply.status == "interrupted"
     assert reply.content and out == reply.content + "\n"  # all that was printed, and only that
+
+
+def test_ask_jsonl_streams_one_event_per_delta_then_done(env_dirs, bundled_fp32):
+    from chatbot.store import Store
+
+    result = run(["ask", "Name three colours.", "--temperature", "0", "--max-new-tokens", "16", "--jsonl"], env_dirs)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    *deltas, done = events
+    assert len(deltas) > 1 and all(e["type"] == "delta" and set(e) == {"type", "text"} for e in deltas)
+    assert done["type"] == "done" and done["status"] == "complete" and done["persona"] == "assistant"
+    assert "".join(e["text"] for e in deltas) == done["reply"]
+    assert done["stats"]["new_tokens"] > 0 and set(done["stats"]) >= {"ttft_ms", "tokens_per_s", "prompt_tokens"}
+    with Store.open(f"sqlite:///{env_dirs['CHATBOT_DB']}") as store:
+        reply = store.active_branch(done["conversation_id"])[-1]
+    assert reply.id == done["message_id"] and reply.content == done["reply"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "hi", "--json", "--jsonl"],
+        ["chat", "--plain", "--top-k", "-2"],
+        ["chat", "--plain", "--top-p", "1.5"],
+        ["chat", "--plain", "--repetition-penalty", "0"],
+    ],
+)
+def test_bad_streaming_and_plain_chat_options_are_one_line_and_exit_2(env_dirs, args):
+    result = run(args, env_dirs, stdin="hi\n")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("chatbot: error:") and result.stderr.count("\n") == 1
+    assert "no such option" not in result.stderr.lower()  # refused as a value, so the option exists
+
+
+def test_plain_chat_takes_the_sampling_options_of_ask(env_dirs, bundled_fp32):
+    from chatbot.store import Store
+
+    args = ["chat", "--plain", "--temperature", "0.5", "--top-p", "0.5", "--top-k", "3", "--repetition-penalty", "1.0",
+            "--max-new-tokens", "4", "--seed", "7"]
+    result = run(args, env_dirs, stdin="Hello there.\n")
+    assert result.returncode == 0, result.stderr
+    with Store.open(f"sqlite:///{env_dirs['CHATBOT_DB']}") as store:
+        reply = store.active_branch(store.latest_conversation_id())[-1]
+    assert {k: reply.settings[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")} == {
+        "temperature": 0.5, "top_p": 0.5, "top_k": 3, "repetition_penalty": 1.0, "max_new_tokens": 4,
+    }
+    assert reply.seed == 7

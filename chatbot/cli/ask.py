@@ -33,6 +33,9 @@ def ask(
     max_new_tokens: int | None = options.MaxNewTokens,
     repetition_penalty: float | None = options.RepetitionPenalty,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    as_jsonl: bool = typer.Option(
+        False, "--jsonl", help="Stream JSON lines: one {\"type\": \"delta\"} event per delta, then a \"done\" event with the stats and ids."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print a stats line after the reply."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not store this turn."),
 ) -> None:
@@ -42,6 +45,8 @@ def ask(
     state = state_of(ctx)
     if continue_ and conversation is not None:
         raise UsageError("--continue and --conversation exclude each other")
+    if as_json and as_jsonl:
+        raise UsageError("--json and --jsonl exclude each other")
     if text == "-":
         text = read_stdin()
     if not text.strip():
@@ -72,25 +77,18 @@ def ask(
     with ctrl_c_sets(cancel):
         try:
             for delta in reply:
-                if not as_json:
+                if as_jsonl:
+                    print_json_line({"type": "delta", "text": delta})
+                elif not as_json:
                     sys.stdout.write(delta)
                     sys.stdout.flush()
         except KeyboardInterrupt:  # a second Ctrl+C: the row is marked interrupted at the next start
             print(file=sys.stdout)
             raise
     if as_json:
-        payload = {
-            "reply": reply.text,
-            "persona": installed.persona.name,
-            "conversation_id": reply.conversation_id,
-            "message_id": reply.message_id,
-            "status": reply.status,
-            "dropped_turns": reply.context.dropped_turns,
-            "stats": reply.stats.as_dict(),
-        }
-        if reply.save_error:
-            payload["save_error"] = reply.save_error
-        print(json.dumps(payload, ensure_ascii=False))
+        print(json.dumps(reply_payload(reply, installed), ensure_ascii=False))
+    elif as_jsonl:
+        print_json_line({"type": "done", **reply_payload(reply, installed)})
     else:
         sys.stdout.write("\n")
         if verbose:
@@ -105,6 +103,28 @@ def ask(
         sys.stdout.flush()
         kept = "not saved (--no-save)" if store is None else f"saved as message {reply.message_id}, marked interrupted"
         raise UserError(f"interrupted: the reply so far is {kept}", exit_code=code)
+
+
+def reply_payload(reply, installed) -> dict:
+    """The finished reply with its ids and stats: `--json`'s object, `--jsonl`'s last event."""
+    payload = {
+        "reply": reply.text,
+        "persona": installed.persona.name,
+        "conversation_id": reply.conversation_id,
+        "message_id": reply.message_id,
+        "status": reply.status,
+        "dropped_turns": reply.context.dropped_turns,
+        "stats": reply.stats.as_dict(),
+    }
+    if reply.save_error:
+        payload["save_error"] = reply.save_error
+    return payload
+
+
+def print_json_line(event: dict) -> None:
+    """One event, one line, flushed at once (a reader acts on each as it comes)."""
+    sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 @contextlib.contextmanager

@@ -21,7 +21,10 @@ def chat(
     conversation: int | None = typer.Option(None, "--conversation", help="Continue conversation ID."),
     seed: int | None = options.Seed,
     temperature: float | None = options.Temperature,
+    top_p: float | None = options.TopP,
+    top_k: int | None = options.TopK,
     max_new_tokens: int | None = options.MaxNewTokens,
+    repetition_penalty: float | None = options.RepetitionPenalty,
     no_save: bool = typer.Option(False, "--no-save", help="Do not store this chat."),
 ) -> None:
     """Chat: the TUI, or with --plain one message per input line and one reply per output line."""
@@ -37,7 +40,10 @@ def chat(
         conversation_id = store.latest_conversation_id()
     if conversation_id is not None and store is not None:
         store.conversation(conversation_id)
-    run_plain_chat(state, persona, store, conversation_id, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+    run_plain_chat(
+        state, persona, store, conversation_id, seed=seed, temperature=temperature, top_p=top_p, top_k=top_k,
+        max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+    )
 
 
 def run_plain_chat(state: AppState, persona: str | None, store, conversation_id, **overrides) -> None:
