@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     # A local transformers directory, a .gguf file or a hub id; empty means the bundled model.
     model: str = ""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    engine: Literal["auto", "reference", "fast"] = "auto"
+    engine: Literal["auto", "reference", "fast", "openai"] = "auto"
     context_budget: int = Field(default=2048, ge=64)
     max_new_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.7, ge=0)
@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     top_k: int = Field(default=50, ge=0)
     repetition_penalty: float = Field(default=1.1, gt=0)
     persona: str = "assistant"
+    # The openai engine (docs/scale-out.md): an OpenAI-compatible server. The API key is read from
+    # the environment variable named here, never from settings or the database.
+    base_url: str = ""
+    remote_model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    remote_timeout_s: float = Field(default=60.0, gt=0)
+    # The server takes `prompt_embeds` on /v1/completions (vLLM --enable-prompt-embeds): soft prompts run there.
+    remote_prompt_embeds: bool = False
 
     def database_url(self) -> str:
         if not self.db:

@@ -33,7 +33,7 @@ def build_engine(loaded: LoadedModel, kind: str = "auto", progress: Progress | N
     or "fast" (refused for other architectures)."""
     from chatbot.engine.fast import engine as fast
 
-    if kind not in ("auto", "reference", "fast"):
+    if kind not in ("auto", "reference", "fast"):  # "openai" has no local engine: open_runtime
         raise UserError(f"unknown engine {kind!r}: choose auto, reference or fast")
     if kind == "fast" and not fast.supports(loaded):
         raise UserError(f"the fast engine serves Llama-family models; {loaded.info.architecture} needs --engine reference")
@@ -51,6 +51,10 @@ def build_engine(loaded: LoadedModel, kind: str = "auto", progress: Progress | N
 
 
 def open_runtime(settings: Settings, progress: Progress | None = None) -> Runtime:
+    if settings.engine == "openai":
+        from chatbot.engine.openai_runtime import open_openai_runtime
+
+        return open_openai_runtime(settings, progress)
     loaded = None
     if settings.engine != "reference":
         # A Llama GGUF model opens on the fast path without loading the transformers model.

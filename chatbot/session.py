@@ -183,7 +183,7 @@ class ChatSession:
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
         if params.seed is None and not params.greedy:
             params = params.model_copy(update={"seed": int(time.time_ns() % (2**31))})
-        generation = self.runtime.engine.generate(context.prompt_ids, params, prefix=prefix, cancel=cancel)
+        generation = self._generate(context, params, prefix, cancel)
         reply = Reply(_deltas=iter(()), generation=generation, context=context, persona=self.persona)
         reply.warnings.extend(context.warnings)
         if user_id is None:
@@ -206,6 +206,15 @@ class ChatSession:
         reply.conversation_id = self.conversation_id
         reply._deltas = self._stream(reply, message, user_id, cancel)
         return reply
+
+    def _generate(self, context: Context, params: SamplingParams, prefix: Prefix | None, cancel) -> Generation:
+        engine = self.runtime.engine
+        if prefix is None and getattr(engine, "takes_messages", False):  # the openai engine: messages, not ids
+            from chatbot.engine.openai_engine import messages_for
+
+            messages = messages_for(self.persona.persona, self.history, context)
+            return engine.generate_messages(messages, context.prompt_ids, params, cancel=cancel)
+        return engine.generate(context.prompt_ids, params, prefix=prefix, cancel=cancel)
 
     def _stream(self, reply: Reply, message: str, user_id: int | None, cancel) -> Iterator[str]:
         last_flush = time.monotonic()

@@ -209,8 +209,10 @@ def open_remote_runtime(settings: Settings, progress: Progress | None = None, ca
     """Start the child, let it open the model (its progress passed on), then open the tokenizer
     and config here. Errors: one line (UserError), the child gone. `cancelled()` returning True
     (the UI is closing) stops the child and the wait at once."""
-    from chatbot.runtime import Runtime
+    from chatbot.runtime import Runtime, open_runtime
 
+    if settings.engine == "openai":  # the model is on a server already: no child needed
+        return open_runtime(settings, progress)
     progress = progress or (lambda message: None)
     worker = WorkerProcess.start()
     try:

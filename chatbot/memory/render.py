@@ -65,6 +65,21 @@ class _Renderer:
         raise NotImplementedError
 
 
+def chat_messages(persona: Persona, turns: list[Turn], wrap=lambda text: text) -> list[dict]:
+    """The chat messages a conversation renders to (the persona's control code placed), each
+    content passed through `wrap`. The openai engine sends these as they are."""
+    messages: list[dict] = []
+    if persona.control_code and persona.placement == "system":
+        messages.append({"role": "system", "content": wrap(persona.control_code)})
+    for index, turn in enumerate(turns):
+        latest = index == len(turns) - 1
+        user = _with_control_code(persona, turn.user) if latest and persona.placement == "user" else turn.user
+        messages.append({"role": "user", "content": wrap(user)})
+        if turn.answered:
+            messages.append({"role": "assistant", "content": wrap(turn.reply)})
+    return messages
+
+
 class ChatTemplateRenderer(_Renderer):
     stops: tuple[str, ...] = ()
 
@@ -75,15 +90,7 @@ class ChatTemplateRenderer(_Renderer):
             contents.append(text)
             return _SLOT.format(len(contents) - 1)
 
-        messages: list[dict] = []
-        if persona.control_code and persona.placement == "system":
-            messages.append({"role": "system", "content": slot(persona.control_code)})
-        for index, turn in enumerate(turns):
-            latest = index == len(turns) - 1
-            user = _with_control_code(persona, turn.user) if latest and persona.placement == "user" else turn.user
-            messages.append({"role": "user", "content": slot(user)})
-            if turn.answered:
-                messages.append({"role": "assistant", "content": slot(turn.reply)})
+        messages = chat_messages(persona, turns, slot)
         open_turn = bool(turns) and turns[-1].reply is None
         return self._pieces(self._apply(messages, open_turn), contents)
 
