@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     top_k: int = Field(default=50, ge=0)
     repetition_penalty: float = Field(default=1.1, gt=0)
     persona: str = "assistant"
+    # Who `{{user}}` is in an imported character card (`persona import`).
+    user_name: str = Field(default="User", min_length=1, max_length=100)
     # The openai engine (docs/scale-out.md): an OpenAI-compatible server. The API key is read from
     # the environment variable named here, never from settings or the database.
     base_url: str = ""

@@ -36,6 +36,8 @@ def turns_from_messages(messages) -> list[Turn]:
             start = message.stats.get("dropped_turns")
             window_start = start if isinstance(start, int) and not isinstance(start, bool) else None
             turns[-1] = Turn(turns[-1].user, message.content, window_start)
+        elif message.role == "assistant":  # the persona's opening message (a card's first_mes)
+            turns.append(Turn("", message.content))
     # A user message whose reply never started (a crash) still counts, with an empty reply (which
     # the model does not see, as any empty reply).
     return [t if t.reply is not None else Turn(t.user, "") for t in turns]
@@ -178,6 +180,9 @@ class ChatSession:
         self._branching = True
 
     def _answer(self, message: str, user_id: int | None, params: SamplingParams, cancel) -> Reply:
+        openings = self.persona.persona.first_messages
+        if self.conversation_id is None and not self.history and openings:
+            self.history = [Turn("", openings[0])]  # a new conversation opens with the persona's first message
         prefix = self.prefix()
         context = self.context_for(message, prefix, params)
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
@@ -261,6 +266,11 @@ class ChatSession:
             return None, None
         if self.conversation_id is None:
             self.conversation_id = self.store.new_conversation(None, self.runtime.model_name)
+            openings = self.persona.persona.first_messages
+            if openings and self.leaf_id is None:  # the first, then the alternates as its siblings
+                ids = self.store.add_openings(self.conversation_id, list(openings), self._persona_version_id(),
+                                              self.runtime.model_name)
+                self.leaf_id = ids[0]
         user_id, reply_id = self.store.add_turn(
             self.conversation_id,
             message,

@@ -1,4 +1,4 @@
-"""`chatbot persona list|show|new|train|distill|eval`."""
+"""`chatbot persona list|show|new|import|export|train|distill|eval`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from chatbot.cli.app import app
 from chatbot.cli.state import echo_progress, state_of
 from chatbot.errors import NotFoundError, UsageError, UserError
 
-persona_app = typer.Typer(no_args_is_help=True, help="Personas: list, show, new, train, distill, eval.")
+persona_app = typer.Typer(no_args_is_help=True, help="Personas: list, show, new, import, export, train, distill, eval.")
 app.add_typer(persona_app, name="persona")
 
 
@@ -430,3 +430,66 @@ def eval_cmd(
     if all_:
         acc = summary["attribution_accuracy"]
         console.print(f"attribution accuracy over {summary['n_replies']} replies: {'-' if acc is None else f'{acc:.1%}'}")
+
+
+# -- character cards -----------------------------------------------------------------------------------
+
+
+@persona_app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="A Tavern character card: V2 or V3, as .json, .png or .charx."),
+    name: str | None = typer.Option(None, "--name", help="Persona name (default: from the card's name)."),
+    example_tokens: int = typer.Option(300, "--example-tokens", min=0, help="Budget for the card's example dialogue."),
+    force: bool = typer.Option(False, "--force", help="Replace your own persona of that name."),
+) -> None:
+    """Import a character card as a control-code persona (its lorebook, greetings and the original
+    card kept in the persona folder). {{user}} becomes CHATBOT_USER_NAME."""
+    from chatbot.cli.context_cmd import _tokenizer
+    from chatbot.memory.tokens import content_encoder
+    from chatbot.personas.cards.containers import read_card_file
+    from chatbot.personas.cards.importer import import_card, name_for, validate_card
+    from chatbot.personas.registry import user_dir
+    from chatbot.personas.tuning import check_name
+
+    state = state_of(ctx)
+    settings = state.settings
+    if name is not None:
+        check_name(name)
+    raw = read_card_file(file)  # a bad card is refused before the tokenizer loads
+    card = validate_card(raw, str(file))
+    name = name or name_for(card)
+    encode = content_encoder(_tokenizer(state)[0])
+    mapped, path = import_card(raw, card, str(file), user_dir(settings.data_dir) / name, settings.user_name,
+                               lambda text: len(encode(text)), example_tokens, force)
+    for note in mapped.notes:
+        print(f"chatbot: note: {note}", file=sys.stderr)
+    extras = [f"{len(mapped.persona.first_messages)} opening message(s)"]
+    if mapped.lorebook is not None:
+        extras.append(f"a lorebook of {len(mapped.lorebook.entries)} entries")
+    print(f"imported '{mapped.persona.title}' as persona '{name}' ({', '.join(extras)})", file=sys.stderr)
+    print(str(path))
+
+
+@persona_app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Persona name."),
+    fmt: str = typer.Option("card", "--format", help="card: a Tavern character card V2 (JSON)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Write a persona as a character card V2 (JSON): an imported card's own fields, else the
+    control code as its system prompt."""
+    from chatbot.cli.history import write_private
+    from chatbot.personas.cards.importer import export_card
+
+    if fmt != "card":
+        raise UsageError(f"--format: only 'card' is supported, not {fmt!r}")
+    text = json.dumps(export_card(state_of(ctx).persona(name)), indent=1, ensure_ascii=False) + "\n"
+    if output is None:  # exact into a pipe; on a terminal, escapes shown, never obeyed
+        from chatbot.terminal_text import safe_json
+
+        sys.stdout.write(text if not sys.stdout.isatty() else safe_json(text))
+    else:
+        write_private(output, text)
+        print(f"exported persona '{name}' to {output}", file=sys.stderr)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from chatbot.errors import UserError
+from chatbot.memory.passages import MemoryBlock, MemoryPassage, MemoryRequest, MemorySource, fit_block
 from chatbot.memory.render import Piece, Turn, renderer_for, text_of
 from chatbot.memory.tokens import content_encoder, template_encoder
 from chatbot.personas.schema import Persona
@@ -24,6 +25,9 @@ from chatbot.personas.schema import Persona
 # An over-long latest message is cut, but never below this share of the budget: a persona that
 # leaves less is refused rather than silently eating the message.
 MESSAGE_FLOOR = 0.25
+# The memory block's share of the budget, unless the caller says otherwise (setting memory_share).
+MEMORY_SHARE = 0.25
+BLOCK_SLACK = 4
 
 
 def too_little_room(persona: Persona, taken: str, budget: int) -> UserError:
@@ -45,6 +49,10 @@ class Context:
     message_cut_to: int | None = None  # tokens kept of an over-long latest message
     warnings: list[str] = field(default_factory=list)
     pieces: list[Piece] = field(default_factory=list)  # the template's text and content, in order
+    # The memory block placed before the latest message (memory/passages.py), and its tokens
+    # (the block's share of the budget is kept for it whenever memory has anything to say).
+    recalled: list[MemoryPassage] = field(default_factory=list)
+    memory_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -73,11 +81,66 @@ class ContextBuilder:
         return pieces, ids
 
     def build(
-        self, persona: Persona, history: list[Turn], message: str, reserved: int = 0, budget: int | None = None
+        self,
+        persona: Persona,
+        history: list[Turn],
+        message: str,
+        reserved: int = 0,
+        budget: int | None = None,
+        memory: list[MemorySource] | tuple[MemorySource, ...] = (),
+        memory_share: float = MEMORY_SHARE,
+        conversation_id: int | None = None,
     ) -> Context:
         """Context for answering `message` after `history` (complete turns, oldest first).
         `reserved` tokens of the budget (default: the builder's) are taken by something else (a
-        soft prompt)."""
+        soft prompt). `memory`: sources of passages for the memory block (memory/passages.py).
+
+        With memory, the window is first fitted to the whole budget; if that drops turns (or a
+        source has something to say anyway), it is fitted to the budget less the block's share
+        and the block gets that share. So the block's share is kept the same from turn to turn
+        and the window moves as rarely as without memory."""
+        whole = self._build(persona, history, message, reserved, budget)
+        if not memory:
+            return whole
+        if not whole.dropped_turns and not self._passages(memory, history, message, 0, conversation_id):
+            return whole
+        total = self.budget if budget is None else budget
+        room = int((total - reserved) * memory_share)
+        try:
+            context = self._build(persona, history, message, reserved + room, budget)
+        except UserError:
+            return whole  # no room for a block beside this persona and message: the window alone
+        passages = self._passages(memory, history, message, context.dropped_turns, conversation_id)
+        # A few tokens of slack: the block and the message are encoded as one piece, which may
+        # merge a token across their seam.
+        block = fit_block(passages, room - BLOCK_SLACK, self._count, self._cut, conversation_id)
+        context.budget = total - reserved
+        if not block.text:
+            return context  # the window keeps its memory-sized budget: it moves no more than it must
+        return self._with_block(persona, history, context, block)
+
+    def _passages(self, memory, history, message, dropped: int, conversation_id) -> list[MemoryPassage]:
+        request = MemoryRequest(message, history[:dropped], history[dropped:], conversation_id)
+        return [p for source in memory for p in source.passages(request)]
+
+    def _count(self, text: str) -> int:
+        return len(self._piece_ids(text, True)) if text else 0
+
+    def _cut(self, text: str, tokens: int) -> str:
+        return self.tokenizer.decode(self.encode_content(text)[:tokens], skip_special_tokens=False)
+
+    def _with_block(self, persona: Persona, history: list[Turn], context: Context, block: MemoryBlock) -> Context:
+        """The context with the block at the start of the latest message (as content, so nothing
+        in a passage is ever a special token)."""
+        first = context.dropped_turns
+        seen = f"{block.text}{context.message}"
+        pieces, ids = self._ids(persona, [*history[first:], Turn(seen)])
+        context.prompt_ids, context.pieces, context.text = ids, pieces, text_of(pieces)
+        context.message, context.recalled = seen, block.passages
+        context.memory_tokens = self._count(block.text)
+        return context
+
+    def _build(self, persona: Persona, history: list[Turn], message: str, reserved: int, budget: int | None) -> Context:
         total = self.budget if budget is None else budget
         budget = total - reserved
         if budget < 1:

@@ -12,7 +12,7 @@ like a marker. Typed `<|im_end|>` must never close a turn.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatbot.personas.schema import Persona
 
@@ -33,6 +33,9 @@ class Turn:
     user: str
     reply: str | None = None
     window_start: int | None = None
+    # The stored messages (None: not stored); what memory recall looks for among dropped turns.
+    user_id: int | None = field(default=None, compare=False)
+    reply_id: int | None = field(default=None, compare=False)
 
     @property
     def answered(self) -> bool:

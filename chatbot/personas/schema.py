@@ -26,6 +26,9 @@ class SoftPromptRef(BaseModel):
     base_model: str = ""
 
 
+CARD_FIELDS = ("post_history", "first_messages", "lorebook", "source_card")
+
+
 class Persona(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,6 +48,16 @@ class Persona(BaseModel):
     # For a soft prompt compiled from a control-code persona (`persona distill`): its teacher's
     # name (its control code is kept in the soft prompt's training record).
     distilled_from: str = ""
+    # Text put in front of the latest user message whatever the placement (a character card's
+    # post_history_instructions: the last word before the reply).
+    post_history: str = ""
+    # Replies that open a new conversation (a card's first_mes, then its alternate_greetings as
+    # siblings of it); stored as the conversation's first message.
+    first_messages: tuple[str, ...] = ()
+    # A lorebook (world info) file in the persona folder: entries inserted when their keys come up.
+    lorebook: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+    # The original character card this persona was imported from (a file in its folder).
+    source_card: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
     @model_validator(mode="after")
     def _kind_matches_content(self) -> "Persona":
@@ -57,6 +70,12 @@ class Persona(BaseModel):
         return self.display_name or self.name
 
     def definition(self) -> dict:
-        """The full definition as plain JSON data (stored with every reply's persona version)."""
-        return self.model_dump(mode="json")
+        """The full definition as plain JSON data (stored with every reply's persona version).
+        The card fields are left out while unset, so a persona's version is what it was before
+        they existed."""
+        data = self.model_dump(mode="json")
+        for key in CARD_FIELDS:
+            if not data[key]:
+                del data[key]
+        return data
 

@@ -40,6 +40,8 @@ def _toml_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):  # strings only (first_messages): a JSON array is a TOML array
+        return "[" + ", ".join(json.dumps(str(v), ensure_ascii=False) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 

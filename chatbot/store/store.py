@@ -211,6 +211,23 @@ class Store:
             )
         )
 
+    def add_openings(self, conversation_id: int, texts: list[str], persona_version_id: int | None, model: str) -> list[int]:
+        """A persona's opening messages (a card's first_mes and alternate greetings) as complete
+        replies at the root of the conversation, siblings in the order given; returns their ids."""
+        for text in texts:
+            _refuse(limits.too_long("an opening message", text, limits.MESSAGE_MAX_CHARS))
+
+        def add(session: Session) -> list[int]:
+            return [
+                repository.add_message(
+                    session, conversation_id, "assistant", content=text, parent_id=None, status="complete",
+                    persona_version_id=persona_version_id, model=model, finished_at=utcnow(),
+                )
+                for text in texts
+            ]
+
+        return self._write(add)
+
     def add_turn(
         self,
         conversation_id: int,
