@@ -36,6 +36,9 @@ class Turn:
     # The stored messages (None: not stored); what memory recall looks for among dropped turns.
     user_id: int | None = field(default=None, compare=False)
     reply_id: int | None = field(default=None, compare=False)
+    # The stored messages (None: not stored); what memory recall looks for among dropped turns.
+    user_id: int | None = field(default=None, compare=False)
+    reply_id: int | None = field(default=None, compare=False)
 
     @property
     def answered(self) -> bool:
