@@ -30,7 +30,7 @@ from chatbot.terminal_text import safe_json, visible
 
 history_app = typer.Typer(
     name="history",
-    help="Saved conversations: list, show, search, rename, delete, export, import, replay.",
+    help="Saved conversations: list, show, search, rename, rate, delete, export, import, replay.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -113,6 +113,8 @@ def _stats_line(m: MessageRecord) -> str:
         parts.append(f"first token {s['ttft_ms']:.0f} ms")
     if m.seed is not None:
         parts.append(f"seed {m.seed}")
+    if m.rating:
+        parts.append(f"rated {m.rating}")
     return " · ".join(parts)
 
 
@@ -211,6 +213,22 @@ def delete(
         raise UserError(f"refusing to delete conversation {c.id} ({len(c.messages)} messages) without --yes")
     store.delete_conversation(conversation_id)
     print(f"deleted conversation {conversation_id}", file=sys.stderr)
+
+
+@history_app.command()
+def rate(
+    ctx: typer.Context,
+    message_id: int = typer.Argument(..., metavar="MESSAGE_ID", help="A reply's id (the [#N] of `history show`)."),
+    rating: str = typer.Argument(..., metavar="good|bad|none", help="good, bad, or none to clear the rating."),
+) -> None:
+    """Rate a reply: liked replies train the persona (`persona train --from-history`), disliked never."""
+    value = rating.strip().lower()
+    if value not in ("good", "bad", "none"):
+        raise UsageError(f"a rating is good, bad or none, not {rating!r}")
+    if not 0 < message_id < 2**63:
+        raise NotFoundError(f"no message with id {message_id}")
+    _store(ctx).rate(message_id, None if value == "none" else value)
+    print(f"message {message_id}: {'rating cleared' if value == 'none' else f'rated {value}'}", file=sys.stderr)
 
 
 # --- export, import ----------------------------------------------------------------------------

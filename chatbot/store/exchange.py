@@ -126,6 +126,7 @@ def import_document(session: Session, doc: ExportDocument) -> int:
             created_at=m.created_at,
             updated_at=m.finished_at or m.created_at,
             finished_at=m.finished_at,
+            rating=m.rating,
             **repository.stat_values(m.stats),
         )
         session.add(message)

@@ -44,6 +44,8 @@ class MessageRecord(Record):
     model: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+    # the user's rating of a reply (`history rate`, the TUI): "good", "bad", or None
+    rating: Literal["good", "bad"] | None = None
 
     @field_validator("stats")
     @classmethod

@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from chatbot.errors import NotFoundError, UserError
+from chatbot.errors import NotFoundError, UsageError, UserError
 from chatbot.store.models import (
     FINAL_STATUSES,
+    RATINGS,
     ROLES,
     STAT_COLUMNS,
     Conversation,
@@ -184,6 +185,7 @@ def to_record(m: Message) -> MessageRecord:
         model=m.model,
         created_at=m.created_at,
         finished_at=m.finished_at,
+        rating=m.rating,
     )
 
 
@@ -339,6 +341,26 @@ def siblings(session: Session, message_id: int) -> list[MessageRecord]:
         select(Message).where(Message.conversation_id == row.conversation_id, parent).order_by(Message.created_at, Message.id)
     )
     return [to_record(m) for m in rows]
+
+
+def rate(session: Session, message_id: int, rating: str | None) -> None:
+    """Set (or with None clear) a reply's rating: "good" or "bad" (checked here: the column is a
+    plain string)."""
+    if rating is not None and rating not in RATINGS:
+        raise UsageError(f"a rating is good, bad or none, not {rating!r}")
+    row = session.get(Message, message_id)
+    if row is None:
+        raise NotFoundError(f"no message with id {message_id}")
+    if row.role != "assistant":
+        raise UserError(f"message {message_id} is a {row.role} message: only replies are rated")
+    row.rating = rating
+
+
+def rated_replies(session: Session, rating: str, conversation_ids: list[int] | None = None) -> list[MessageRecord]:
+    query = select(Message).where(Message.role == "assistant", Message.rating == rating)
+    if conversation_ids is not None:
+        query = query.where(Message.conversation_id.in_(conversation_ids))
+    return [to_record(m) for m in session.scalars(query.order_by(Message.id))]
 
 
 def record_persona_switch(

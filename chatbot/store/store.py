@@ -300,6 +300,14 @@ class Store:
         """The messages sharing this one's parent, itself included, oldest first."""
         return self._read(lambda s: repository.siblings(s, message_id))
 
+    def rate(self, message_id: int, rating: str | None) -> None:
+        """Rate a reply "good" or "bad", or clear its rating (None)."""
+        self._write(lambda s: repository.rate(s, message_id, rating))
+
+    def rated_replies(self, rating: str = "good", conversation_ids: list[int] | None = None) -> list[MessageRecord]:
+        """Replies with this rating (in these conversations, or all), oldest first."""
+        return self._read(lambda s: repository.rated_replies(s, rating, conversation_ids))
+
     def record_persona_switch(
         self, conversation_id: int, persona_version_id: int, after_message_id: int | None = None
     ) -> int:
