@@ -66,7 +66,7 @@ class Server:
         self.runtime = runtime
         self.settings = settings
         self.open_store = open_store
-        self.catalog = Catalog(runtime.model_name, settings.data_dir, settings.persona)
+        self.catalog = Catalog(runtime.model_name, settings.data_dir)
         self.scheduler = Scheduler(queue_size)
 
     def run(self, job: Job) -> None:
@@ -151,7 +151,7 @@ def create_app(runtime, settings, open_store: Callable[[], object], api_key: str
             installed = server.catalog.resolve(model_id)
         except UserError as exc:
             return error_response(exc)
-        return _model_card(f"{server.catalog.base}:{installed.persona.name}")
+        return _model_card(model_id if model_id == server.catalog.base else f"{server.catalog.base}:{installed.persona.name}")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
