@@ -6,6 +6,7 @@ import json
 
 import pytest
 from test_history_cli import run
+from test_persona_support import run_cli, tiny_dir, tokenizer  # noqa: F401
 from test_store_support import sample_conversation
 
 from chatbot.store import Store
@@ -70,3 +71,78 @@ def test_ratings_travel_with_an_export(db, tmp_path):
     export.write_text(json.dumps(doc))
     code, _, err = run(path, "history", "import", str(export))
     assert code == 1 and "conversation.messages.1.rating" in err
+
+
+# -- learning from use: persona train --from-history ------------------------------------------------
+
+
+def liked_history(path) -> dict[str, int]:
+    """A conversation with the persona 'mara': an opening, four answered turns; replies 1, 3 and 4
+    liked, reply 2 disliked; and one liked reply of another persona elsewhere."""
+    definition = {"name": "mara", "kind": "control_code", "control_code": "You are Mara."}
+    ids = {}
+    with Store.open(str(path)) as store:
+        mara = store.persona_version("mara", "control_code", definition)
+        other = store.persona_version("pirate", "control_code", {"name": "pirate"})
+        c = store.new_conversation(None, "tiny")
+        (opening,) = store.add_openings(c, ["*Mara waves.* Welcome aboard."], mara, "tiny")
+        parent = opening
+        turns = [("Where are we going?", "Port Hallow, deckhand."), ("Why?", "Don't ask why."),
+                 ("Can I steer?", "Not in this lifetime."), ("What now?", "Swab the deck, deckhand.")]
+        for n, (question, answer) in enumerate(turns, start=1):
+            user, reply = store.add_turn(c, question, parent, mara, {}, None, "tiny")
+            store.finish_reply(reply, answer, "complete", {"dropped_turns": 0})
+            ids[f"r{n}"], parent = reply, reply
+        for name, rating in (("r1", "good"), ("r2", "bad"), ("r3", "good"), ("r4", "good")):
+            store.rate(ids[name], rating)
+        c2 = store.new_conversation(None, "tiny")
+        _, elsewhere = store.add_turn(c2, "Ahoy?", None, other, {}, None, "tiny")
+        store.finish_reply(elsewhere, "Arr!", "complete", {})
+        store.rate(elsewhere, "good")
+        ids.update(conversation=c, elsewhere=elsewhere)
+    return ids
+
+
+def test_train_from_history_uses_liked_replies_only_and_continues(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    db = tmp_path / "h.db"
+    ids = liked_history(db)
+    args = ["--model", str(tiny_dir), "--db", str(db), "persona", "train", "mara-soft", "--from-history",
+            "--replies-of", "mara", "--virtual-tokens", "4", "--steps", "2", "--batch-size", "2", "--heldout", "0.34"]
+    assert run_cli(args) == 0, capsys.readouterr().err
+    folder = tmp_path / "data" / "personas" / "mara-soft"
+    record = json.loads((folder / "soft_prompt" / "training.json").read_text())
+    used = record["from_history"]
+    liked = {ids["r1"], ids["r3"], ids["r4"]}
+    assert set(used["train_message_ids"]) | set(used["heldout_message_ids"]) == liked
+    assert len(used["heldout_message_ids"]) == 1 and not used["continued"]
+    assert record["heldout_loss_init"] > 0 and record["heldout_loss_best"] <= record["heldout_loss_init"]
+    lines = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    assert [line["meta"]["message_id"] for line in lines] == sorted(liked)
+    # each line: the stored context (opening first), every other reply as history only
+    last = lines[-1]["messages"]
+    assert last[0] == {"role": "assistant", "content": "*Mara waves.* Welcome aboard.", "target": False}
+    assert {"role": "assistant", "content": "Don't ask why.", "target": False} in last
+    targets = [m["content"] for line in lines for m in line["messages"] if m["role"] == "assistant" and m.get("target", True)]
+    assert "Don't ask why." not in targets and len(targets) == 3
+    assert f"held out [{used['heldout_message_ids'][0]}]" in capsys.readouterr().err
+    # again: it continues from the soft prompt it made (the held-out loss starts where it ended)
+    assert run_cli(args) == 0
+    again = json.loads((folder / "soft_prompt" / "training.json").read_text())
+    assert again["from_history"]["continued"]
+    assert again["heldout_loss_init"] == pytest.approx(record["heldout_loss_best"], rel=1e-4)
+
+
+def test_train_from_history_needs_liked_replies(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    db = tmp_path / "h.db"
+    ids = liked_history(db)
+    base = ["--model", str(tiny_dir), "--db", str(db), "persona", "train"]
+    assert run_cli([*base, "pirate-soft", "--from-history", "--replies-of", "pirate"]) == 1
+    assert "1 liked reply of pirate, pirate-soft in the history: at least 2" in capsys.readouterr().err
+    assert run_cli([*base, "x", "--from-history", "--replies-of", "mara", "--conversation", "99"]) == 1
+    assert "no conversation with id 99" in capsys.readouterr().err
+    assert run_cli([*base, "x", "--from-history", "--data", "f.jsonl"]) == 2
+    assert run_cli([*base, "pirate", "--from-history"]) == 1  # a control-code persona
+    assert "--replies-of pirate" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "personas").exists()

@@ -254,7 +254,10 @@ def _finish_training(record: dict, folder: Path) -> None:
 def train_cmd(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The soft-prompt persona to train (created if new)."),
-    data: Path = typer.Option(..., "--data", help="JSONL: one conversation per line {\"messages\": [...]}."),
+    data: Path | None = typer.Option(None, "--data", help="JSONL: one conversation per line {\"messages\": [...]}."),
+    from_history: bool = typer.Option(False, "--from-history", help="Train on the replies you rated good (history rate)."),
+    conversations: list[int] = typer.Option([], "--conversation", help="With --from-history: only these conversations."),
+    replies_of: list[str] = typer.Option([], "--replies-of", help="With --from-history: liked replies of this persona too."),
     virtual_tokens: int = typer.Option(20, "--virtual-tokens", help="Length of the soft prompt."),
     steps: int = typer.Option(40, "--steps", help="Optimizer steps."),
     lr: float = typer.Option(3e-2, "--lr", help="AdamW learning rate."),
@@ -266,12 +269,21 @@ def train_cmd(
     output: Path | None = typer.Option(None, "--output", help="Persona folder to write (default: your data dir)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
 ) -> None:
-    """Prompt tuning: train a soft prompt (model weights frozen) on a JSONL file."""
+    """Prompt tuning: train a soft prompt (model weights frozen) on a JSONL file, or on the
+    replies you liked (--from-history; an existing soft prompt is continued)."""
     from chatbot.personas.registry import scan, user_dir
     from chatbot.personas.tuning import check_name, soft_persona, train_into
 
     settings = state_of(ctx).settings
     config = _train_config(virtual_tokens, steps, lr, batch_size, init, seed, heldout)
+    if from_history == (data is not None):
+        raise UsageError("give --data FILE or --from-history (one of them)")
+    if not from_history and (conversations or replies_of):
+        raise UsageError("--conversation and --replies-of go with --from-history")
+    if from_history:
+        if resume:
+            raise UsageError("--resume goes with --data (--from-history continues the soft prompt it finds)")
+        return _train_from_history(ctx, name, config, conversations, replies_of, description, output)
     from chatbot.personas.data import read_jsonl
 
     read_jsonl(data)  # bad lines stop us before the model loads
@@ -291,6 +303,51 @@ def train_cmd(
     with _TrainProgress(config.steps, f"training {name}") as progress:
         record = train_into(loaded, folder, persona, data, config, persona.description, resume=resume,
                             budget=settings.context_budget, on_step=progress)
+    _finish_training(record, folder)
+
+
+def _train_from_history(ctx, name, config, conversation_ids, replies_of, description, output) -> None:
+    from chatbot.personas import soft_prompt as sp
+    from chatbot.personas.from_history import liked_replies, require_enough
+    from chatbot.personas.registry import scan, user_dir
+    from chatbot.personas.tuning import check_name, soft_persona, train_from_history
+
+    state = state_of(ctx)
+    settings = state.settings
+    folder = output if output is not None else user_dir(settings.data_dir) / name
+    check_name(folder.name)
+    if folder.name != name:
+        raise UsageError(f"--output: the folder name must be the persona name ('{name}')")
+    found, _ = scan(settings.data_dir)
+    existing = found.get(name)
+    if existing is not None and existing.persona.kind != "soft_prompt":
+        raise UserError(f"persona '{name}' is a control-code persona: train a new soft prompt on its liked replies "
+                        f"with `chatbot persona train {name}-soft --from-history --replies-of {name}`")
+    names = {name, *replies_of} | ({existing.persona.distilled_from} - {""} if existing else set())
+    store = state.store(create=False)
+    for conversation_id in conversation_ids:
+        store.conversation(conversation_id)  # a mistyped id is an error, not an empty selection
+    liked = liked_replies(store, names, conversation_ids or None)
+    require_enough(liked, names)
+    start = None
+    if existing is not None:  # continue from the soft prompt it has
+        soft = sp.persona_soft_prompt(existing)
+        start = soft.embeddings
+        config.virtual_tokens = soft.num_virtual_tokens
+        persona = existing.persona if not description else existing.persona.model_copy(update={"description": description})
+    else:
+        who = ", ".join(sorted(names - {name})) or name
+        persona = soft_persona(name, description or f"A soft prompt trained on the replies of {who} you liked.")
+    loaded = _load_fp32(settings)
+    hidden = loaded.model.get_input_embeddings().weight.shape[1]
+    if start is not None and start.shape[1] != hidden:
+        raise UserError(f"persona '{name}' has a soft prompt for another model (width {start.shape[1]}, "
+                        f"this model's is {hidden}): train a new one under another name")
+    with _TrainProgress(config.steps, f"training {name} on {len(liked)} liked replies") as progress:
+        record = train_from_history(loaded, folder, persona, liked, config, persona.description, start,
+                                    settings.context_budget, progress)
+    used = record["from_history"]
+    print(f"trained on messages {used['train_message_ids']}, held out {used['heldout_message_ids']}", file=sys.stderr)
     _finish_training(record, folder)
 
 

@@ -3,7 +3,9 @@ rendered exactly as inference renders them (`memory.ContextBuilder`).
 
 One conversation per line: `{"messages": [{"role": "user", "content": ...}, {"role": "assistant",
 "content": ...}, ...]}`, user and assistant alternating, starting with the user. Every assistant
-message is one training reply, with the conversation before it as its history.
+message is one training reply, with the conversation before it as its history, unless it says
+`"target": false` (history only; then it may be empty). A line may open with such a reply (a
+persona's opening message, before any question).
 """
 
 from __future__ import annotations
@@ -49,14 +51,23 @@ def _check_conversation(record) -> list[dict]:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
+    # An opening message (a persona's first message, before any question) comes first, as context.
+    opening = bool(messages) and isinstance(messages[0], dict) and messages[0].get("role") == "assistant"
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ValueError(f"message {index + 1}: expected exactly 'role' and 'content'")
-        if not isinstance(message["content"], str) or not message["content"].strip():
+        if not isinstance(message, dict) or not {"role", "content"} <= set(message) <= {"role", "content", "target"}:
+            raise ValueError(f"message {index + 1}: expected 'role' and 'content' (and for a reply, 'target')")
+        context_only = message.get("target", True) is False
+        if "target" in message and (message["role"] != "assistant" or not isinstance(message["target"], bool)):
+            raise ValueError(f"message {index + 1}: 'target' is true or false, on a reply")
+        if not isinstance(message["content"], str) or not (message["content"].strip() or context_only):
             raise ValueError(f"message {index + 1}: 'content' must be a non-empty string")
         if _SURROGATE.search(message["content"]):
             raise ValueError(f"message {index + 1}: 'content' holds a lone surrogate (not valid text)")
-        expected = "user" if index % 2 == 0 else "assistant"
+        if opening and index == 0:
+            if not context_only:
+                raise ValueError("message 1: an opening reply before the first question needs \"target\": false")
+            continue
+        expected = "user" if (index - opening) % 2 == 0 else "assistant"
         if message["role"] != expected:
             raise ValueError(f"message {index + 1}: role must be '{expected}' (user and assistant alternate), got {message['role']!r}")
     if messages[-1]["role"] != "assistant":
@@ -98,13 +109,19 @@ def read_jsonl(path: Path) -> list[tuple[int, list[dict]]]:
 
 
 def examples_of(conversations: list[tuple[int, list[dict]]]) -> list[Example]:
+    """One example per reply, with the conversation before it as its history; a reply marked
+    `"target": false` is history only (a disliked or unrated reply around a liked one)."""
     examples: list[Example] = []
     for line, messages in conversations:
         turns: list[Turn] = []
+        if messages[0]["role"] == "assistant":  # an opening message: a reply to no question
+            turns.append(Turn("", messages[0]["content"]))
+            messages = messages[1:]
         for i in range(0, len(messages), 2):
-            user, reply = messages[i]["content"], messages[i + 1]["content"]
-            examples.append(Example(tuple(turns), user, reply, line))
-            turns.append(Turn(user, reply))
+            user, reply = messages[i]["content"], messages[i + 1]
+            if reply.get("target", True):
+                examples.append(Example(tuple(turns), user, reply["content"], line))
+            turns.append(Turn(user, reply["content"]))
     return examples
 
 

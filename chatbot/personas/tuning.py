@@ -15,7 +15,7 @@ from chatbot.errors import UsageError, UserError
 from chatbot.locations import ensure_private_dir, write_private_text
 from chatbot.memory.context import ContextBuilder
 from chatbot.personas import soft_prompt as sp
-from chatbot.personas.data import Encoder, examples_of, file_digest, read_jsonl, split_lines
+from chatbot.personas.data import Encoder, Example, examples_of, file_digest, read_jsonl, split_lines
 from chatbot.personas.registry import PERSONA_FILE, InstalledPersona
 from chatbot.personas.schema import Persona, SoftPromptRef
 from chatbot.personas.training import (
@@ -90,12 +90,16 @@ def train_into(
     budget: int = 2048,
     on_step: Callable[[StepReport], None] | None = None,
     extra_record: dict | None = None,
+    examples: list[Example] | None = None,
+    init: torch.Tensor | None = None,
 ) -> dict:
     """Train a soft prompt on `data_path` and write the persona (persona.toml, soft_prompt/ with
-    the adapter and training.json, data.jsonl) into `folder`. Returns the training record."""
+    the adapter and training.json, data.jsonl) into `folder`. Returns the training record.
+    `examples` (with `data_path`'s line numbers) stand for the file's own when the file cannot
+    say everything (stored windows: `--from-history`); `init` continues from a soft prompt."""
     config.check()
     conversations = read_jsonl(data_path)  # every bad line is reported before anything trains
-    examples = examples_of(conversations)
+    examples = examples_of(conversations) if examples is None else examples
     train_lines, held_lines = split_lines([e.line for e in examples], config.heldout, config.seed)
     if not train_lines:
         raise UserError(f"{data_path}: no conversations left to train on after the held-out split")
@@ -108,7 +112,8 @@ def train_into(
     held_items = [encoder.encode(plain, e, reserved) for e in examples if e.line in set(held_lines)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    init = initial_embeddings(model, tokenizer, config.virtual_tokens, config.init, init_text, config.seed)
+    if init is None:
+        init = initial_embeddings(model, tokenizer, config.virtual_tokens, config.init, init_text, config.seed)
     ensure_private_dir(folder)
     data_sha = file_digest(data_path)
     settings = asdict(config)
@@ -157,6 +162,33 @@ def train_into(
     if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
         checkpoint_dir.rmdir()
     return record
+
+
+def train_from_history(
+    loaded,
+    folder: Path,
+    persona: Persona,
+    liked: list,
+    config: TrainConfig,
+    init_text: str,
+    init=None,
+    budget: int = 2048,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> dict:
+    """Train (or, from `init`, continue) a soft prompt on liked replies (`from_history.LikedReply`)
+    in their stored contexts; the record says which messages trained and which were held out."""
+    data_path = folder / DATA_FILE
+    write_jsonl(data_path, [item.line for item in liked])
+    train_lines, held_lines = split_lines([item.example.line for item in liked], config.heldout, config.seed)
+    ids = {item.example.line: item.message_id for item in liked}
+    extra = {"from_history": {
+        "continued": init is not None,
+        "train_message_ids": [ids[line] for line in train_lines],
+        "heldout_message_ids": [ids[line] for line in held_lines],
+        "conversation_ids": sorted({item.conversation_id for item in liked}),
+    }}
+    return train_into(loaded, folder, persona, data_path, config, init_text, budget=budget, on_step=on_step,
+                      extra_record=extra, examples=[item.example for item in liked], init=init)
 
 
 def soft_persona(name: str, description: str, base: Persona | None = None, distilled_from: str = "") -> Persona:
