@@ -38,7 +38,7 @@ BUSY_TIMEOUT_S = 15.0
 VERSION_TABLE = "alembic_version"
 # The newest migration's revision. A database already there opens without importing alembic (and
 # mako, pygments: ~0.15 s of every command's start); tests hold it equal to alembic's own head.
-SCHEMA_HEAD = "0003_recall_rating_settings"
+SCHEMA_HEAD = "0004_postgres_search"
 
 
 @dataclass(frozen=True)
@@ -293,8 +293,12 @@ def create_engine_for(location: Location) -> Engine:
     writer waits for another (busy timeout) instead of failing when it upgrades a read lock.
     """
     if not location.is_sqlite:
+        # SERIALIZABLE: the store's checks (a turn continues its branch, not a fork) were written
+        # for SQLite, whose writers take turns; PostgreSQL gives the same as a serialization
+        # failure, which the store retries (is_busy). Other servers keep their default.
+        options = {"isolation_level": "SERIALIZABLE"} if location.dialect == "postgresql" else {}
         try:
-            return create_engine(location.url, pool_pre_ping=True)
+            return create_engine(location.url, pool_pre_ping=True, **options)
         except (NoSuchModuleError, ImportError) as exc:  # an unknown dialect, or its driver is missing
             raise UserError(f"cannot use {location.display}: {exc}") from exc
     if location.path is None:
@@ -321,8 +325,15 @@ def create_engine_for(location: Location) -> Engine:
     return engine
 
 
+# PostgreSQL's "try again": serialization failure, deadlock (SQLSTATE 40001, 40P01).
+RETRY_SQLSTATES = ("40001", "40P01")
+
+
 def is_busy(exc: BaseException) -> bool:
-    text = str(getattr(exc, "orig", exc)).lower()
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in RETRY_SQLSTATES:
+        return True
+    text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text or "database table is locked" in text
 
 
@@ -342,9 +353,14 @@ def translate_error(exc: DatabaseError, location: Location) -> Exception:
     orig = getattr(exc, "orig", None)
     if isinstance(exc, OperationalError) and is_busy(exc):
         return UserError(f"{location.display} stayed busy (another process kept it locked); try again")
+    if not location.is_sqlite and isinstance(exc, OperationalError):  # a server down, refused, or gone
+        first = (str(orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+        return UserError(f"cannot use {location.display}: {first}")
     if type(orig) is sqlite3.DatabaseError or "malformed" in str(orig):
         return UserError(f"{location.display} is not a SQLite database or is corrupt ({orig})")
     text = str(orig).lower()
+    if "nul (0x00)" in text:  # PostgreSQL's text cannot hold NUL, SQLite's can
+        return WriteFailure(f"{location.display} cannot store the NUL character (\\x00) in text: this was not saved")
     for cause, says in _WRITE_FAILURES.items():
         if cause in text:
             what = says.format(db=location.display)

@@ -1,7 +1,10 @@
-"""Full-text search over message text: FTS5 (ranked by bm25) on SQLite, LIKE elsewhere.
+"""Full-text search over message text: FTS5 (ranked by bm25) on SQLite, the tsvector GIN index of
+migration 0004 (ranked by ts_rank) on PostgreSQL, LIKE elsewhere.
 
 The user's words are never passed to FTS5 as query syntax: each whitespace-separated word becomes a
 quoted string (an implicit AND of them), so `"`, `*`, `-`, `:`, `(`, `NEAR`, `OR`... are just text.
+On PostgreSQL each word is a bound parameter to `phraseto_tsquery` (never tsquery syntax), the
+words ANDed.
 Snippets are cut by `snippets.py` (FTS5's own are quadratic in a message's hits).
 """
 
@@ -31,6 +34,20 @@ FTS_QUERY = text(
 )
 
 
+# The expression migration 0004 indexes: the query must use it as it is for the index to serve.
+PG_DOCUMENT = "to_tsvector('simple'::regconfig, left(m.content, 100000))"
+PG_QUERY = """
+    SELECT m.id, m.conversation_id, m.role, m.created_at, c.title, m.content,
+           ts_rank({document}, q.query) AS rank
+    FROM messages AS m
+    JOIN conversations AS c ON c.id = m.conversation_id
+    CROSS JOIN (SELECT {query} AS query) AS q
+    WHERE {document} @@ q.query
+    ORDER BY rank DESC, m.id DESC
+    LIMIT :limit
+"""
+
+
 def query_words(query: str) -> list[str]:
     """The words to look for; UsageError when there is nothing at all."""
     query = query.replace("\x00", " ")  # FTS5 reads its query as a C string: a NUL would end it
@@ -48,7 +65,10 @@ def fts_query(query: str) -> str | None:
 
 
 def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
-    if session.get_bind().dialect.name != "sqlite":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return _hits(_search_postgres(session, query, limit), query, lambda rank: float(rank))
+    if dialect != "sqlite":
         return _search_like(session, query, limit)
     match = fts_query(query)
     if match is None:
@@ -57,6 +77,19 @@ def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
         FTS_QUERY.columns(created_at=UTCDateTime()),
         {"query": match, "limit": limit},
     )
+    return _hits(rows, query, lambda rank: -rank)
+
+
+def _search_postgres(session: Session, query: str, limit: int):
+    words = query_words(query)
+    if not words:
+        return []
+    tsquery = " && ".join(f"phraseto_tsquery('simple'::regconfig, :w{i})" for i in range(len(words)))
+    statement = text(PG_QUERY.format(document=PG_DOCUMENT, query=tsquery)).columns(created_at=UTCDateTime())
+    return session.execute(statement, {"limit": limit, **{f"w{i}": word for i, word in enumerate(words)}})
+
+
+def _hits(rows, query: str, score) -> list[SearchHit]:
     words = query_words(query)
     hits = []
     for row in rows:
@@ -70,7 +103,7 @@ def search(session: Session, query: str, limit: int = 20) -> list[SearchHit]:
                 created_at=row.created_at,
                 snippet=snippet.text,
                 highlights=snippet.highlights,
-                score=-row.rank,
+                score=score(row.rank),
             )
         )
     return hits
