@@ -271,8 +271,7 @@ def train_cmd(
 ) -> None:
     """Prompt tuning: train a soft prompt (model weights frozen) on a JSONL file, or on the
     replies you liked (--from-history; an existing soft prompt is continued)."""
-    from chatbot.personas.registry import scan, user_dir
-    from chatbot.personas.tuning import check_name, soft_persona, train_into
+    from chatbot.personas.tuning import soft_persona, train_into
 
     settings = state_of(ctx).settings
     config = _train_config(virtual_tokens, steps, lr, batch_size, init, seed, heldout)
@@ -287,14 +286,7 @@ def train_cmd(
     from chatbot.personas.data import read_jsonl
 
     read_jsonl(data)  # bad lines stop us before the model loads
-    folder = output if output is not None else user_dir(settings.data_dir) / name
-    check_name(folder.name)
-    if folder.name != name:
-        raise UsageError(f"--output: the folder name must be the persona name ('{name}')")
-    found, _ = scan(settings.data_dir)
-    existing = found.get(name)
-    if existing is not None and existing.persona.kind != "soft_prompt":
-        raise UserError(f"persona '{name}' is a control-code persona: pick a new name, or use `chatbot persona distill {name}`")
+    folder, existing = _soft_target(settings, name, output, f"pick a new name, or use `chatbot persona distill {name}`")
     if existing is not None:
         persona = existing.persona if not description else existing.persona.model_copy(update={"description": description})
     else:
@@ -306,23 +298,31 @@ def train_cmd(
     _finish_training(record, folder)
 
 
-def _train_from_history(ctx, name, config, conversation_ids, replies_of, description, output) -> None:
-    from chatbot.personas import soft_prompt as sp
-    from chatbot.personas.from_history import liked_replies, require_enough
+def _soft_target(settings, name: str, output: Path | None, instead: str):
+    """The folder a soft prompt is trained into, and the persona already there (a soft prompt,
+    or None; a control-code persona of that name is refused, saying what to do `instead`)."""
     from chatbot.personas.registry import scan, user_dir
-    from chatbot.personas.tuning import check_name, soft_persona, train_from_history
+    from chatbot.personas.tuning import check_name
 
-    state = state_of(ctx)
-    settings = state.settings
     folder = output if output is not None else user_dir(settings.data_dir) / name
     check_name(folder.name)
     if folder.name != name:
         raise UsageError(f"--output: the folder name must be the persona name ('{name}')")
-    found, _ = scan(settings.data_dir)
-    existing = found.get(name)
+    existing = scan(settings.data_dir)[0].get(name)
     if existing is not None and existing.persona.kind != "soft_prompt":
-        raise UserError(f"persona '{name}' is a control-code persona: train a new soft prompt on its liked replies "
-                        f"with `chatbot persona train {name}-soft --from-history --replies-of {name}`")
+        raise UserError(f"persona '{name}' is a control-code persona: {instead}")
+    return folder, existing
+
+
+def _train_from_history(ctx, name, config, conversation_ids, replies_of, description, output) -> None:
+    from chatbot.personas import soft_prompt as sp
+    from chatbot.personas.from_history import liked_replies, require_enough
+    from chatbot.personas.tuning import soft_persona, train_from_history
+
+    state = state_of(ctx)
+    settings = state.settings
+    folder, existing = _soft_target(settings, name, output, "train a new soft prompt on its liked replies with "
+                                    f"`chatbot persona train {name}-soft --from-history --replies-of {name}`")
     names = {name, *replies_of} | ({existing.persona.distilled_from} - {""} if existing else set())
     store = state.store(create=False)
     for conversation_id in conversation_ids:
