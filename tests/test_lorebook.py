@@ -79,3 +79,31 @@ def test_regex_keys_and_hostile_patterns():
     ]
     # the backtracking pattern is cut off by the regex timeout (it would run for hours otherwise)
     assert ids(select(book(entries=entries), ["the deckhands", "a" * 40 + "!"], words)) == ["re"]
+
+
+def test_a_card_lorebook_reaches_the_prompt_through_the_memory_block(tmp_path, monkeypatch, smol_tokenizer):
+    import json
+
+    from test_persona_support import run_cli
+
+    from chatbot.memory.context import ContextBuilder
+    from chatbot.memory.render import Turn
+    from chatbot.personas.lorebook import lorebook_sources
+    from chatbot.personas.registry import find
+
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    card = tmp_path / "mara.json"
+    card.write_text(json.dumps(REAL_WORLD_V2))
+    assert run_cli(["persona", "import", str(card), "--name", "mara"]) == 0
+    installed = find("mara", tmp_path / "data")
+    sources = lorebook_sources(installed, smol_tokenizer)
+    builder = ContextBuilder(smol_tokenizer, 1024)
+    history = [Turn("Hello", "Stow your gear.")]
+    built = builder.build(installed.persona, history, "Tell me about the Ashen Reach.", memory=sources)
+    assert [p.source for p in built.recalled] == ["lorebook", "lorebook"]
+    assert "World info:\n- The year is 1887" in built.text
+    assert built.text.index("ships vanish.") < built.text.index("Tell me about the Ashen Reach.")
+    assert built.text.index("Stow your gear.") < built.text.index("World info:")  # the window stays a prefix
+    quiet = builder.build(installed.persona, history, "Good morning.", memory=sources)
+    assert [p.text for p in quiet.recalled] == ["The year is 1887 and airships rule the sky."]  # constant only
+    assert lorebook_sources(find("pirate", tmp_path / "data"), smol_tokenizer) == []

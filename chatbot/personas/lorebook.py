@@ -113,3 +113,35 @@ def load(path: Path) -> Lorebook:
             where = ".".join(str(p) for p in first["loc"])
             raise UserError(f"{path}: lorebook field '{where}': {first['msg']}") from None
         raise UserError(f"{path}: not a lorebook ({type(exc).__name__})") from None
+
+
+# -- as a memory source (memory/passages.py) ------------------------------------------------------
+
+HEADING = "World info:"
+
+
+class LorebookSource:
+    """A persona's lorebook as a source of the memory block: the entries that the kept window
+    and the latest message call up, within the book's budget, as passages under one heading."""
+
+    def __init__(self, book: Lorebook, count: Callable[[str], int]):
+        self.book = book
+        self.count = count
+
+    def passages(self, request) -> list:
+        from chatbot.memory.passages import MemoryPassage
+
+        recent = [text for turn in request.kept for text in (turn.user, turn.reply or "") if text]
+        chosen = select(self.book, [*recent, request.message], self.count)
+        return [MemoryPassage("lorebook", c.entry.content, heading=HEADING) for c in chosen]
+
+
+def lorebook_sources(installed, tokenizer) -> list[LorebookSource]:
+    """[the persona's lorebook as a memory source], or [] when it has none."""
+    name = installed.persona.lorebook
+    if not name or installed.folder is None:
+        return []
+    from chatbot.memory.tokens import content_encoder
+
+    encode = content_encoder(tokenizer)
+    return [LorebookSource(load(installed.folder / name), lambda text: len(encode(text)))]
