@@ -293,14 +293,13 @@ def create_engine_for(location: Location) -> Engine:
     writer waits for another (busy timeout) instead of failing when it upgrades a read lock.
     """
     if not location.is_sqlite:
-        # SERIALIZABLE: the store's checks (a turn continues its branch, not a fork) were written
-        # for SQLite, whose writers take turns; PostgreSQL gives the same as a serialization
-        # failure, which the store retries (is_busy). Other servers keep their default.
-        options = {"isolation_level": "SERIALIZABLE"} if location.dialect == "postgresql" else {}
         try:
-            return create_engine(location.url, pool_pre_ping=True, **options)
+            engine = create_engine(location.url, pool_pre_ping=True)
         except (NoSuchModuleError, ImportError) as exc:  # an unknown dialect, or its driver is missing
             raise UserError(f"cannot use {location.display}: {exc}") from exc
+        if location.dialect == "postgresql":
+            take_turns(engine)
+        return engine
     if location.path is None:
         engine = create_engine(
             location.url, poolclass=StaticPool, connect_args={"check_same_thread": False}
@@ -327,6 +326,23 @@ def create_engine_for(location: Location) -> Engine:
 
 # PostgreSQL's "try again": serialization failure, deadlock (SQLSTATE 40001, 40P01).
 RETRY_SQLSTATES = ("40001", "40P01")
+
+
+# The store's transactions on one PostgreSQL database take turns on this advisory lock.
+PG_TURN_LOCK = 0x63686174  # "chat"
+
+
+def take_turns(engine: Engine) -> None:
+    """Each transaction on PostgreSQL first takes one transaction-scoped advisory lock: the
+    store's checks (a turn continues its branch and never forks it, a reply is finished once)
+    were written for SQLite, whose writers take turns, and READ COMMITTED then sees the previous
+    holder's commits. SERIALIZABLE would do as much but fails many transactions of six busy
+    writers (predicate locks are coarse) past any sensible number of retries. Transactions here
+    are short (one turn's rows), as they are for SQLite's write lock."""
+
+    @event.listens_for(engine, "begin")
+    def _take_turn(conn: object) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_TURN_LOCK})")  # type: ignore[attr-defined]
 
 
 def is_busy(exc: BaseException) -> bool:
