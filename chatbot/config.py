@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     top_k: int = Field(default=50, ge=0)
     repetition_penalty: float = Field(default=1.1, gt=0)
     persona: str = "assistant"
+    # Memory beyond the window (docs/design.md, Memory): recall from off | conversation | persona | all,
+    # into a block with this share of the budget.
+    memory: Literal["off", "conversation", "persona", "all"] = "conversation"
+    memory_share: float = Field(default=0.25, ge=0.05, le=0.5)
     # Who `{{user}}` is in an imported character card (`persona import`).
     user_name: str = Field(default="User", min_length=1, max_length=100)
     # The openai engine (docs/scale-out.md): an OpenAI-compatible server. The API key is read from

@@ -17,6 +17,7 @@ from chatbot.engine.decoding import Generation, GenerationStats, Prefix, TextStr
 from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError, UserError
 from chatbot.memory.context import Context, ContextBuilder
+from chatbot.memory.recall import sources_for
 from chatbot.memory.render import Turn
 from chatbot.personas.registry import InstalledPersona
 from chatbot.runtime import Runtime
@@ -31,16 +32,16 @@ def turns_from_messages(messages) -> list[Turn]:
     turns: list[Turn] = []
     for message in messages:
         if message.role == "user":
-            turns.append(Turn(message.content, None))
+            turns.append(Turn(message.content, None, user_id=message.id))
         elif message.role == "assistant" and turns:
             start = message.stats.get("dropped_turns")
             window_start = start if isinstance(start, int) and not isinstance(start, bool) else None
-            turns[-1] = Turn(turns[-1].user, message.content, window_start)
+            turns[-1] = Turn(turns[-1].user, message.content, window_start, turns[-1].user_id, message.id)
         elif message.role == "assistant":  # the persona's opening message (a card's first_mes)
             turns.append(Turn("", message.content))
     # A user message whose reply never started (a crash) still counts, with an empty reply (which
     # the model does not see, as any empty reply).
-    return [t if t.reply is not None else Turn(t.user, "") for t in turns]
+    return [t if t.reply is not None else Turn(t.user, "", user_id=t.user_id) for t in turns]
 
 
 def prompt_budget(budget: int, context_length: int, max_new_tokens: int) -> tuple[int, str | None]:
@@ -83,6 +84,7 @@ class Reply(TextStream):
     persona: InstalledPersona
     conversation_id: int | None = None
     message_id: int | None = None
+    user_id: int | None = None  # the question's stored message
     status: str = "streaming"
     error: str | None = None
     # Set when the store refused a write during the reply (full disk, read-only database): the
@@ -145,10 +147,19 @@ class ChatSession:
         budget, note = prompt_budget(
             self.settings.context_budget, self.runtime.loaded.info.context_length, params.max_new_tokens
         )
-        context = self.builder.build(self.persona.persona, self.history, message, reserved=reserved, budget=budget)
+        context = self.builder.build(
+            self.persona.persona, self.history, message, reserved=reserved, budget=budget,
+            memory=self.memory_sources(), memory_share=self.settings.memory_share,
+            conversation_id=self.conversation_id,
+        )
         if note:
             context.warnings.insert(0, note)
         return context
+
+    def memory_sources(self) -> list:
+        """Where this turn's memory block comes from (memory/passages.py): recall in the scope of
+        the `memory` setting."""
+        return sources_for(self.store, self.settings.memory, self.persona.persona.name)
 
     def prefix(self) -> Prefix | None:
         from chatbot.personas.soft_prompt import prefix_for
@@ -209,6 +220,8 @@ class ChatSession:
                 self.history.append(Turn(message, ""))
                 raise
         reply.conversation_id = self.conversation_id
+        reply.user_id = user_id
+        self._record_recalled(reply)
         reply._deltas = self._stream(reply, message, user_id, cancel)
         return reply
 
@@ -220,6 +233,16 @@ class ChatSession:
             messages = messages_for(self.persona.persona, self.history, context)
             return engine.generate_messages(messages, context.prompt_ids, params, cancel=cancel)
         return engine.generate(context.prompt_ids, params, prefix=prefix, cancel=cancel)
+
+    def _record_recalled(self, reply: Reply) -> None:
+        """Each reply keeps what was recalled for it, so `history context --reply` shows what the
+        model saw."""
+        if self.store is None or reply.message_id is None or not self.memory_sources():
+            return  # memory off: nothing stored (None), so replaying it adds no block either
+        try:
+            self.store.record_recalled(reply.message_id, [p.stored() for p in reply.context.recalled])
+        except UserError as exc:  # a full disk: the reply still streams, and says so at the end
+            reply.save_error = str(exc)
 
     def _stream(self, reply: Reply, message: str, user_id: int | None, cancel) -> Iterator[str]:
         last_flush = time.monotonic()
@@ -248,7 +271,7 @@ class ChatSession:
     def _finish(self, reply: Reply, message: str, user_id: int | None) -> None:
         text = reply.generation.text
         window_start = reply.context.dropped_turns
-        self.history.append(Turn(message, text, window_start))
+        self.history.append(Turn(message, text, window_start, user_id, reply.message_id))
         if self.store is not None and reply.message_id is not None:
             # The window is stored with the reply: the branch, not this process, remembers it.
             stats = {**reply.stats.as_dict(), "dropped_turns": window_start}

@@ -12,6 +12,7 @@ import typer
 
 from chatbot.cli import options
 from chatbot.cli.app import app
+from chatbot.cli.memory_option import Memory, MemoryScope, use_memory
 from chatbot.cli.state import state_of
 from chatbot.errors import UsageError, UserError
 from chatbot.text import check_text
@@ -38,11 +39,13 @@ def ask(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print a stats line after the reply."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not store this turn."),
+    memory: MemoryScope | None = Memory,
 ) -> None:
     """Ask one question; the reply streams to stdout."""
     from chatbot.session import ChatSession
 
     state = state_of(ctx)
+    use_memory(state, memory)
     if continue_ and conversation is not None:
         raise UsageError("--continue and --conversation exclude each other")
     if as_json and as_jsonl:
@@ -114,6 +117,7 @@ def reply_payload(reply, installed) -> dict:
         "message_id": reply.message_id,
         "status": reply.status,
         "dropped_turns": reply.context.dropped_turns,
+        "recalled": [p.stored() for p in reply.context.recalled],
         "stats": reply.stats.as_dict(),
     }
     if reply.save_error:

@@ -8,6 +8,7 @@ import typer
 
 from chatbot.cli import options
 from chatbot.cli.app import app
+from chatbot.cli.memory_option import Memory, MemoryScope, use_memory
 from chatbot.cli.state import AppState, state_of
 from chatbot.errors import UsageError, UserError
 
@@ -26,9 +27,11 @@ def chat(
     max_new_tokens: int | None = options.MaxNewTokens,
     repetition_penalty: float | None = options.RepetitionPenalty,
     no_save: bool = typer.Option(False, "--no-save", help="Do not store this chat."),
+    memory: MemoryScope | None = Memory,
 ) -> None:
     """Chat: the TUI, or with --plain one message per input line and one reply per output line."""
     state = state_of(ctx)
+    use_memory(state, memory)
     if continue_ and conversation is not None:
         raise UsageError("--continue and --conversation exclude each other")
     if not plain:

@@ -1,4 +1,5 @@
-"""`chatbot history context ID`: exactly what the model will see on the next turn of a conversation."""
+"""`chatbot history context ID`: exactly what the model will see on the next turn of a conversation
+(or saw for a stored reply, `--reply`); `chatbot history forget MESSAGE_ID`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import typer
 
 from chatbot.cli.history import ConversationId, conversation_id_of, history_app
+from chatbot.cli.memory_option import Memory, MemoryScope, use_memory
 from chatbot.cli.state import state_of
+from chatbot.errors import NotFoundError, UsageError
 from chatbot.terminal_text import visible
 
 NEXT_MESSAGE = "<your next message>"
@@ -29,35 +32,64 @@ def context(
     conversation_ref: str = ConversationId,
     message: str = typer.Option(NEXT_MESSAGE, "--message", "-m", help="The next message to render."),
     persona: str | None = typer.Option(None, "--persona", "-p", help="Render under this persona instead."),
+    reply: int | None = typer.Option(
+        None, "--reply", "-r", help="Render the prompt of this stored reply instead, with what was recalled for it."
+    ),
+    memory: MemoryScope | None = Memory,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Print the rendered prompt of the next turn: persona, kept and dropped turns, token counts."""
+    """Print the rendered prompt of the next turn (or of a stored reply): persona, kept and dropped
+    turns, the passages memory recalled (with their message ids), token counts."""
     from chatbot.memory.context import ContextBuilder
+    from chatbot.memory.recall import StoredPassages, sources_for
     from chatbot.memory.tokens import special_ids, special_texts
     from chatbot.session import prompt_budget, resolve_sampling, turns_from_messages  # torch: only now
 
     state = state_of(ctx)
+    use_memory(state, memory)
     store = state.store(create=False)
     conversation_id = conversation_id_of(store, conversation_ref)
     conversation = store.conversation(conversation_id)
-    branch = store.active_branch(conversation_id)
-    installed = state.persona(persona or current_persona_name(conversation, branch))
+    if reply is None:
+        branch = store.active_branch(conversation_id)
+        history, name = turns_from_messages(branch), current_persona_name(conversation, branch)
+    else:
+        branch, message = _reply_branch(store, conversation_id, reply)
+        history, name = turns_from_messages(branch[:-2]), branch[-1].persona.name if branch[-1].persona else None
+    installed = state.persona(persona or name)
     tokenizer, context_length = _tokenizer(state)
     # The same budget as the next turn: the model's positions less the reply's, and a soft prompt's.
     params = resolve_sampling(state.settings, installed)
     budget, note = prompt_budget(state.settings.context_budget, context_length, params.max_new_tokens)
+    if reply is None:
+        sources = sources_for(store, state.settings.memory, installed.persona.name)
+    else:  # what was recalled for it, as stored (the scope then decided it; None: memory was off)
+        items = store.recalled_of(reply)
+        sources = [] if items is None else [StoredPassages(store, items)]
     builder = ContextBuilder(tokenizer, budget)
-    built = builder.build(installed.persona, turns_from_messages(branch), message, reserved=_reserved(installed))
+    built = builder.build(
+        installed.persona, history, message, reserved=_reserved(installed), memory=sources,
+        memory_share=state.settings.memory_share, conversation_id=conversation_id,
+    )
     specials, special = special_texts(tokenizer), special_ids(tokenizer)
     typed = sum(piece.text.count(s) for piece in built.pieces if piece.content for s in specials)
+    recalled = [
+        {"source": p.source, "message_id": p.message_id, "conversation_id": p.conversation_id, "role": p.role,
+         "text": p.text}
+        for p in built.recalled
+    ]
     if as_json:
         payload = {
             "conversation_id": conversation_id,
+            "reply_id": reply,
             "persona": installed.persona.name,
             "tokens": built.tokens,
             "budget": built.budget,
             "total_turns": built.total_turns,
             "dropped_turns": built.dropped_turns,
+            "memory": state.settings.memory if reply is None else "stored",
+            "memory_tokens": built.memory_tokens,
+            "recalled": recalled,
             "prompt": built.text,
             # the prompt as template text (its markers are special tokens) and content (never)
             "pieces": [{"text": p.text, "content": p.content} for p in built.pieces],
@@ -67,11 +99,19 @@ def context(
         }
         print(json.dumps(payload, ensure_ascii=False))
         return
+    what = f"reply {reply}" if reply is not None else "the next turn"
     sys.stdout.write(
-        f"# conversation {conversation_id}, persona {installed.persona.name} ({installed.persona.kind})\n"
+        f"# conversation {conversation_id}, {what}, persona {installed.persona.name} ({installed.persona.kind})\n"
         f"# {built.tokens} of {built.budget} tokens; {built.total_turns} turns, "
         f"{built.dropped_turns} oldest dropped for the budget\n"
     )
+    if built.recalled:
+        sys.stdout.write(f"# memory recalled {len(built.recalled)} passage(s), {built.memory_tokens} tokens:\n")
+        for p in built.recalled:
+            origin = f"message {p.message_id}" if p.message_id is not None else p.source
+            if p.conversation_id is not None and p.conversation_id != conversation_id:
+                origin += f" of conversation {p.conversation_id}"
+            sys.stdout.write(f"#   {origin}: {visible(_one_line(p.text))}\n")
     for warning in ([note] if note else []) + built.warnings:
         sys.stdout.write(f"# note: {warning}\n")
     if typed:
@@ -82,6 +122,35 @@ def context(
     # Content is shown as a terminal should show stored text (escapes drawn, never obeyed).
     shown = (visible(_marked(p.text, specials)) if p.content else p.text for p in built.pieces)
     sys.stdout.write("".join(shown) + "\n")
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _reply_branch(store, conversation_id: int, reply_id: int):
+    """The branch up to a stored reply, and the message it answered."""
+    if not 0 < reply_id < 2**63:
+        raise NotFoundError(f"no message with id {reply_id}")
+    branch = store.active_branch(conversation_id, reply_id)
+    if branch[-1].role != "assistant" or len(branch) < 2 or branch[-2].role != "user":
+        raise UsageError(f"message {reply_id} is not a reply to a question: --reply takes a reply's id")
+    return branch, branch[-2].content
+
+
+@history_app.command("forget")
+def forget(
+    ctx: typer.Context,
+    message_id: int = typer.Argument(..., metavar="MESSAGE_ID", help="A message's id (the [#N] of `history show`)."),
+) -> None:
+    """Forget a message: its text is erased, so memory never recalls it, search never finds it and
+    no view shows it again; its place in the conversation stays (there is no undo)."""
+    if not 0 < message_id < 2**63:
+        raise NotFoundError(f"no message with id {message_id}")
+    store = state_of(ctx).store(create=False)
+    conversation_id = store.forget_message(message_id)
+    print(f"forgot message {message_id} of conversation {conversation_id}", file=sys.stderr)
 
 
 MARK = "\u2039{}\u203a"  # ‹…›

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from chatbot.errors import NotFoundError, UsageError
 from chatbot.text import unencodable
-from chatbot.store import database, exchange, limits, repository, search
+from chatbot.store import database, exchange, limits, recall, repository, search
 from chatbot.store.database import Location, OpenReport
 from chatbot.store.exchange import ExportDocument
 from chatbot.store.models import utcnow
@@ -316,3 +316,25 @@ class Store:
         return self._write(
             lambda s: repository.record_persona_switch(s, conversation_id, persona_version_id, after_message_id)
         )
+
+    # --- memory recall (chatbot/store/recall.py) -----------------------------------------------
+
+    def recall_candidates(self, match: str, words: list[str], scope: recall.Scope, limit: int = recall.CANDIDATES):
+        """Messages in `scope` for a recall query, best first (FTS5 bm25 on SQLite, LIKE elsewhere)."""
+        return self._read(lambda s: recall.candidates(s, match, words, scope, limit))
+
+    def recall_messages(self, ids: list[int]) -> dict[int, recall.RecallHit]:
+        """The messages a reply recalled, by id (a deleted one is absent, a forgotten one empty)."""
+        return self._read(lambda s: recall.messages_by_id(s, ids))
+
+    def record_recalled(self, message_id: int, items: list[dict[str, Any]]) -> None:
+        """What memory recalled into a reply's prompt (`MemoryPassage.stored()` of each)."""
+        self._write(lambda s: recall.record_recalled(s, message_id, items))
+
+    def recalled_of(self, message_id: int) -> list[dict[str, Any]] | None:
+        """A reply's recalled passages (maybe none) when memory was on for it; None when off."""
+        return self._read(lambda s: recall.recalled_of(s, message_id))
+
+    def forget_message(self, message_id: int) -> int:
+        """Erase a message's text from memory, search and every view; returns its conversation."""
+        return self._write(lambda s: recall.forget(s, message_id))
