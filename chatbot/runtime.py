@@ -37,9 +37,13 @@ def build_engine(loaded: LoadedModel, kind: str = "auto", progress: Progress | N
         raise UserError(f"unknown engine {kind!r}: choose auto, reference or fast")
     if kind == "fast" and not fast.supports(loaded):
         raise UserError(f"the fast engine serves Llama-family models; {loaded.info.architecture} needs --engine reference")
+    engine: Engine | None = None
     if kind != "reference" and fast.supports(loaded):
-        engine: Engine = fast.build_fast_engine(loaded, progress)
-    else:
+        from chatbot.engine.fast.fallback import FastPathAttempt
+
+        with FastPathAttempt(kind, loaded.info.name, progress):  # a type/rope it cannot take: a note, or one line
+            engine = fast.build_fast_engine(loaded, progress)
+    if engine is None:
         engine = Engine(
             loaded.model,
             loaded.tokenizer,
@@ -55,12 +59,23 @@ def open_runtime(settings: Settings, progress: Progress | None = None) -> Runtim
         from chatbot.engine.openai_runtime import open_openai_runtime
 
         return open_openai_runtime(settings, progress)
-    loaded = None
+    loaded, kind = None, settings.engine
     if settings.engine != "reference":
-        # A Llama GGUF model opens on the fast path without loading the transformers model.
+        # A Llama-family GGUF model opens on the fast path without loading the transformers model.
         from chatbot.engine.fast.engine import load_fast
+        from chatbot.engine.fast.fallback import FastPathAttempt
 
-        loaded = load_fast(settings.model, settings.cache_dir, progress)
+        with FastPathAttempt(kind, model_label(settings.model), progress) as attempt:
+            loaded = load_fast(settings.model, settings.cache_dir, progress)
+        if attempt.refused:
+            kind = "reference"
     if loaded is None:
         loaded = load_model(settings.model, settings.cache_dir, dtype=settings.dtype, progress=progress)
-    return Runtime(loaded=loaded, engine=build_engine(loaded, settings.engine, progress))
+    return Runtime(loaded=loaded, engine=build_engine(loaded, kind, progress))
+
+
+def model_label(spec: str) -> str:
+    """How a message names the model `--model` gave."""
+    from pathlib import Path
+
+    return Path(spec).name if spec else "the bundled model"

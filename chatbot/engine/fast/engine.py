@@ -16,6 +16,7 @@ import torch
 from chatbot.engine import loading
 from chatbot.engine.decoding import Engine, Prefix
 from chatbot.engine.fast import loader
+from chatbot.engine.fast.gguf_weights import GGUFWeights
 from chatbot.engine.fast.model import FastLlama, KVCache
 from chatbot.engine.loading import LoadedModel
 
@@ -90,21 +91,23 @@ def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
 
 
 def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
-    """Open a GGUF Llama for the fast path only: tokenizer and config from the converted folder,
-    weights from the repacked cache; the transformers model is never loaded (half the memory,
-    a fraction of the start-up), nor, once the folder exists, transformers itself. None when the
-    source is not a Llama GGUF file."""
+    """Open a Llama-family GGUF (Llama, Mistral, Qwen2, Qwen3) for the fast path only: tokenizer
+    and config from a folder of the file's metadata (or the converted folder, where one exists),
+    weights from the repacked cache; the transformers model is never loaded, nor its weights
+    dequantized (a fraction of the memory and start-up), nor, once the folder exists, transformers
+    itself. None when the source is not a GGUF file; NotOnFastPath (before anything is converted)
+    when a tensor type, the architecture or the rope scaling has no fast form."""
     source = loading.resolve_source(spec)
     if source.kind != "gguf":
         return None
     progress = progress or (lambda message: None)
     gguf_path = Path(source.location)
     cache_path = loading.converted_dir(gguf_path, cache_dir)
-    if not loading.cache_is_complete(cache_path):
-        loading._quiet_transformers()
-        loading.convert_gguf(gguf_path, cache_path, progress)
-    tokenizer, config, generation_config = loading.open_tokenizer_and_config(cache_path)
-    if getattr(config, "model_type", "") != "llama":
+    if not loader.is_cached(fast_folder(cache_path)):
+        GGUFWeights(gguf_path).check()
+    metadata_path = loading.metadata_folder(gguf_path, cache_path, progress)
+    tokenizer, config, generation_config = loading.open_tokenizer_and_config(metadata_path)
+    if getattr(config, "model_type", "") not in loader.FAST_HF_ARCHITECTURES.values():
         return None
     model = loader.load_or_build(gguf_path, fast_folder(cache_path), progress=progress)
     model.config, model.generation_config = config, generation_config
@@ -119,4 +122,5 @@ def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         engine=FastEngine.name,
     )
-    return loading.LoadedModel(model, tokenizer, info, loading.end_token_ids(model, tokenizer))
+    stop_ids = loading.end_token_ids(model, tokenizer) | model.stop_token_ids  # the file's own EOS/EOT/EOM
+    return loading.LoadedModel(model, tokenizer, info, stop_ids)

@@ -13,23 +13,30 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from chatbot.engine.fast import quantize as qz
-from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape
+from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape, NotOnFastPath
 from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
 
 # bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors;
-# 5: packed int4 weights in a file of their own, per CPU kernel path)
+# 5: packed int4 weights in a file of their own, per CPU kernel path). A FORMAT 5 cache without a
+# "modules" entry is the uniform layout of then (all int4 or all dense), read as such.
 FORMAT = 5
-LLAMA_ARCHITECTURES = {"LlamaForCausalLM"}
+# transformers classes the fast model runs, with their model_type
+FAST_HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                         "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+LLAMA_ARCHITECTURES = set(FAST_HF_ARCHITECTURES)
 
 
 def is_llama(hf_model) -> bool:
-    return type(hf_model).__name__ in LLAMA_ARCHITECTURES and getattr(hf_model.config, "model_type", "") == "llama"
+    """A Llama-family transformers model the fast forward runs (Llama, Mistral, Qwen2, Qwen3)."""
+    model_type = FAST_HF_ARCHITECTURES.get(type(hf_model).__name__)
+    return model_type is not None and getattr(hf_model.config, "model_type", "") == model_type
 
 
 def _dense_linear(weight: torch.Tensor, dtype) -> nn.Linear:
@@ -63,39 +70,63 @@ def _head(model: FastLlama, embedding: torch.Tensor, head: torch.Tensor | None, 
         model.output = _dense_linear(weight, dtype)
 
 
+def _stack_planes(all_planes: list[list]) -> list:
+    """The planes of several tensors (same plane count) stacked by rows: one fused matmul."""
+    return [tuple(torch.cat([planes[p][j] for planes in all_planes]) for j in range(3)) for p in range(len(all_planes[0]))]
+
+
 def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout()) -> FastLlama:
+    """Each tensor by its own GGUF type: 4-bit types as one int4 plane, 5/8-bit as two (exact),
+    the rest (Q6_K, floats) decoded to dense weights. NotOnFastPath where a type or the
+    architecture has no fast form."""
     weights = GGUFWeights(path)
-    if weights.architecture != "llama":
-        raise ValueError(f"{Path(path).name}: architecture {weights.architecture!r} is not Llama")
+    weights.check()
     shape = weights.shape
+    if not shape.tie_embeddings and layout.head != "dense":
+        # an untied head has no embedding rows to re-score from: kept dense (exact up to bf16)
+        layout = replace(layout, head="dense")
     model = FastLlama(shape, dtype, layout)
+
+    def part(raw):
+        planes = raw.int4_planes() if layout.linear == "int4" else None
+        if planes is None:
+            return _dense_linear(raw.dequantize(), dtype)
+        return qz.int4_from_planes(planes, dtype, layout.dense_prefill)
 
     def linear(roles: list[str], i: int):
         raws = [weights.layer(i, r) for r in roles]
-        if layout.linear == "int4" and all(r.kind == "Q4_1" for r in raws):
-            parts = [r.q4_1() for r in raws]
-            stacked = tuple(torch.cat([p[j] for p in parts]) for j in range(3))
-            return qz.int4_from_q4_1(stacked, dtype, layout.dense_prefill)
-        dense = torch.cat([r.dequantize() for r in raws])
-        if layout.linear == "int4":
-            return qz.int4_from_dense(dense, dtype, layout.dense_prefill)
-        return _dense_linear(dense, dtype)
+        if len(raws) == 1:
+            return part(raws[0])
+        planes = [r.int4_planes() if layout.linear == "int4" else None for r in raws]
+        if all(p is not None for p in planes) and len({len(p) for p in planes}) == 1:
+            return qz.int4_from_planes(_stack_planes(planes), dtype, layout.dense_prefill)
+        if all(p is None for p in planes):
+            return _dense_linear(torch.cat([r.dequantize() for r in raws]), dtype)
+        return qz.SplitLinear([part(r) for r in raws])  # a mixed file (Q4_K_M): each as it is
+
+    def vector(i: int, role: str, kind: str = "weight") -> torch.Tensor:
+        return weights.layer(i, role, kind).dequantize().to(dtype)
 
     for i, block in enumerate(model.layers):
         block.wqkv = linear(["attn_q", "attn_k", "attn_v"], i)
         block.wo = linear(["attn_output"], i)
         block.w13 = linear(["ffn_gate", "ffn_up"], i)
         block.w2 = linear(["ffn_down"], i)
-        block.attention_norm = weights.layer(i, "attn_norm").dequantize().to(dtype)
-        block.ffn_norm = weights.layer(i, "ffn_norm").dequantize().to(dtype)
+        block.attention_norm = vector(i, "attn_norm")
+        block.ffn_norm = vector(i, "ffn_norm")
+        if shape.qkv_bias:
+            block.bqkv = torch.cat([vector(i, r, "bias") for r in ("attn_q", "attn_k", "attn_v")])
+        if shape.qk_norm:
+            block.q_norm, block.k_norm = vector(i, "attn_q_norm"), vector(i, "attn_k_norm")
     model.norm = weights.output_norm().dequantize().to(dtype)
     embed = weights.embedding()
     if layout.embedding == "q8" and embed.kind == "Q8_0":
         model.tok_embeddings = qz.q8_embedding(*embed.q8_0(), dtype)
     elif layout.embedding == "q8":
-        model.layout = layout = Layout(layout.linear, layout.head, "dense", layout.dense_prefill)
+        model.layout = layout = replace(layout, embedding="dense")
     dense_embed = embed.dequantize()
     _head(model, dense_embed, None if shape.tie_embeddings else weights.output().dequantize(), dtype)
+    model.stop_token_ids = weights.stop_token_ids()
     return model.norms_to_float().eval()
 
 
@@ -105,11 +136,19 @@ def from_hf(hf_model, dtype: torch.dtype | None = None, layout: Layout = Layout(
     if layout.embedding == "q8":
         layout = Layout(layout.linear, layout.head, "dense", layout.dense_prefill)
     dtype = dtype or hf_model.dtype
-    shape = LlamaShape.from_hf_config(hf_model.config)
+    rotary = getattr(hf_model.model, "rotary_emb", None)
+    if rotary is not None and float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
+        raise NotOnFastPath(f"rope scaling {getattr(rotary, 'rope_type', '?')!r} with attention scaling")
+    shape = LlamaShape.from_hf_config(hf_model.config, getattr(rotary, "inv_freq", None))
     model = FastLlama(shape, dtype, layout)
     sd = hf_model.state_dict()
     for i, block in enumerate(model.layers):
         p = f"model.layers.{i}."
+        if shape.qkv_bias:
+            block.bqkv = torch.cat([sd[p + f"self_attn.{x}_proj.bias"] for x in "qkv"]).to(dtype).clone()
+        if shape.qk_norm:
+            block.q_norm = sd[p + "self_attn.q_norm.weight"].to(dtype).clone()
+            block.k_norm = sd[p + "self_attn.k_norm.weight"].to(dtype).clone()
         groups = {
             "wqkv": [p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"],
             "wo": [p + "self_attn.o_proj.weight"],
@@ -135,8 +174,29 @@ def from_hf(hf_model, dtype: torch.dtype | None = None, layout: Layout = Layout(
 # -- the cache of repacked weights ------------------------------------------------------------------
 
 
-def _skeleton(shape: LlamaShape, dtype: torch.dtype, layout: Layout) -> FastLlama:
-    """A FastLlama whose modules have the cached layout's types (storage filled by load)."""
+def module_spec(module: nn.Module) -> dict:
+    """What a projection is, for the cache: enough to make an empty one of the same form."""
+    if isinstance(module, qz.SplitLinear):
+        return {"kind": "split", "parts": [module_spec(part) for part in module.parts]}
+    if isinstance(module, qz.Int4Linear):
+        return {"kind": "int4", "planes": module.planes, "out": module.out_features, "dense": module.dense is not None}
+    return {"kind": "dense", "out": module.out_features}
+
+
+def module_from_spec(spec: dict, in_features: int, dtype: torch.dtype) -> nn.Module:
+    if spec["kind"] == "split":
+        return qz.SplitLinear([module_from_spec(part, in_features, dtype) for part in spec["parts"]])
+    if spec["kind"] == "int4":
+        return qz.Int4Linear(in_features, spec["out"], dtype, dense=spec["dense"], planes=spec["planes"])
+    return UninitLinear(in_features, spec["out"], bias=False, dtype=dtype, device="meta")
+
+
+PROJECTIONS = ("wqkv", "wo", "w13", "w2")
+
+
+def _skeleton(shape: LlamaShape, dtype: torch.dtype, layout: Layout, modules: dict | None = None) -> FastLlama:
+    """A FastLlama whose modules have the cached layout's types (storage filled by load);
+    `modules`: each projection's spec (a file mixing types), else uniform by `layout`."""
     model = FastLlama(shape, dtype, layout)
     s = shape
     dims = {
@@ -145,9 +205,11 @@ def _skeleton(shape: LlamaShape, dtype: torch.dtype, layout: Layout) -> FastLlam
         "w13": (s.dim, 2 * s.hidden_dim),
         "w2": (s.hidden_dim, s.dim),
     }
-    for block in model.layers:
+    for i, block in enumerate(model.layers):
         for attr, (k, n) in dims.items():
-            if layout.linear == "int4":
+            if modules is not None:
+                setattr(block, attr, module_from_spec(modules[f"layers.{i}.{attr}"], k, dtype))
+            elif layout.linear == "int4":
                 setattr(block, attr, qz.Int4Linear(k, n, dtype, dense=layout.dense_prefill))
             else:
                 setattr(block, attr, UninitLinear(k, n, bias=False, dtype=dtype, device="meta"))
@@ -205,7 +267,11 @@ def _packing_stamp() -> dict[str, str]:
 
 
 def _packed_names(model: FastLlama) -> list[str]:
-    return [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, qz.Int4Linear)]
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, qz.Int4Linear):
+            names += [f"{name}.weight"] + ([f"{name}.weight_hi"] if module.planes > 1 else [])
+    return names
 
 
 def save(model: FastLlama, folder: Path, key: str) -> None:
@@ -218,8 +284,11 @@ def save(model: FastLlama, folder: Path, key: str) -> None:
         _write_safetensors(packed, _packed_path(path), _packing_stamp())
     if dense:  # the prefill copies: a file of their own, mapped lazily (see load)
         _write_safetensors(dense, _dense_path(path))
+    modules = {f"layers.{i}.{attr}": module_spec(getattr(block, attr))
+               for i, block in enumerate(model.layers) for attr in PROJECTIONS}
     meta = {"shape": json.dumps(model.shape.__dict__), "layout": json.dumps(model.layout.as_dict()),
-            "dtype": str(model.dtype).removeprefix("torch.")}
+            "dtype": str(model.dtype).removeprefix("torch."), "modules": json.dumps(modules),
+            "stop_token_ids": json.dumps(sorted(getattr(model, "stop_token_ids", ()) or ()))}
     _write_safetensors(state, path, meta)
 
 
@@ -257,10 +326,14 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def load(path: Path) -> FastLlama:
     state, meta = read_safetensors(path)
-    shape = LlamaShape(**json.loads(meta["shape"]))
+    shape = json.loads(meta["shape"])
+    if shape.get("rope_freq_factors"):
+        shape["rope_freq_factors"] = tuple(shape["rope_freq_factors"])
+    shape = LlamaShape(**shape)
     layout = Layout(**json.loads(meta["layout"]))
     dtype = getattr(torch, meta["dtype"])
-    model = _skeleton(shape, dtype, layout)
+    model = _skeleton(shape, dtype, layout, json.loads(meta["modules"]) if "modules" in meta else None)
+    model.stop_token_ids = set(json.loads(meta.get("stop_token_ids", "[]")))
     if _packed_names(model):
         packed, stamp = read_safetensors(_packed_path(path))
         if stamp != _packing_stamp():
@@ -280,6 +353,11 @@ def load(path: Path) -> FastLlama:
     return model.norms_to_float().eval()
 
 
+def is_cached(folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout()) -> bool:
+    """A repacked model is in `folder` (built, so the file was checked then)."""
+    return (Path(folder) / f"{cache_key(dtype, layout)}.safetensors").is_file()
+
+
 def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout(),
                   progress=None) -> FastLlama:
     """The repacked model from `folder` (a cache keyed by the GGUF file), building it once."""
@@ -292,7 +370,7 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
             pass  # rebuilt below: every file is replaced whole
     if progress:
         progress(f"Repacking {Path(gguf_path).name} for the fast engine (once per CPU kernel path)...")
-    model = from_gguf(gguf_path, dtype, layout)
+    model = from_gguf(gguf_path, dtype, layout)  # NotOnFastPath before anything is written
     save(model, folder, key)
     _remove_stale(folder)
     return model

@@ -5,6 +5,10 @@ length, so a prefill, a decode step and a soft-prompt prefix are the same `forwa
 is no mask building, no cache object to grow and no position bookkeeping: RoPE tables are computed
 once, Q/K/V and gate/up are one matmul each, and grouped-query attention runs as one SDPA call with
 the query heads of a KV head stacked as rows (no K/V repeat).
+
+The same forward serves Mistral (a Llama), Qwen2 (a bias on Q/K/V), Qwen3 (an RMSNorm over each
+head of Q and K before RoPE, and its own head size) and Llama 3.x (RoPE frequencies divided by
+per-frequency factors): optional parts of `Block`, switched by `LlamaShape`.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ def rope_tables(shape: LlamaShape, dtype: torch.dtype) -> tuple[torch.Tensor, to
     then cast), so `x * cos + roll(x, half) * sin` equals `x * cos + rotate_half(x) * sin`."""
     dim = shape.head_dim
     inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if shape.rope_freq_factors:  # Llama 3.x rope scaling, as llama.cpp's rope_freqs applies it
+        inv_freq = inv_freq / torch.tensor(shape.rope_freq_factors, dtype=torch.float32)
     freqs = torch.arange(shape.max_seq_len).float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     sign = torch.cat([-torch.ones(dim // 2), torch.ones(dim // 2)])
@@ -118,6 +124,9 @@ class Block(nn.Module):
         self.w2 = UninitLinear(s.hidden_dim, s.dim, bias=False, dtype=dtype, device="meta")
         self.register_buffer("attention_norm", torch.ones(s.dim, dtype=dtype))
         self.register_buffer("ffn_norm", torch.ones(s.dim, dtype=dtype))
+        self.register_buffer("bqkv", torch.zeros(qkv_out, dtype=dtype) if s.qkv_bias else None)
+        self.register_buffer("q_norm", torch.ones(s.head_dim, dtype=dtype) if s.qk_norm else None)
+        self.register_buffer("k_norm", torch.ones(s.head_dim, dtype=dtype) if s.qk_norm else None)
 
 
 class FastLlama(nn.Module):
@@ -135,6 +144,7 @@ class FastLlama(nn.Module):
         self.cache = KVCache(s, dtype)
         self._norm_shape = (s.dim,)
         self.config = None  # the HF config, where one exists (callers read hidden_size etc.)
+        self.stop_token_ids: set[int] = set()  # what the GGUF metadata says ends a reply
         self.generation_config = None
 
     @property
@@ -152,6 +162,8 @@ class FastLlama(nn.Module):
         """RMSNorm weights in fp32, as the residual stream they scale."""
         for block in self.layers:
             block.attention_norm, block.ffn_norm = block.attention_norm.float(), block.ffn_norm.float()
+            if block.q_norm is not None:
+                block.q_norm, block.k_norm = block.q_norm.float(), block.k_norm.float()
         self.norm = self.norm.float()
         return self
 
@@ -191,10 +203,16 @@ class FastLlama(nn.Module):
         cos, sin = cos[:, None], sin[:, None]
         norm = self._norm
         keys, values = cache.k, cache.v
+        head_shape, eps = (D,), s.norm_eps
         for i, layer in enumerate(self.layers):
             h = norm(x, layer.attention_norm)
             qkv = layer.wqkv.forward(h)
+            if layer.bqkv is not None:
+                qkv = qkv + layer.bqkv
             qk = qkv[:, : qk_heads * D].view(T, qk_heads, D)
+            if layer.q_norm is not None:  # Qwen3: each head of Q and K normed before RoPE
+                qk = torch.cat([F.rms_norm(qk[:, :H].float(), head_shape, layer.q_norm, eps),
+                                F.rms_norm(qk[:, H:].float(), head_shape, layer.k_norm, eps)], dim=1).to(qkv.dtype)
             qk = qk * cos + qk.roll(half, -1) * sin
             keys[i, :, start:end] = qk[:, H:].transpose(0, 1)
             values[i, :, start:end] = qkv[:, qk_heads * D :].view(T, KV, D).transpose(0, 1)

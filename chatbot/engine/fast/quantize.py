@@ -3,7 +3,11 @@ model's `nn.Linear`s for them (gpt-fast style).
 
 - `Int4Linear`: groups of 32, `_weight_int4pack_mm_for_cpu`, which dequantizes `(q - 8) * scale +
   zero`. GGUF Q4_1 stores `d * q + m`, so scale = d and zero = m + 8 d repack it exactly (up to
-  rounding d and m to the activation dtype, as a bf16 copy of the weights also rounds).
+  rounding d and m to the activation dtype, as a bf16 copy of the weights also rounds). Q4_0 and
+  Q4_K map the same way; 5- and 8-bit types (Q5_0, Q5_1, Q5_K, Q8_0) add a second int4 plane
+  (their high bits times 16 d), summed by a second kernel call: exact as well.
+- `SplitLinear`: projections of one fused matmul (Q/K/V, gate/up) whose GGUF types differ (a
+  Q4_K_M file mixes them), each in its own form, outputs concatenated.
 - `Int8Linear`: one scale per output row, `_weight_int8pack_mm` (used for the Q8_0 output head,
   re-quantized per row; or any dense weight).
 - `Q8Embedding`: Q8_0 rows looked up exactly (int8 + one fp32 scale per 32).
@@ -33,7 +37,7 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: t
     return packed, scales_and_zeros
 
 
-def q4_1_to_int4(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, dtype: torch.dtype):
+def plane_to_int4(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, dtype: torch.dtype):
     """GGUF Q4_1 (w = d q + m) -> int4 kernel form (w = (q - 8) scale + zero)."""
     return pack_int4(q, d, m + 8 * d, dtype)
 
@@ -45,7 +49,10 @@ def quantize_int4(weight: torch.Tensor, dtype: torch.dtype):
     lo, hi = groups.amin(-1), groups.amax(-1)
     d = ((hi - lo) / 15).clamp(min=1e-8)
     q = ((groups - lo[..., None]) / d[..., None]).round().clamp(0, 15).to(torch.uint8).view(n, k)
-    return q4_1_to_int4(q, d, lo, dtype)
+    return plane_to_int4(q, d, lo, dtype)
+
+
+q4_1_to_int4 = plane_to_int4  # the Q4_1 form is the plane form
 
 
 def quantize_int8_rows(weight: torch.Tensor, dtype: torch.dtype):
@@ -57,20 +64,43 @@ def quantize_int8_rows(weight: torch.Tensor, dtype: torch.dtype):
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, dtype=torch.bfloat16, dense: bool = False):
+    """planes=2: a second packed weight (`weight_hi`, `scales_and_zeros_hi`) added to the first."""
+
+    def __init__(self, in_features: int, out_features: int, dtype=torch.bfloat16, dense: bool = False, planes: int = 1):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scales_and_zeros", torch.empty(in_features // GROUP, out_features, 2, dtype=dtype))
+        hi = planes > 1
+        self.register_buffer("weight_hi", torch.empty(out_features, in_features // 2, dtype=torch.uint8) if hi else None)
+        self.register_buffer("scales_and_zeros_hi", torch.empty(in_features // GROUP, out_features, 2, dtype=dtype) if hi else None)
         self.register_buffer("dense", torch.empty(out_features, in_features, dtype=dtype) if dense else None)
+
+    @property
+    def planes(self) -> int:
+        return 1 if self.weight_hi is None else 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None and x.shape[0] >= DENSE_MIN_ROWS:
             return F.linear(x, self.dense)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
+        if self.weight_hi is not None:
+            y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight_hi, GROUP, self.scales_and_zeros_hi)
+        return y
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, dense={self.dense is not None}"
+        return f"in={self.in_features}, out={self.out_features}, planes={self.planes}, dense={self.dense is not None}"
+
+
+class SplitLinear(nn.Module):
+    """Several projections of the same input, each in its own form, outputs concatenated."""
+
+    def __init__(self, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part.forward(x) for part in self.parts], dim=-1)
 
 
 class Int8Linear(nn.Module):
@@ -110,14 +140,17 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def int4_from_q4_1(blocks, dtype, dense: bool) -> Int4Linear:
-    """blocks: (q, d, m) of one or more GGUF Q4_1 tensors stacked by rows."""
-    q, d, m = blocks
-    module = Int4Linear(q.shape[1], q.shape[0], dtype, dense=dense)
-    module.weight, module.scales_and_zeros = q4_1_to_int4(q, d, m, dtype)
+def int4_from_planes(planes, dtype, dense: bool) -> Int4Linear:
+    """planes: one or two (q, d, m) of GGUF blocks (gguf_weights.RawTensor.int4_planes), exact."""
+    from chatbot.engine.fast.gguf_weights import planes_to_dense
+
+    q = planes[0][0]
+    module = Int4Linear(q.shape[1], q.shape[0], dtype, dense=dense, planes=len(planes))
+    module.weight, module.scales_and_zeros = plane_to_int4(*planes[0], dtype)
+    if len(planes) > 1:
+        module.weight_hi, module.scales_and_zeros_hi = plane_to_int4(*planes[1], dtype)
     if dense:
-        w = q.view(q.shape[0], -1, GROUP).float() * d[..., None] + m[..., None]
-        module.dense = w.view(q.shape).to(dtype)
+        module.dense = planes_to_dense(planes).to(dtype)
     return module
 
 
