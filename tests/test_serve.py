@@ -128,6 +128,9 @@ def test_storing_when_asked_keeps_the_clients_turns_and_continues_by_id(served):
     client(url).chat.completions.create(model="tiny:pirate", messages=[{"role": "user", "content": "third"}],
                                         max_tokens=5, extra_headers={"X-Chatbot-Conversation": str(conversation)})
     assert [m.content for m in store.active_branch(conversation)][4] == "third"
+    with pytest.raises(openai.NotFoundError):
+        client(url).chat.completions.create(model="tiny:pirate", messages=[{"role": "user", "content": "x"}],
+                                            max_tokens=2, extra_headers={"X-Chatbot-Conversation": "999999"})
     before = len(store.list_conversations())
     ask(url)  # not asked to store: nothing is
     assert len(store.list_conversations()) == before
