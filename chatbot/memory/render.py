@@ -36,9 +36,6 @@ class Turn:
     # The stored messages (None: not stored); what memory recall looks for among dropped turns.
     user_id: int | None = field(default=None, compare=False)
     reply_id: int | None = field(default=None, compare=False)
-    # The stored messages (None: not stored); what memory recall looks for among dropped turns.
-    user_id: int | None = field(default=None, compare=False)
-    reply_id: int | None = field(default=None, compare=False)
 
     @property
     def answered(self) -> bool:
@@ -54,6 +51,16 @@ class Piece:
 
 def text_of(pieces: list[Piece]) -> str:
     return "".join(piece.text for piece in pieces)
+
+
+def _with_post_history(persona: Persona, text: str) -> str:
+    """A card's post-history instructions: the last word before the latest message."""
+    return f"{persona.post_history}\n\n{text}" if persona.post_history else text
+
+
+def is_opening(turn: Turn, index: int) -> bool:
+    """The persona's opening message (a card's first_mes): a reply with no question before it."""
+    return index == 0 and not turn.user and turn.answered
 
 
 def _with_control_code(persona: Persona, text: str) -> str:
@@ -79,8 +86,10 @@ def chat_messages(persona: Persona, turns: list[Turn], wrap=lambda text: text) -
         messages.append({"role": "system", "content": wrap(persona.control_code)})
     for index, turn in enumerate(turns):
         latest = index == len(turns) - 1
-        user = _with_control_code(persona, turn.user) if latest and persona.placement == "user" else turn.user
-        messages.append({"role": "user", "content": wrap(user)})
+        user = _with_post_history(persona, turn.user) if latest else turn.user
+        user = _with_control_code(persona, user) if latest and persona.placement == "user" else user
+        if not is_opening(turn, index):
+            messages.append({"role": "user", "content": wrap(user)})
         if turn.answered:
             messages.append({"role": "assistant", "content": wrap(turn.reply)})
     return messages
@@ -142,8 +151,12 @@ class PlainRenderer(_Renderer):
     def pieces(self, persona: Persona, turns: list[Turn]) -> list[Piece]:
         # Content keeps its leading space (" hello" is one word to a BPE); markers stay apart.
         pieces = [Piece(persona.control_code, True), Piece("\n\n", False)] if persona.control_code else []
-        for turn in turns:
-            pieces += [Piece("User:", False), Piece(f" {turn.user}", True), Piece("\nAssistant:", False)]
+        for index, turn in enumerate(turns):
+            if is_opening(turn, index):
+                pieces += [Piece("Assistant:", False), Piece(f" {turn.reply}", True), Piece("\n", False)]
+                continue
+            user = _with_post_history(persona, turn.user) if index == len(turns) - 1 else turn.user
+            pieces += [Piece("User:", False), Piece(f" {user}", True), Piece("\nAssistant:", False)]
             if turn.answered:
                 pieces += [Piece(f" {turn.reply}", True), Piece("\n", False)]
             elif turn.reply is not None:  # unanswered: the next message follows it directly
