@@ -146,3 +146,42 @@ def test_train_from_history_needs_liked_replies(tiny_dir, tmp_path, monkeypatch,
     assert run_cli([*base, "pirate", "--from-history"]) == 1  # a control-code persona
     assert "--replies-of pirate" in capsys.readouterr().err
     assert not (tmp_path / "data" / "personas").exists()
+
+
+# -- the TUI: a key on the selected reply ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_tui_rates_the_selected_reply_and_shows_it(tmp_path):
+    from tui_fakes import idle, make_app, wait_for
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.get_screen("chat")
+        await wait_for(pilot, lambda: idle(app), what="model")
+        for text in ("first", "second"):
+            screen.composer.focus()
+            screen.composer.text = text
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: not screen.busy and screen.log_view.messages[-1].status == "complete",
+                           what="reply")
+        first, last = [m for m in screen.log_view.messages if m.role == "assistant"]
+        await pilot.press("alt+g")  # nothing selected: the last reply
+        await wait_for(pilot, lambda: last.rating == "good", what="rated")
+        assert "✓ good" in str(last.query_one(".header").render())
+        await pilot.press("alt+up", "alt+up", "alt+b")  # the first reply, selected
+        await wait_for(pilot, lambda: first.rating == "bad", what="rated bad")
+        assert "✗ bad" in str(first.query_one(".header").render())
+        await pilot.press("alt+b")  # again: cleared
+        await wait_for(pilot, lambda: first.rating is None, what="cleared")
+        assert "bad" not in str(first.query_one(".header").render())
+    with Store.open(app.controller.settings.database_url()) as store:
+        replies = [m for m in store.active_branch(store.latest_conversation_id()) if m.role == "assistant"]
+    assert [m.rating for m in replies] == [None, "good"]
+    # opened again, the rating is shown
+    app = make_app(tmp_path, resume="last")
+    async with app.run_test(size=(110, 34)) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        screen = app.get_screen("chat")
+        await wait_for(pilot, lambda: len(screen.log_view.messages) == 4, what="conversation")
+        assert screen.log_view.messages[-1].rating == "good"

@@ -187,6 +187,11 @@ class ChatScreen(Screen):
         return self.controller.persona_color(name)
 
     def _message_view(self, m, siblings=(1, 1)) -> MessageView:
+        view = self._new_message_view(m, siblings)
+        view.rating = getattr(m, "rating", None)  # shown in its header
+        return view
+
+    def _new_message_view(self, m, siblings=(1, 1)) -> MessageView:
         if m.role == "assistant":
             name = m.persona.name if m.persona else None
             return MessageView(
@@ -405,6 +410,25 @@ class ChatScreen(Screen):
             messages = self.log_view.messages
             if index < len(messages):
                 self.call_after_refresh(self.log_view.select, messages[index])
+
+    def action_rate(self, rating: str) -> None:
+        """Rate the selected (or last) reply; the same rating again clears it."""
+        view = self._target("assistant")
+        if view is None or view.role != "assistant" or self.controller.store is None:
+            self.notify("No reply to rate yet.")
+            return
+        if view.status == "streaming":
+            self.notify("The reply is still streaming.")
+            return
+        new = None if view.rating == rating else rating
+        try:
+            self.controller.store.rate(view.message_id, new)
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        view.rating = new
+        view.refresh_header()
+        self.notify(f"Rated the reply {new}." if new else "Rating cleared.")
 
     def action_select(self, step: int) -> None:
         self.log_view.select_step(step)

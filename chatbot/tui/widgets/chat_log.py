@@ -37,6 +37,7 @@ class MessageView(Vertical):
         status: str = "complete",
         siblings: tuple[int, int] = (1, 1),
         pending: bool = False,
+        rating: str | None = None,
     ):
         super().__init__(classes=f"message -{role}")
         self.role = role
@@ -48,6 +49,7 @@ class MessageView(Vertical):
         self.status = status
         self.sibling_pos = siblings
         self.pending = pending
+        self.rating = rating  # a reply's "good" / "bad" (history rate, alt+g / alt+b)
         self._chunks: list[str] = []  # deltas from the decoding thread, drained by the repaint timer
         self._chunks_lock = threading.Lock()
         self._timer = None
@@ -62,6 +64,10 @@ class MessageView(Vertical):
         position, count = self.sibling_pos
         if count > 1:
             header.append(f"  ◀ {position}/{count} ▶", style="dim")
+        if self.rating == "good":
+            header.append("  ✓ good", style="green")
+        elif self.rating == "bad":
+            header.append("  ✗ bad", style="red")
         if self.pending:
             header.append("  waiting for the model…", style="italic dim")
         elif self.status == "streaming":
