@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     db: str = ""
     # A local transformers directory, a .gguf file or a hub id; empty means the bundled model.
     model: str = ""
+    # A folder of .gguf files `chatbot model list` shows and --model takes by name (issue 15).
+    models_dir: Path | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     engine: Literal["auto", "reference", "fast", "openai"] = "auto"
     context_budget: int = Field(default=2048, ge=64)

@@ -99,7 +99,8 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
 
 
 def write_tiny_gguf(path: Path, arch: str = "llama", kind: str = "Q4_K", seed: int = 0, kinds: dict | None = None,
-                    template: bool = True, tied: bool = True, eot: bool = False, rope_theta: float = 10000.0) -> Path:
+                    template: bool = True, tied: bool = True, eot: bool = False, rope_theta: float = 10000.0,
+                    file_type: int | None = None) -> Path:
     """A 2-layer random model; every 2-D weight of type `kind`, or `kinds[role]` (e.g.
     {"attn_v": "Q6_K"}) to mix types per tensor as a Q4_K_M file does."""
     rng = np.random.default_rng(seed)
@@ -114,6 +115,8 @@ def write_tiny_gguf(path: Path, arch: str = "llama", kind: str = "Q4_K", seed: i
     # Mistral, and then fails in this version (no such gguf-py architecture): named otherwise.
     writer.add_name("Mistral-tiny" if arch == "mistral" else f"tiny-{arch}")
     writer.add_context_length(1024)
+    if file_type is not None:
+        writer.add_file_type(file_type)  # general.file_type: llama.cpp's name for the mix (15 = Q4_K_M)
     writer.add_embedding_length(DIM)
     writer.add_block_count(LAYERS)
     writer.add_feed_forward_length(HIDDEN)

@@ -2,8 +2,7 @@
 Run through the console script's entry point (`chatbot.cli.app.main`), in process."""
 
 import pytest
-
-from chatbot.cli.app import main
+from cli_invoke import invoke_main
 
 
 @pytest.fixture
@@ -13,15 +12,7 @@ def run(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("CHATBOT_DB", raising=False)
     monkeypatch.delenv("CHATBOT_MODEL", raising=False)
 
-    def invoke(args):
-        try:
-            code = main(args)
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return lambda args: invoke_main(capsys, *args)
 
 
 def test_model_after_the_command_is_the_global_model(run, tmp_path):

@@ -5,9 +5,9 @@ it cannot, and one line on `--engine fast` then. Tiny random files written by th
 from __future__ import annotations
 
 import pytest
+from cli_invoke import invoke_main
 from gguf_tiny import vocabulary, write_tiny_gguf
 
-from chatbot.cli.app import main
 from chatbot.config import Settings
 from chatbot.memory.context import ContextBuilder
 from chatbot.personas.schema import Persona
@@ -20,15 +20,7 @@ def cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CHATBOT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CHATBOT_DB", raising=False)
 
-    def invoke(*args):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return lambda *args: invoke_main(capsys, *args)
 
 
 def test_chat_template_and_stop_tokens_come_from_the_file(tmp_path):

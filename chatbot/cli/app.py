@@ -25,7 +25,7 @@ def root(
     ctx: typer.Context,
     db: str | None = typer.Option(None, "--db", help="Database path or SQLAlchemy URL [env CHATBOT_DB]."),
     model: str | None = typer.Option(
-        None, "--model", help="Model: a transformers directory, a .gguf file or a hub id [env CHATBOT_MODEL]."
+        None, "--model", help="Model: a transformers directory, a .gguf file, a hub id or a name `chatbot model list` shows [env CHATBOT_MODEL]."
     ),
     engine: str | None = typer.Option(None, "--engine", help="Decode engine: auto, reference or fast."),
     resume: str | None = typer.Option(

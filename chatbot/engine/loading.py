@@ -41,9 +41,12 @@ class ModelSource:
     kind: str  # "gguf" | "directory" | "hub"
     location: str  # a file path, a directory path or a hub id
     bundled: bool = False
+    listed_as: str = ""  # the name `chatbot model list` shows, when --model gave one
 
     @property
     def name(self) -> str:
+        if self.listed_as:
+            return self.listed_as
         if self.kind == "hub":
             return self.location
         return Path(self.location).name.removesuffix(".gguf")
@@ -92,6 +95,10 @@ def resolve_source(spec: str) -> ModelSource:
     """Turn `--model` / CHATBOT_MODEL (or nothing) into a ModelSource."""
     if not spec:
         return ModelSource("gguf", str(bundled_gguf()), bundled=True)
+    from chatbot.models import discovery
+
+    if spec == "bundled" or spec.startswith(tuple(discovery.PREFIXES)):
+        return _listed(spec, discovery.find(spec))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -102,8 +109,18 @@ def resolve_source(spec: str) -> ModelSource:
             raise UserError(f"{path} is not a transformers model directory (no config.json)")
         return ModelSource("directory", str(path.resolve()))
     if HUB_ID.fullmatch(spec) and not path.exists():  # `gpt2` as much as `openai-community/gpt2`
-        return ModelSource("hub", spec)
+        entry = discovery.find(spec)  # a name `model list` shows (models_dir, converted) before the hub
+        return _listed(spec, entry) if entry else ModelSource("hub", spec)
     raise NotFoundError(f"no such model: {spec} (give a model directory, a .gguf file or a hub id)")
+
+
+def _listed(spec: str, entry) -> ModelSource:
+    if entry is None:
+        raise NotFoundError(f"no model named {spec} here (`chatbot model list` shows the models found)")
+    kind = "directory" if Path(entry.path).is_dir() else "gguf"
+    if entry.source == "bundled":
+        return ModelSource("gguf", entry.path, bundled=True)
+    return ModelSource(kind, entry.path, listed_as=entry.name)
 
 
 # -- the GGUF conversion cache --------------------------------------------------------------------
