@@ -159,7 +159,11 @@ class ChatSession:
     def memory_sources(self) -> list:
         """Where this turn's memory block comes from (memory/passages.py): recall in the scope of
         the `memory` setting."""
-        return sources_for(self.store, self.settings.memory, self.persona.persona.name)
+        from chatbot.personas.lorebook import lorebook_sources  # the persona's own world info first
+
+        return lorebook_sources(self.persona, self.runtime.tokenizer) + sources_for(
+            self.store, self.settings.memory, self.persona.persona.name
+        )
 
     def prefix(self) -> Prefix | None:
         from chatbot.personas.soft_prompt import prefix_for

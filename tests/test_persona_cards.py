@@ -8,7 +8,7 @@ import json
 
 import pytest
 from card_files import REAL_WORLD_V2, b64, card_png, charx, png, text_chunk, v3
-from test_persona_support import run_cli
+from test_persona_support import run_cli, tiny_dir, tokenizer  # noqa: F401
 
 from chatbot.engine.sampling import SamplingParams
 from chatbot.personas.registry import find
@@ -117,3 +117,48 @@ def test_a_new_conversation_opens_with_the_first_message(tmp_path, data_dir, iso
         # reopened from the store, the same history
         again = ChatSession(tiny_runtime, isolated_settings, installed, store, session.conversation_id)
         assert again.history[0].user == "" and again.history[0].reply == branch[0].content
+
+
+
+def test_an_imported_card_distills_into_a_soft_prompt(tmp_path, data_dir, tiny_dir, capsys):  # noqa: F811
+    card = tmp_path / "mara.json"
+    card.write_text(json.dumps(REAL_WORLD_V2))
+    model = ["--model", str(tiny_dir)]
+    assert run_cli([*model, "persona", "import", str(card), "--name", "mara"]) == 0
+    assert run_cli([*model, "persona", "distill", "mara", "--limit", "4", "--max-new-tokens", "6", "--steps", "2",
+                    "--virtual-tokens", "4", "--batch-size", "2"]) == 0, capsys.readouterr().err
+    soft = find("mara-soft", data_dir)
+    teacher = find("mara", data_dir).persona
+    assert soft.persona.first_messages == teacher.first_messages and soft.persona.post_history == ""
+    assert (soft.folder / "lorebook.json").read_text() == (find("mara", data_dir).folder / "lorebook.json").read_text()
+    record = json.loads((soft.folder / "soft_prompt" / "training.json").read_text())
+    # the card's text (hundreds of tokens) against 4 virtual tokens
+    assert record["prompt_tokens_saved"] > 150 and record["teacher_post_history"] == teacher.post_history
+    capsys.readouterr()
+    assert run_cli([*model, "persona", "show", "mara-soft", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["training"]["prompt_tokens_saved"] == record["prompt_tokens_saved"]
+    assert run_cli([*model, "persona", "eval", "mara-soft", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert None not in (result["nll_none"], result["nll_control_code"], result["nll_soft_prompt"])
+
+
+def test_the_lorebook_reaches_a_turn_and_history_context(tmp_path, data_dir, isolated_settings, tiny_runtime, capsys):
+    assert import_file(tmp_path, "mara.json", json.dumps(REAL_WORLD_V2).encode(), "--name", "mara") == 0
+    installed = find("mara", data_dir)
+    with Store.open(isolated_settings.database_url()) as store:
+        session = ChatSession(tiny_runtime, isolated_settings, installed, store)
+        reply = session.send("What is the Ashen Reach?", SamplingParams(temperature=0, max_new_tokens=4))
+        reply.run()
+        assert "World info:\n- The year is 1887" in reply.context.text
+        assert [p.source for p in reply.context.recalled] == ["lorebook", "lorebook"]
+        stored = store.recalled_of(reply.message_id)
+        assert [item["source"] for item in stored] == ["lorebook", "lorebook"]
+        conversation_id = session.conversation_id
+    capsys.readouterr()
+    assert run_cli(["history", "context", str(conversation_id), "-m", "And the Kestrel?"]) == 0
+    out = capsys.readouterr().out
+    assert "#   lorebook: The Kestrel is a three-masted airship" in out and "World info:" in out
+    assert run_cli(["history", "context", str(conversation_id), "--reply", str(reply.message_id), "--json"]) == 0
+    recalled = json.loads(capsys.readouterr().out)["recalled"]
+    assert [p["text"] for p in recalled] == ["The year is 1887 and airships rule the sky.",
+                                             "The Ashen Reach is a storm belt where ships vanish."]

@@ -62,7 +62,9 @@ def context(
     params = resolve_sampling(state.settings, installed)
     budget, note = prompt_budget(state.settings.context_budget, context_length, params.max_new_tokens)
     if reply is None:
-        sources = sources_for(store, state.settings.memory, installed.persona.name)
+        from chatbot.personas.lorebook import lorebook_sources
+
+        sources = lorebook_sources(installed, tokenizer) + sources_for(store, state.settings.memory, installed.persona.name)
     else:  # what was recalled for it, as stored (the scope then decided it; None: memory was off)
         items = store.recalled_of(reply)
         sources = [] if items is None else [StoredPassages(store, items)]

@@ -105,7 +105,7 @@ def show_cmd(
             record = json.loads(record_path.read_text())
             info["training"] = {k: record.get(k) for k in (
                 "best_step", "heldout_loss_init", "heldout_loss_best", "n_train_replies",
-                "n_heldout_replies", "seconds", "seconds_per_step", "distilled_from")}
+                "n_heldout_replies", "seconds", "seconds_per_step", "distilled_from", "prompt_tokens_saved")}
     if as_json:
         print(json.dumps(info, indent=1, ensure_ascii=False))
         return

@@ -116,7 +116,8 @@ def teacher_condition(installed: InstalledPersona, everyone: dict[str, Installed
         record = json.loads((sp.adapter_dir(installed) / HISTORY_FILE).read_text())
         code = record.get("teacher_control_code")
         if code:  # ':' cannot occur in a persona name, so this never meets another condition's
-            teacher = Persona(name="teacher", control_code=code, placement=record.get("teacher_placement", "user"))
+            teacher = Persona(name="teacher", control_code=code, placement=record.get("teacher_placement", "user"),
+                              post_history=record.get("teacher_post_history") or "")
             return Condition(f"{persona.distilled_from or persona.name}:teacher", teacher)
     except (OSError, ValueError, AttributeError, UserError):  # no record, or not one of ours
         pass

@@ -200,6 +200,7 @@ def soft_persona(name: str, description: str, base: Persona | None = None, disti
         greeting=base.greeting if base else "",
         color=base.color if base else "",
         generation=base.generation if base else Persona(name="x").generation,
+        first_messages=base.first_messages if base else (),  # a card's openings still open its conversations
         soft_prompt=SoftPromptRef(),
         distilled_from=distilled_from,
     )
@@ -250,6 +251,15 @@ def teacher_conversations(
     return out
 
 
+def prompt_tokens_saved(tokenizer, teacher: Persona, student: Persona, virtual_tokens: int, budget: int = 2048) -> int:
+    """Prompt tokens per turn the soft prompt saves: a one-message prompt under the teacher's text
+    less the same under the student, its virtual tokens counted."""
+    builder = ContextBuilder(tokenizer, budget)
+    probe = "Hello, who are you?"
+    with_text = builder.build(teacher, [], probe).tokens
+    return with_text - builder.build(student, [], probe, reserved=virtual_tokens).tokens - virtual_tokens
+
+
 def write_jsonl(path: Path, conversations: list[dict]) -> None:
     ensure_private_dir(path.parent)
     tmp = path.with_suffix(".jsonl.tmp")
@@ -291,9 +301,15 @@ def distill_into(
         teacher.persona,
         distilled_from=teacher.persona.name,
     )
+    if teacher.persona.lorebook:  # a card's world info still applies, through the memory block
+        ensure_private_dir(folder)
+        shutil.copyfile(teacher.folder / teacher.persona.lorebook, folder / teacher.persona.lorebook)
+        persona = persona.model_copy(update={"lorebook": teacher.persona.lorebook})
     extra = {"distilled_from": teacher.persona.name, "teacher_control_code": teacher.persona.control_code,
-             "teacher_placement": teacher.persona.placement, "teacher_seconds": generated_s,
-             "teacher_max_new_tokens": max_new_tokens}
+             "teacher_placement": teacher.persona.placement, "teacher_post_history": teacher.persona.post_history,
+             "teacher_seconds": generated_s, "teacher_max_new_tokens": max_new_tokens,
+             "prompt_tokens_saved": prompt_tokens_saved(loaded.tokenizer, teacher.persona, persona,
+                                                        config.virtual_tokens, budget)}
     return train_into(loaded, folder, persona, data_path, config, teacher.persona.control_code,
                       resume=resume, budget=budget, on_step=on_step, extra_record=extra)
 
