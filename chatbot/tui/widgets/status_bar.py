@@ -18,23 +18,25 @@ class StatusBar(Static):
     context: reactive[tuple[int, int, int] | None] = reactive(None)  # tokens, budget, dropped turns
     speed: reactive[tuple[float, float] | None] = reactive(None)  # ttft ms, tokens/s
     activity: reactive[str] = reactive("")
+    tuning: reactive[str] = reactive("")  # the conversation's own settings, if any (settings panel)
 
     def __init__(self, **kwargs):
         super().__init__("", markup=False, **kwargs)
 
     def render(self) -> Text:
         """The fullest form that fits the width. Narrower, the labels go first, then the last
-        reply's speed, then the model's name; the context figures stay (in the last resort
-        they come first, so only what follows them is cut)."""
+        reply's speed, then the model's name, then the conversation's own settings; the context
+        figures stay (in the last resort they come first, so only what follows them is cut)."""
         width = self.content_size.width
-        forms = [(True, True, True), (False, True, True), (False, False, True), (False, False, False)]
-        for labels, speed, model in forms:
-            bar = self._line(labels, speed, model)
+        forms = [(True, True, True, True), (False, True, True, True), (False, False, True, True),
+                 (False, False, False, True), (False, False, False, False)]
+        for labels, speed, model, tuning in forms:
+            bar = self._line(labels, speed, model, tuning)
             if bar.cell_len <= width:
                 return bar
-        return self._line(False, False, False, context_first=True)
+        return self._line(False, False, False, False, context_first=True)
 
-    def _line(self, labels: bool, speed: bool, model: bool, context_first: bool = False) -> Text:
+    def _line(self, labels: bool, speed: bool, model: bool, tuning: bool = True, context_first: bool = False) -> Text:
         sections: list[Text] = []
         if model:
             section = _labelled("model ", labels)
@@ -43,6 +45,10 @@ class StatusBar(Static):
         section = _labelled("persona ", labels)
         section.append(clean(self.persona), style=color_style(self.persona_color))
         sections.append(section)
+        if self.tuning and tuning:
+            section = _labelled("settings ", labels)
+            section.append(clean(self.tuning), style="cyan")
+            sections.append(section)
         context = self._context_section(labels)
         if context_first:
             sections.insert(0, context)
