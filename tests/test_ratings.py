@@ -185,3 +185,23 @@ async def test_tui_rates_the_selected_reply_and_shows_it(tmp_path):
         screen = app.get_screen("chat")
         await wait_for(pilot, lambda: len(screen.log_view.messages) == 4, what="conversation")
         assert screen.log_view.messages[-1].rating == "good"
+
+
+def test_a_liked_reply_trains_in_its_stored_context_with_what_memory_recalled(tmp_path, smol_tokenizer):
+    from chatbot.personas.data import Encoder
+    from chatbot.personas.from_history import liked_replies
+    from chatbot.personas.schema import Persona
+
+    db = tmp_path / "h.db"
+    ids = liked_history(db)
+    with Store.open(str(db)) as store:
+        store.record_recalled(ids["r3"], [{"source": "lorebook", "message_id": None, "conversation_id": None,
+                                           "text": "The Kestrel is a brass airship.", "heading": "World info:"}])
+        liked = {item.message_id: item for item in liked_replies(store, {"mara"})}
+    assert sorted(liked) == sorted([ids["r1"], ids["r3"], ids["r4"]])
+    encoder = Encoder(smol_tokenizer, 512)
+    student = Persona(name="mara-soft")
+    prompt = smol_tokenizer.decode(encoder.encode(student, liked[ids["r3"]].example).prompt_ids)
+    assert "World info:\n- The Kestrel is a brass airship." in prompt
+    assert prompt.index("Welcome aboard.") < prompt.index("Don't ask why.") < prompt.index("Can I steer?")
+    assert "brass airship" not in smol_tokenizer.decode(encoder.encode(student, liked[ids["r4"]].example).prompt_ids)

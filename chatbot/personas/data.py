@@ -31,6 +31,9 @@ class Example:
     message: str
     reply: str
     line: int  # the JSONL line (conversation) it came from
+    # What memory put in front of the message when it was answered (`--from-history`: the stored
+    # reply's recalled passages), rebuilt into the prompt as at inference.
+    memory: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,17 @@ class Encoder:
         self.end_ids = end_of_turn_ids(tokenizer, self.builder)
 
     def encode(self, persona: Persona, example: Example, reserved: int = 0) -> Encoded:
-        context = self.builder.build(persona, list(example.history), example.message, reserved=reserved)
+        memory = [_Passages(example.memory)] if example.memory else ()
+        context = self.builder.build(persona, list(example.history), example.message, reserved=reserved, memory=memory)
         reply = self.builder.encode_content(example.reply)  # a reply is content: never special tokens
         return Encoded(list(context.prompt_ids), list(reply) + self.end_ids)
+
+
+class _Passages:
+    """Fixed passages as a memory source (memory/passages.py)."""
+
+    def __init__(self, passages):
+        self._passages = list(passages)
+
+    def passages(self, request) -> list:
+        return self._passages

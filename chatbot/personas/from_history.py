@@ -2,7 +2,8 @@
 
 Each liked reply (rating "good", complete, by one of the given personas) is one example: the
 stored branch before it is its history, windowed as at inference (each reply's stored window
-start), its question the message. Only liked replies are targets: every other reply around
+start), its question the message, and what memory recalled for it (`messages.recalled`) its
+memory block. Only liked replies are targets: every other reply around
 them (disliked, unrated, another liked one) is history, never a target. The examples are also
 written as JSONL (those replies `"target": false`), one line per liked reply, so the held-out
 split and `persona eval` can refer to them by line.
@@ -40,9 +41,17 @@ def liked_replies(store, persona_names: set[str], conversation_ids: list[int] | 
             continue  # an opening message answers no question
         turns = turns_from_messages(branch[:-2])
         number = len(out) + 1
-        example = Example(tuple(turns), question.content, reply.content, number)
+        example = Example(tuple(turns), question.content, reply.content, number, recalled_for(store, reply.id))
         out.append(LikedReply(example, reply.id, reply.conversation_id, _jsonl_record(branch, reply)))
     return out
+
+
+def recalled_for(store, message_id: int) -> tuple:
+    """The passages memory put into the reply's prompt, as they read now (none when memory was off)."""
+    from chatbot.memory.recall import StoredPassages
+
+    items = store.recalled_of(message_id)
+    return tuple(StoredPassages(store, items).passages(None)) if items else ()
 
 
 def _jsonl_record(branch: list[MessageRecord], reply: MessageRecord) -> dict:
