@@ -60,8 +60,11 @@ def prompt_budget(budget: int, context_length: int, max_new_tokens: int) -> tupl
     )
 
 
-def resolve_sampling(settings: Settings, persona: InstalledPersona, **overrides) -> SamplingParams:
-    """Global settings, then the persona's defaults, then explicit overrides (None = unset).
+def resolve_sampling(
+    settings: Settings, persona: InstalledPersona, conversation: dict | None = None, **overrides
+) -> SamplingParams:
+    """Global settings, then the persona's defaults, then the conversation's own (its stored
+    settings: the TUI's settings panel), then explicit overrides (None = unset).
     Needs no model, so bad values are refused before one loads."""
     values = {
         "temperature": settings.temperature,
@@ -71,6 +74,7 @@ def resolve_sampling(settings: Settings, persona: InstalledPersona, **overrides)
         "max_new_tokens": settings.max_new_tokens,
     }
     values.update(persona.persona.generation.model_dump(exclude_none=True))
+    values.update({k: v for k, v in (conversation or {}).items() if k in values and v is not None})
     values.update({k: v for k, v in overrides.items() if v is not None})
     return SamplingParams(**values)
 

@@ -31,7 +31,11 @@ def shown(app) -> list[tuple[str, str]]:
 
 
 def body_text(view: MessageView) -> str:
-    return str(view.query_one(".body").render())
+    """The text a message shows: a reply rendered as Markdown, its blocks' text."""
+    body = view.query_one(".body")
+    if body.query("MarkdownBlock"):
+        return "\n".join(str(block.render()) for block in body.query("MarkdownBlock"))
+    return str(body.render())
 
 
 def header_text(view: MessageView) -> str:

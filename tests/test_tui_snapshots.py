@@ -88,3 +88,40 @@ def test_replay_screen(app, snap_compare):
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=before)
+
+
+MARKDOWN_REPLY = (
+    "## Reading a file\n\nUse **`open`** in a `with` block, as the [docs](https://docs.python.org/3/) say:\n\n"
+    "```python\nwith open(\"notes.txt\", encoding=\"utf-8\") as f:\n    for line in f:\n        print(line.rstrip())\n```\n\n"
+    "1. it closes the file\n2. even on *errors*\n\n> [bold] and <b>tags</b> stay text."
+)
+
+
+@pytest.fixture
+def markdown_app(tmp_path, monkeypatch):
+    from chatbot.store import Store
+
+    monkeypatch.setattr(sidebar, "when", lambda moment: "2025-01-01 12:00")
+    settings = make_settings(tmp_path)
+    cid = seed_conversation(settings, [("How do I **read** a file? [bold]", MARKDOWN_REPLY)], title="files")
+    with Store.open(settings.database_url()) as store:
+        store.set_conversation_settings(cid, {"temperature": 0.3, "max_new_tokens": 64, "memory": "off"})
+    return make_app(
+        tmp_path, FakeEngine(fixed_stats=True), settings=settings, resume="last",
+        prefs=Preferences(CONFIG), only=("assistant", "pirate"),
+    )
+
+
+def test_markdown_reply_and_the_conversations_settings_in_the_status_bar(markdown_app, snap_compare):
+    assert snap_compare(markdown_app, terminal_size=(110, 36), run_before=ready)
+
+
+def test_settings_panel(markdown_app, snap_compare):
+    async def before(pilot):
+        await ready(pilot)
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: pilot.app.screen.query("#temperature"))
+        pilot.app.screen.query_one("#temperature").cursor_blink = False
+        await pilot.pause(0.2)
+
+    assert snap_compare(markdown_app, terminal_size=(110, 36), run_before=before)

@@ -202,6 +202,21 @@ class Store:
 
     # --- messages ------------------------------------------------------------------------------
 
+    def conversation_settings(self, conversation_id: int) -> dict[str, Any]:
+        """The conversation's own settings (sampling, context budget, memory scope...: the TUI's
+        settings panel), {} when it has none."""
+        return self._read(lambda s: dict(repository.get_conversation(s, conversation_id).settings or {}))
+
+    def set_conversation_settings(self, conversation_id: int, settings: dict[str, Any]) -> None:
+        """Replace the conversation's settings (an empty dict clears them)."""
+        _refuse(limits.non_finite("the settings", settings))
+        _refuse(limits.json_too_long("the settings", settings, limits.SETTINGS_MAX_CHARS))
+
+        def write(session: Session) -> None:
+            repository.get_conversation(session, conversation_id).settings = dict(settings) or None
+
+        self._write(write)
+
     def add_user_message(self, conversation_id: int, content: str, parent_id: int | None) -> int:
         """Commit a user message (before generation starts); returns its id."""
         _refuse(limits.too_long("the message", content, limits.MESSAGE_MAX_CHARS))

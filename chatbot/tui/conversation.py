@@ -7,12 +7,15 @@ Nothing here imports torch: the session is built only once the model has loaded.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatbot.config import Settings
+from chatbot.errors import UserError
 from chatbot.personas.registry import InstalledPersona
+from chatbot.tui import conversation_settings
 
 
 @dataclass
@@ -37,6 +40,9 @@ class ChatController:
         self.leaf_id: int | None = None
         self._persona_pending = False
         self.lock = threading.Lock()  # one reply at a time
+        # The open conversation's own settings (the settings panel); a new conversation's are
+        # stored with it once its first turn is.
+        self.conversation_settings: dict[str, Any] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -66,6 +72,7 @@ class ChatController:
         session = self.session
         if session is None:
             return
+        session.settings = conversation_settings.session_settings(self.settings, self.conversation_settings)
         if self.conversation_id is None:
             session.start_new()
         else:
@@ -76,6 +83,8 @@ class ChatController:
 
     def open(self, conversation_id: int, leaf_id: int | None = None) -> None:
         branch = self.store.active_branch(conversation_id, leaf_id)  # NotFoundError if unknown
+        if conversation_id != self.conversation_id:
+            self.conversation_settings = self.store.conversation_settings(conversation_id)
         self.conversation_id = conversation_id
         self.leaf_id = branch[-1].id if branch else None
         self._take_persona_of(branch)
@@ -94,6 +103,7 @@ class ChatController:
 
     def new(self) -> None:
         self.conversation_id, self.leaf_id = None, None
+        self.conversation_settings = {}
         self._sync_session()
 
     def view(self) -> BranchView:
@@ -137,7 +147,10 @@ class ChatController:
     # -- turns (blocking: call from a worker thread) --------------------------------------------
 
     def params(self):
-        return self.session.sampling_params()
+        from chatbot.session import resolve_sampling
+
+        session = self.session
+        return resolve_sampling(session.settings, session.persona, conversation=self.conversation_settings)
 
     def send(self, text: str, cancel: threading.Event):
         return self.session.send(text, self.params(), cancel)
@@ -151,8 +164,33 @@ class ChatController:
 
     def finished(self, reply) -> None:
         """After a reply ends: follow the session to where it stored the turn."""
+        started = self.conversation_id is None and self.session.conversation_id is not None
         self.conversation_id = self.session.conversation_id
         self.leaf_id = self.session.leaf_id
+        if started and self.conversation_settings:
+            with contextlib.suppress(UserError):  # the store refused the turn's writes too: said already
+                self.store.set_conversation_settings(self.conversation_id, self.conversation_settings)
+
+    # -- the conversation's own settings ----------------------------------------------------------
+
+    def default_params(self):
+        """The sampling the persona and the global settings give, before the conversation's own."""
+        from chatbot.session import resolve_sampling
+
+        return resolve_sampling(self.settings, self.persona)
+
+    def check_settings(self, values: dict[str, Any]) -> dict[str, Any]:
+        """ValueError (one line) unless every value is allowed."""
+        return conversation_settings.check(values, self.settings, self.persona)
+
+    def set_conversation_settings(self, values: dict[str, Any]) -> None:
+        """Keep them with the conversation (a new one: once it is stored); from the next reply on."""
+        values = self.check_settings(values)
+        if self.conversation_id is not None:
+            self.store.set_conversation_settings(self.conversation_id, values)
+        self.conversation_settings = dict(values)
+        if self.session is not None:
+            self.session.settings = conversation_settings.session_settings(self.settings, values)
 
     # -- personas -------------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """The UI's own config file, `tui.toml` in the config dir: the theme (saved when it changes),
-whether the input cursor blinks, and key bindings by id (see `keys.py`), for example:
+whether the input cursor blinks, whether replies are rendered as Markdown (saved when toggled),
+and key bindings by id (see `keys.py`), for example:
 
     theme = "nord"
     cursor_blink = false
+    markdown = false
 
     [keys]
     regenerate = "ctrl+g"
@@ -36,6 +38,7 @@ class Preferences:
     theme: str | None = None
     # Each blink repaints the screen: ~7% of a core while the UI sits idle (measured on 2 cores).
     cursor_blink: bool = True
+    markdown: bool = True  # replies rendered as Markdown; false shows their raw text
     keys: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -52,11 +55,12 @@ class Preferences:
         theme = raw.get("theme")
         if isinstance(theme, str) and theme:
             prefs.theme = theme
-        blink = raw.get("cursor_blink", True)
-        if isinstance(blink, bool):
-            prefs.cursor_blink = blink
-        else:
-            prefs.problems.append(f"{path}: cursor_blink must be true or false")
+        for name in ("cursor_blink", "markdown"):
+            value = raw.get(name, True)
+            if isinstance(value, bool):
+                setattr(prefs, name, value)
+            else:
+                prefs.problems.append(f"{path}: {name} must be true or false")
         keys = raw.get("keys", {})
         if not isinstance(keys, dict):
             prefs.problems.append(f"{path}: [keys] must be a table of id = \"keys\"")
@@ -79,6 +83,8 @@ class Preferences:
             lines.append(f"theme = {json.dumps(self.theme)}")
         if not self.cursor_blink:
             lines.append("cursor_blink = false")
+        if not self.markdown:
+            lines.append("markdown = false")
         if self.keys:
             lines += ["", "[keys]"] + [f"{k} = {json.dumps(v)}" for k, v in sorted(self.keys.items())]
         try:

@@ -18,7 +18,10 @@ from chatbot.tui.conversation import ChatController
 from chatbot.tui.widgets.chat_log import ChatLog, EventLine, MessageView
 from chatbot.tui.widgets.composer import Composer
 from chatbot.tui.widgets.dialogs import ConfirmDialog, ExportDialog, HelpScreen, PersonaPicker, TextPrompt
+from chatbot.tui import conversation_settings
 from chatbot.tui.widgets.replay import ReplayScreen
+from chatbot.tui.widgets.settings_panel import SettingsPanel
+from chatbot.tui.widgets.reply_markdown import code_blocks
 from chatbot.tui.widgets.sidebar import Sidebar, title_of
 from chatbot.tui.widgets.status_bar import StatusBar
 from chatbot.tui.widgets.text import literal
@@ -173,7 +176,7 @@ class ChatScreen(Screen):
         if session is None or self.busy or self.controller.conversation_id is None:
             return
         try:
-            ctx = session.context_for("")
+            ctx = session.context_for("", params=self.controller.params())
         except Exception:  # noqa: BLE001 - only a preview: the next turn reports a real problem
             return
         self.status.context = (ctx.tokens, ctx.budget, ctx.dropped_turns)
@@ -196,7 +199,7 @@ class ChatScreen(Screen):
             name = m.persona.name if m.persona else None
             return MessageView(
                 "assistant", m.content, label=self._label(name), color=self._color(name), message_id=m.id,
-                parent_id=m.parent_id, status=m.status, siblings=siblings,
+                parent_id=m.parent_id, status=m.status, siblings=siblings, markdown=self.app.prefs.markdown,
             )
         return MessageView(m.role, m.content, message_id=m.id, parent_id=m.parent_id, status=m.status, siblings=siblings)
 
@@ -231,6 +234,7 @@ class ChatScreen(Screen):
         p = self.controller.persona.persona
         self.status.persona = p.title
         self.status.persona_color = p.color
+        self.status.tuning = conversation_settings.summary(self.controller.conversation_settings)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -267,7 +271,9 @@ class ChatScreen(Screen):
         if kind != "regenerate":
             user_view = log.add_message(MessageView("user", text, parent_id=self.controller.leaf_id))
         persona = self.controller.persona.persona
-        view = MessageView("assistant", label=persona.title, color=persona.color, status="streaming")
+        view = MessageView(
+            "assistant", label=persona.title, color=persona.color, status="streaming", markdown=self.app.prefs.markdown
+        )
         log.add_message(view)
         view.start_stream()
         log.anchor()
@@ -316,7 +322,7 @@ class ChatScreen(Screen):
         self._send_next_pending()
 
     async def _turn_failed(self, view: MessageView, message: str, give_back: str | None = None) -> None:
-        view.end_stream("error")
+        await view.end_stream("error")
         if self.controller.session is not None and self.controller.session.conversation_id is not None:
             self.controller.finished(None)
             await self._render_view()  # what was stored (the question, the partial reply)
@@ -326,7 +332,7 @@ class ChatScreen(Screen):
         self._finish_turn()
 
     async def _turn_done(self, kind: str, reply, view: MessageView) -> None:
-        view.end_stream(reply.status, reply.text)
+        await view.end_stream(reply.status, reply.text)
         self.controller.finished(reply)
         stats = reply.stats
         self.status.speed = (stats.ttft_ms, stats.tokens_per_s)
@@ -456,6 +462,23 @@ class ChatScreen(Screen):
         what = "your message" if view.role == "user" else "the reply"
         self.notify(f"Copied {what} ({len(view.content)} characters).")
 
+    def action_copy_code(self) -> None:
+        view = self._target("assistant")
+        blocks = code_blocks(view.content) if view is not None else []
+        if not blocks:
+            self.notify("No code block in that reply.")
+            return
+        self.app.copy_to_clipboard(blocks[-1])
+        self.notify(f"Copied the code block ({len(blocks[-1])} characters).")
+
+    async def action_toggle_markdown(self) -> None:
+        prefs = self.app.prefs
+        prefs.markdown = not prefs.markdown
+        prefs.save()
+        for view in self.log_view.messages:
+            await view.show_markdown(prefs.markdown)
+        self.notify("Replies rendered as Markdown." if prefs.markdown else "Replies shown as raw text.")
+
     def _show_edit_banner(self) -> None:
         banner = self.query_one("#edit-banner", Static)
         if self.editing is None:
@@ -481,6 +504,36 @@ class ChatScreen(Screen):
             return
         self.log_view.add_event(f"── persona: {installed.persona.title} ──")
         self._show_persona()
+
+    # -- the conversation's own settings ----------------------------------------------------------
+
+    def action_settings(self) -> None:
+        controller = self.controller
+        settings = controller.settings
+        defaults = {  # what an empty field means: the persona's and the global settings
+            **controller.default_params().model_dump(),
+            "context_budget": settings.context_budget,
+            "memory": getattr(settings, "memory", None),
+        }
+        panel = SettingsPanel(
+            controller.personas, controller.persona.persona.name, controller.conversation_settings, defaults,
+            controller.check_settings,
+        )
+        self.app.push_screen(panel, self._settings_chosen)
+
+    def _settings_chosen(self, answer) -> None:
+        if answer is None:
+            return
+        persona, values = answer
+        try:
+            self.controller.set_conversation_settings(values)
+        except (UserError, ValueError) as exc:
+            self.notify(f"cannot keep the settings: {exc}", severity="error", markup=False)
+            return
+        self.switch_persona(persona)
+        self._show_persona()
+        self._preview_context()
+        self.notify("Settings kept: from the next reply on.")
 
     # -- conversations --------------------------------------------------------------------------
 

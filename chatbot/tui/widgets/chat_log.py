@@ -12,9 +12,12 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
+from chatbot.tui.widgets.reply_markdown import ReplyMarkdown
 from chatbot.tui.widgets.text import clean, color_style, literal
 
-STREAM_REPAINT_S = 1 / 10  # repaint a streaming reply at most this often (each frame costs the decoder CPU)
+# Repaint a streaming reply at most this often: each frame costs the decoder CPU, and most frames
+# that add a line lay the whole screen out again (tens of ms of CPU a frame at 120x40).
+STREAM_REPAINT_S = 1 / 4
 
 
 class MessageView(Vertical):
@@ -38,6 +41,7 @@ class MessageView(Vertical):
         siblings: tuple[int, int] = (1, 1),
         pending: bool = False,
         rating: str | None = None,
+        markdown: bool = False,
     ):
         super().__init__(classes=f"message -{role}")
         self.role = role
@@ -50,13 +54,29 @@ class MessageView(Vertical):
         self.sibling_pos = siblings
         self.pending = pending
         self.rating = rating  # a reply's "good" / "bad" (history rate, alt+g / alt+b)
+        self.markdown = markdown and role == "assistant"  # what you typed is always shown as typed
         self._chunks: list[str] = []  # deltas from the decoding thread, drained by the repaint timer
         self._chunks_lock = threading.Lock()
         self._timer = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="header", markup=False)
-        yield Static(literal(self.content), classes="body", markup=False)
+        yield self._make_body()
+
+    def _make_body(self) -> Static | ReplyMarkdown:
+        if self.markdown:
+            return ReplyMarkdown(self.content, classes="body")
+        return Static(literal(self.content), classes="body", markup=False)
+
+    async def show_markdown(self, on: bool) -> None:
+        """Render the reply as Markdown, or show its raw text (also while it streams)."""
+        on = on and self.role == "assistant"
+        if on == self.markdown:
+            return
+        self.markdown = on
+        if self.is_mounted:
+            await self.query_one(".body").remove()
+            await self.mount(self._make_body())
 
     def _header(self) -> Text:
         header = Text()
@@ -98,30 +118,34 @@ class MessageView(Vertical):
         with self._chunks_lock:
             self._chunks.append(delta)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         with self._chunks_lock:
             chunks, self._chunks = self._chunks, []
         if chunks:
             self.content += "".join(chunks)
-            self._show_body()
+            await self._show_body(grow=True)
 
-    def _show_body(self) -> None:
+    async def _show_body(self, grow: bool = False) -> None:
         """Repaint the text; lay the screen out again only when its height changes (a layout
-        of the whole log costs far more than a repaint, and most tokens do not add a line)."""
-        body = self.query_one(".body", Static)
+        of the whole log costs far more than a repaint, and most tokens do not add a line).
+        Markdown re-renders only its last block while it grows."""
+        body = self.query_one(".body")
+        if isinstance(body, ReplyMarkdown):
+            await (body.grow(self.content) if grow else body.show(self.content))
+            return
         content = Content(clean(self.content))
         width = body.content_region.width
         grows = width <= 0 or content.get_height(body.styles, width) != body.content_region.height
         body.update(content, layout=grows)
 
-    def end_stream(self, status: str, text: str | None = None) -> None:
+    async def end_stream(self, status: str, text: str | None = None) -> None:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
-        self.flush()
+        await self.flush()
         if text is not None and text != self.content:
             self.content = text
-            self._show_body()
+            await self._show_body()
         self.set_status(status)
 
     def on_click(self, event: events.Click) -> None:

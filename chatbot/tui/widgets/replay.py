@@ -67,14 +67,15 @@ class ReplayScreen(Screen):
                 self._show_status()
                 name = item.persona.name if item.persona else None
                 reply = MessageView(
-                    "assistant", label=self.label_of(name), color=self.color_of(name), message_id=item.id
+                    "assistant", label=self.label_of(name), color=self.color_of(name), message_id=item.id,
+                    markdown=self.app.prefs.markdown,
                 )
                 await log.mount(reply)
                 reply.start_stream()
                 for chunk in plan_reply(item, 1.0):
                     await self._wait(chunk.delay_s)
                     reply.push(chunk.text)
-                reply.end_stream(item.status, item.content)
+                await reply.end_stream(item.status, item.content)
                 self.skipping = False
         self.finished = True
         self._show_status()

@@ -1,0 +1,146 @@
+"""Replies rendered as Markdown in the chat UI (Pilot, fake model, real SQLite): rendered while
+they stream, code highlighted and copyable, links shown with their target and never opened, HTML
+and control characters shown as text, what you typed shown as typed, the raw-text toggle (F7,
+remembered), and the stored text exact throughout."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from textual.widgets import Markdown
+from textual.widgets.markdown import MarkdownFence
+from tui_fakes import FakeEngine, idle, make_app, wait_for
+
+from chatbot.store import Store
+from chatbot.tui.preferences import Preferences
+from chatbot.tui.widgets.reply_markdown import ReplyMarkdown, code_blocks
+
+SIZE = (110, 40)
+
+REPLY = (
+    "Here is **strong** and `code`, a [docs](http://example.com/x) link, [bold]kept[/] and <b>tags</b> \x1b[31mred.\n\n"
+    "```python\ndef f(x):\n    return x + 1\n```\n\n- one\n- two"
+)
+
+
+def chat(app):
+    return app.get_screen("chat")
+
+
+def screen_text(app) -> str:
+    return "\n".join("".join(s.text for s in strip) for strip in app.screen._compositor.render_strips())
+
+
+def last_reply(app):
+    return chat(app).log_view.messages[-1]
+
+
+def stored_branch(app):
+    with Store.open(app.controller.settings.database_url()) as store:
+        return store.active_branch(store.latest_conversation_id())
+
+
+async def send(pilot, text: str) -> None:
+    composer = chat(pilot.app).composer
+    composer.text = text
+    await pilot.press("enter")
+
+
+@pytest.mark.asyncio
+async def test_a_reply_is_rendered_and_what_you_typed_is_shown_as_typed(tmp_path):
+    app = make_app(tmp_path, FakeEngine(reply_for=lambda p: REPLY))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await send(pilot, "**not bold** [bold]x[/] `y`")
+        await wait_for(pilot, lambda: idle(app) and len(chat(app).log_view.messages) == 2)
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        assert "**not bold** [bold]x[/] `y`" in text  # the user's message: never rendered
+        assert "Here is strong and code, a docs <http://example.com/x> link," in text
+        assert "[bold]kept[/] and <b>tags</b> ␛[31mred." in text  # text, not markup, HTML or escapes
+        rendered = text.split("Assistant", 1)[1]
+        assert "**" not in rendered and "```" not in rendered
+        assert "def f(x):" in text and "• one" in text
+        fence = last_reply(app).query_one(MarkdownFence)
+        assert fence.lexer == "python" and len(fence._highlighted_code.spans) > 2  # highlighted
+        await pilot.press("ctrl+y")  # the code block, exactly
+        assert app.clipboard == "def f(x):\n    return x + 1\n"
+        await pilot.press("f5")  # the whole reply, exactly
+        assert app.clipboard == last_reply(app).content
+    user, reply = stored_branch(app)
+    assert user.content == "**not bold** [bold]x[/] `y`"
+    assert reply.content == REPLY
+
+
+@pytest.mark.asyncio
+async def test_a_reply_renders_while_it_streams(tmp_path):
+    engine = FakeEngine(
+        reply_for=lambda p: "# Title\n\nsome **strong** words and more words after them",
+        gate=threading.Event(), gate_after=4,
+    )
+    app = make_app(tmp_path, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await send(pilot, "go")
+        # Held after 4 tokens: the reply is half there and still streaming.
+        await wait_for(pilot, lambda: last_reply(app).content == "# Title\n\nsome **strong**", what="half a reply")
+        await wait_for(pilot, lambda: "some strong" in screen_text(app), what="rendered while streaming")
+        assert chat(app).busy and last_reply(app).query("MarkdownH1")
+        engine.gate.set()
+        await wait_for(pilot, lambda: idle(app), what="reply end")
+        await pilot.pause(0.2)
+        assert "some strong words and more words after them" in screen_text(app)
+    assert stored_branch(app)[-1].content == "# Title\n\nsome **strong** words and more words after them"
+
+
+@pytest.mark.asyncio
+async def test_a_link_is_shown_and_not_opened(tmp_path, monkeypatch):
+    opened = []
+    app = make_app(tmp_path, FakeEngine(reply_for=lambda p: "see [here](https://example.org/a?b=1) now"))
+    monkeypatch.setattr(app, "open_url", lambda *a, **k: opened.append(a))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await send(pilot, "link please")
+        await wait_for(pilot, lambda: idle(app) and len(chat(app).log_view.messages) == 2)
+        await pilot.pause(0.2)
+        lines = screen_text(app).splitlines()
+        row = next(i for i, line in enumerate(lines) if "see here <https://example.org/a?b=1> now" in line)
+        await pilot.click(offset=(lines[row].index("here") + 1, row))
+        await pilot.pause(0.3)
+        assert opened == []
+        assert any("Not opened: https://example.org/a?b=1" in n.message for n in app._notifications)
+
+
+@pytest.mark.asyncio
+async def test_raw_text_toggle_is_remembered(tmp_path):
+    config = tmp_path / "tui.toml"
+    app = make_app(tmp_path, FakeEngine(reply_for=lambda p: "a **b** c"), prefs=Preferences(config))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await send(pilot, "x")
+        await wait_for(pilot, lambda: idle(app) and len(chat(app).log_view.messages) == 2)
+        await pilot.pause(0.2)
+        assert "a b c" in screen_text(app)
+        await pilot.press("f7")
+        await pilot.pause(0.2)
+        assert "a **b** c" in screen_text(app) and not last_reply(app).query(Markdown)
+    assert Preferences.load(config).markdown is False
+    app = make_app(tmp_path, FakeEngine(reply_for=lambda p: "d **e** f"), prefs=Preferences.load(config), resume="last")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and chat(app).log_view.messages, what="resumed")
+        await send(pilot, "y")
+        await wait_for(pilot, lambda: idle(app) and len(chat(app).log_view.messages) == 4)
+        await pilot.pause(0.2)
+        assert "a **b** c" in screen_text(app) and "d **e** f" in screen_text(app)  # raw from the start
+        await pilot.press("f7")
+        await pilot.pause(0.2)
+        assert "a b c" in screen_text(app) and "d e f" in screen_text(app)
+        assert all(isinstance(m.query_one(".body"), ReplyMarkdown) for m in chat(app).log_view.messages
+                   if m.role == "assistant")
+    assert Preferences.load(config).markdown is True
+
+
+def test_code_blocks_are_taken_exactly():
+    text = "a\n\n```sh\nrm -rf /tmp/x  # two spaces\n```\n\n    indented\n"
+    assert code_blocks(text) == ["rm -rf /tmp/x  # two spaces\n", "indented\n"]

@@ -1,0 +1,126 @@
+"""The settings panel (F9 / the palette): a conversation's own persona, sampling, context budget
+and memory scope, kept in conversations.settings, applied from its next reply, shown in the status
+bar, refused in one line when out of bounds. Pilot over the fake model and a real SQLite file."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input, Select
+from tui_fakes import FakeEngine, idle, make_app, make_settings, seed_conversation, wait_for
+
+from chatbot.store import Store
+from chatbot.tui.conversation_settings import session_settings, summary
+
+SIZE = (110, 34)
+
+
+def chat(app):
+    return app.get_screen("chat")
+
+
+def stored(settings):
+    with Store.open(settings.database_url()) as store:
+        cid = store.latest_conversation_id()
+        return store.conversation_settings(cid), store.active_branch(cid)
+
+
+def status_line(app) -> str:
+    return str(chat(app).status.render())
+
+
+async def fill(pilot, **fields) -> None:
+    """Open the panel and type into its fields (the memory scope is a choice)."""
+    await pilot.press("f9")
+    await wait_for(pilot, lambda: pilot.app.screen.query("#temperature"), what="the panel")
+    for key, value in fields.items():
+        if key in ("memory", "persona"):
+            pilot.app.screen.query_one(f"#{key}", Select).value = value
+        else:
+            pilot.app.screen.query_one(f"#{key}", Input).value = value
+    await pilot.pause(0.1)
+
+
+async def send(pilot, text: str, replies: int) -> None:
+    chat(pilot.app).composer.text = text
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: idle(pilot.app) and len(chat(pilot.app).log_view.messages) == replies, what="reply")
+
+
+@pytest.mark.asyncio
+async def test_settings_are_kept_with_the_conversation_and_apply_from_the_next_reply(tmp_path):
+    settings = make_settings(tmp_path)
+    seed_conversation(settings, [("Hello", "Hi there")])
+    app = make_app(tmp_path, FakeEngine(), settings=settings, resume="last")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and chat(app).log_view.messages, what="resumed")
+        await fill(pilot, temperature="0.3", top_k="5", max_new_tokens="40", context_budget="300",
+                   repetition_penalty="1.0", memory="off")
+        await pilot.press("enter")  # Enter in a field saves
+        await wait_for(pilot, lambda: app.screen is chat(app), what="the panel closing")
+        kept, _ = stored(settings)
+        assert kept == {"temperature": 0.3, "top_k": 5, "max_new_tokens": 40, "context_budget": 300,
+                        "repetition_penalty": 1.0, "memory": "off"}
+        assert "temp 0.3" in status_line(app) and "budget 300" in status_line(app)
+        await wait_for(pilot, lambda: chat(app).status.context and chat(app).status.context[1] == 300, what="budget")
+        await send(pilot, "again", 4)
+        _, branch = stored(settings)
+        reply = branch[-1]
+        assert {k: reply.settings[k] for k in ("temperature", "top_k", "max_new_tokens", "repetition_penalty")} == {
+            "temperature": 0.3, "top_k": 5, "max_new_tokens": 40, "repetition_penalty": 1.0}
+        assert branch[1].settings == {}  # the earlier reply keeps what it was made with
+        assert chat(app).status.context[1] == 300
+    app = make_app(tmp_path, FakeEngine(), settings=settings, resume="last")  # reopened: still there
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and chat(app).log_view.messages, what="resumed")
+        assert "temp 0.3" in status_line(app)
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: app.screen.query("#temperature"), what="the panel")
+        assert app.screen.query_one("#top_k", Input).value == "5"
+        app.screen.query_one("#top_k", Input).value = ""  # emptied: back to the default
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is chat(app), what="the panel closing")
+    assert "top_k" not in stored(settings)[0] and stored(settings)[0]["temperature"] == 0.3
+
+
+@pytest.mark.asyncio
+async def test_a_value_out_of_bounds_is_refused_in_one_line_and_nothing_is_kept(tmp_path):
+    settings = make_settings(tmp_path)
+    seed_conversation(settings, [("Hello", "Hi there")])
+    app = make_app(tmp_path, FakeEngine(), settings=settings, resume="last")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app) and chat(app).log_view.messages, what="resumed")
+        for field, value, says in (("top_p", "1.5", "Top-p"), ("temperature", "warm", "not a number"),
+                                   ("context_budget", "10", "greater than or equal to 64")):
+            await fill(pilot, **{field: value})
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            error = str(app.screen.query_one("#settings-error").render())
+            assert says in error and "\n" not in error, error
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is chat(app), what="the panel closing")
+    assert stored(settings)[0] == {}
+
+
+@pytest.mark.asyncio
+async def test_a_new_conversations_settings_and_persona_are_stored_with_its_first_turn(tmp_path):
+    app = make_app(tmp_path, FakeEngine())
+    settings = app.controller.settings
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await fill(pilot, max_new_tokens="12", persona="pirate")
+        await pilot.click("#save")
+        await wait_for(pilot, lambda: app.screen is chat(app), what="the panel closing")
+        assert chat(app).status.persona == "Pirate" and "max 12" in status_line(app)
+        await send(pilot, "ahoy", 2)
+        kept, branch = stored(settings)
+    assert kept == {"max_new_tokens": 12}
+    assert branch[-1].persona.name == "pirate" and branch[-1].settings["max_new_tokens"] == 12
+
+
+def test_the_session_gets_the_budget_and_memory_scope_and_the_status_bar_a_summary(tmp_path):
+    base = make_settings(tmp_path)
+    mine = session_settings(base, {"context_budget": 300, "temperature": 0.2, "memory": "off"})
+    assert mine.context_budget == 300 and base.context_budget == 2048
+    assert mine.memory == "off" and base.memory == "conversation"
+    assert session_settings(base, {"temperature": 0.2}) is base
+    assert summary({"temperature": 0.25, "max_new_tokens": 64, "memory": "off"}) == "temp 0.25 · max 64 · memory off"
