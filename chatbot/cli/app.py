@@ -59,7 +59,7 @@ def _first_error(exc: Exception) -> str:
 def _register_groups() -> None:
     from chatbot.cli import ask, chat, model_cmd  # noqa: F401  (commands register themselves)
 
-    for optional in ("history", "context_cmd", "db_cmd", "persona_cmd", "serve_cmd"):
+    for optional in ("history", "context_cmd", "rerun_cmd", "db_cmd", "persona_cmd", "serve_cmd"):
         try:
             __import__(f"chatbot.cli.{optional}")
         except ModuleNotFoundError as exc:

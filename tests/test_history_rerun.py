@@ -1,0 +1,35 @@
+"""`chatbot history rerun ID --persona X`: a saved conversation answered again as a new branch."""
+
+from __future__ import annotations
+
+from test_persona_support import run_cli, tiny_dir, tokenizer  # noqa: F401
+
+from chatbot.store import Store
+
+
+def test_rerun_answers_every_question_again_as_a_new_branch(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    db = tmp_path / "r.db"
+    with Store.open(str(db)) as store:
+        pirate = store.persona_version("pirate", "control_code", {"name": "pirate"})
+        c = store.new_conversation(None, "tiny")
+        parent = None
+        for question, answer in (("Where to?", "Arr, Tortuga."), ("Why?", "For the rum.")):
+            _, reply = store.add_turn(c, question, parent, pirate, {}, None, "tiny")
+            store.finish_reply(reply, answer, "complete", {})
+            parent = reply
+        old = [m.id for m in store.active_branch(c)]
+    base = ["--model", str(tiny_dir), "--db", str(db), "history", "rerun", str(c)]
+    assert run_cli([*base, "--persona", "nobody"]) == 1  # refused before the model loads
+    capsys.readouterr()
+    assert run_cli([*base, "--persona", "robot", "--max-new-tokens", "3"]) == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    leaf = int(out.strip().splitlines()[-1])
+    assert f"ending at message {leaf}" in err and "user> Where to?" in out
+    with Store.open(str(db)) as store:
+        new = store.active_branch(c, leaf)
+        assert [m.role for m in new] == ["user", "assistant", "user", "assistant"]
+        assert [m.content for m in new if m.role == "user"] == ["Where to?", "Why?"]
+        assert {m.persona.name for m in new if m.role == "assistant"} == {"robot"}
+        assert [m.id for m in store.siblings(new[0].id)] == [old[0], new[0].id]  # beside the old branch
+        assert [m.id for m in store.active_branch(c, old[-1])] == old  # which is untouched
