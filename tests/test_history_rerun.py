@@ -33,3 +33,26 @@ def test_rerun_answers_every_question_again_as_a_new_branch(tiny_dir, tmp_path, 
         assert {m.persona.name for m in new if m.role == "assistant"} == {"robot"}
         assert [m.id for m in store.siblings(new[0].id)] == [old[0], new[0].id]  # beside the old branch
         assert [m.id for m in store.active_branch(c, old[-1])] == old  # which is untouched
+
+
+def test_persona_eval_scores_a_branch(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import json
+
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    db = tmp_path / "r.db"
+    with Store.open(str(db)) as store:
+        pirate = store.persona_version("pirate", "control_code", {"name": "pirate"})
+        c = store.new_conversation(None, "tiny")
+        (opening,) = store.add_openings(c, ["Ahoy!"], pirate, "tiny")
+        _, first = store.add_turn(c, "Where to?", opening, pirate, {}, None, "tiny")
+        store.finish_reply(first, "Arr, Tortuga.", "complete", {})
+        _, second = store.add_turn(c, "Why?", first, pirate, {}, None, "tiny")
+        store.finish_reply(second, "For the rum.", "complete", {})
+    base = ["--model", str(tiny_dir), "--db", str(db), "persona", "eval", "pirate", "--conversation", str(c)]
+    assert run_cli([*base, "--json"]) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_replies"] == 2 and result["nll_control_code"] is not None  # the opening is not scored
+    assert run_cli([*base, "--leaf", str(first), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_replies"] == 1
+    assert run_cli([*base, "--all"]) == 2
+    assert run_cli([*base[:-2], "--conversation", "99"]) == 1

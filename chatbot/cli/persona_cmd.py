@@ -421,6 +421,24 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _branch_data(ctx, conversation_id: int, leaf: int | None) -> Path:
+    """A stored branch's replies as a JSONL file to score (in a private temporary folder)."""
+    import atexit
+    import tempfile
+
+    from chatbot.personas.from_history import branch_record
+    from chatbot.personas.tuning import write_jsonl
+
+    record = branch_record(state_of(ctx).store(create=False).active_branch(conversation_id, leaf))
+    if record is None:
+        raise UserError(f"conversation {conversation_id} has no reply to score on that branch")
+    folder = Path(tempfile.mkdtemp(prefix="chatbot-eval-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / f"conversation-{conversation_id}.jsonl"
+    write_jsonl(path, [record])
+    return path
+
+
 @persona_app.command("eval")
 def eval_cmd(
     ctx: typer.Context,
@@ -431,6 +449,8 @@ def eval_cmd(
     placement: str | None = typer.Option(
         None, "--placement", help="Try the control code in another place (user or system) for this evaluation."
     ),
+    conversation: int | None = typer.Option(None, "--conversation", help="Score the replies of this saved conversation."),
+    leaf: int | None = typer.Option(None, "--leaf", help="With --conversation: the branch ending here (e.g. a rerun's)."),
 ) -> None:
     """Held-out reply NLL under no persona / the control code / the soft prompt, and attribution
     accuracy over all installed personas."""
@@ -442,6 +462,10 @@ def eval_cmd(
         raise UsageError("give a persona NAME or --all (not both)")
     if all_ and data is not None:
         raise UsageError("--data goes with one persona NAME, not --all")
+    if conversation is not None or leaf is not None:
+        if conversation is None or all_ or data is not None:
+            raise UsageError("--conversation (and --leaf) go with one persona NAME, without --data")
+        data = _branch_data(ctx, conversation, leaf)
     everyone, problems = scan(settings.data_dir)
     for problem in problems:
         print(f"chatbot: warning: skipped {problem}", file=sys.stderr)

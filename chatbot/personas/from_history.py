@@ -74,3 +74,22 @@ def require_enough(liked: list[LikedReply], names: set[str]) -> None:
             f"{len(liked)} liked repl{'y' if len(liked) == 1 else 'ies'} of {who} in the history: at least 2 are "
             "needed (one to train on, one held out); rate replies with `chatbot history rate ID good`"
         )
+
+
+def branch_record(branch: list[MessageRecord]) -> dict | None:
+    """A stored branch as one JSONL conversation whose every answered reply is a target (an
+    opening message, or a reply that never got text, is history only); None if it has no reply."""
+    messages: list[dict] = []
+    for message in branch:
+        if message.role == "user":
+            if messages and messages[-1]["role"] == "user":
+                messages.append({"role": "assistant", "content": "", "target": False})
+            messages.append({"role": "user", "content": message.content})
+        elif message.role == "assistant":
+            target = bool(messages) and bool(message.content.strip())
+            messages.append({"role": "assistant", "content": message.content, **({} if target else {"target": False})})
+    if messages and messages[-1]["role"] == "user":
+        messages.pop()  # an unanswered last question is not part of what is scored
+    if not any(m["role"] == "assistant" and m.get("target", True) for m in messages):
+        return None
+    return {"messages": messages}
