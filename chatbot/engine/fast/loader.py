@@ -373,7 +373,10 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     model = from_gguf(gguf_path, dtype, layout)  # NotOnFastPath before anything is written
     save(model, folder, key)
     _remove_stale(folder)
-    return model
+    # The built model holds its dense prefill copies in memory (bf16: ~4x an int4 layer); read
+    # back, they are memory-mapped and cost RSS only once a long prefill touches them.
+    del model
+    return load(path)
 
 
 def _remove_stale(folder: Path) -> None:
