@@ -41,6 +41,7 @@ KEYS: tuple[Key, ...] = (
     Key("replay", "f6", "replay", "Replay the conversation", "chat", short="Replay"),
     Key("rate_good", "alt+g", "rate('good')", "Rate the selected (or last) reply good (again: clear)", "chat", show=False),
     Key("rate_bad", "alt+b", "rate('bad')", "Rate the selected (or last) reply bad (again: clear)", "chat", show=False),
+    Key("recalled", "f10", "show_recalled", "What memory recalled for the selected (or last) reply", "chat", show=False),
     Key("markdown", "f7", "toggle_markdown", "Replies as Markdown / raw text (remembered)", "chat", show=False),
     Key("copy_code", "ctrl+y", "copy_code", "Copy the last code block of the selected (or last) reply", "chat", show=False),
     Key("settings", "f9", "settings", "Settings of this conversation (sampling, budget, memory)", "chat", show=False),

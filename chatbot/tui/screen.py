@@ -312,6 +312,7 @@ class ChatScreen(Screen):
         view.message_id, view.parent_id = reply.message_id, user_id
         ctx = reply.context
         self.status.context = (ctx.tokens, ctx.budget, ctx.dropped_turns)
+        self.status.recalled = len(ctx.recalled)
         for warning in reply.warnings:
             self.notify(warning, severity="warning")
 
@@ -435,6 +436,21 @@ class ChatScreen(Screen):
         view.rating = new
         view.refresh_header()
         self.notify(f"Rated the reply {new}." if new else "Rating cleared.")
+
+    def action_show_recalled(self) -> None:
+        """What memory recalled into the prompt of the selected (or last) reply, as stored with it."""
+        from chatbot.tui.widgets.recalled import RecalledScreen, recalled_lines
+
+        view = self._target("assistant")
+        if view is None or view.role != "assistant" or self.controller.store is None:
+            self.notify("No reply to show the memory of yet.")
+            return
+        try:
+            lines = recalled_lines(self.controller.store, view.message_id, self.controller.conversation_id)
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.app.push_screen(RecalledScreen(view.message_id, lines))
 
     def action_select(self, step: int) -> None:
         self.log_view.select_step(step)

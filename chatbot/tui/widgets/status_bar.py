@@ -18,6 +18,7 @@ class StatusBar(Static):
     context: reactive[tuple[int, int, int] | None] = reactive(None)  # tokens, budget, dropped turns
     speed: reactive[tuple[float, float] | None] = reactive(None)  # ttft ms, tokens/s
     activity: reactive[str] = reactive("")
+    recalled: reactive[int] = reactive(0)  # passages memory recalled for the last reply
     tuning: reactive[str] = reactive("")  # the conversation's own settings, if any (settings panel)
 
     def __init__(self, **kwargs):
@@ -81,6 +82,8 @@ class StatusBar(Static):
         if dropped:
             turns = f"{dropped} turn{'s' if dropped != 1 else ''}"
             section.append(f" ({turns} dropped)", style="yellow")
+        if self.recalled:
+            section.append(f" · recalled {self.recalled}", style="cyan")
         return section
 
 
