@@ -7,17 +7,26 @@ from test_persona_support import run_cli, tiny_dir, tokenizer  # noqa: F401
 from chatbot.store import Store
 
 
-def test_rerun_answers_every_question_again_as_a_new_branch(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
-    db = tmp_path / "r.db"
+def pirate_conversation(db, opening: str | None = None) -> tuple[int, list[int]]:
+    """A conversation of two answered questions with the pirate (after an opening, if given);
+    returns its id and its replies' ids."""
     with Store.open(str(db)) as store:
         pirate = store.persona_version("pirate", "control_code", {"name": "pirate"})
         c = store.new_conversation(None, "tiny")
-        parent = None
+        parent = store.add_openings(c, [opening], pirate, "tiny")[0] if opening else None
+        replies = []
         for question, answer in (("Where to?", "Arr, Tortuga."), ("Why?", "For the rum.")):
-            _, reply = store.add_turn(c, question, parent, pirate, {}, None, "tiny")
-            store.finish_reply(reply, answer, "complete", {})
-            parent = reply
+            _, parent = store.add_turn(c, question, parent, pirate, {}, None, "tiny")
+            store.finish_reply(parent, answer, "complete", {})
+            replies.append(parent)
+    return c, replies
+
+
+def test_rerun_answers_every_question_again_as_a_new_branch(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
+    db = tmp_path / "r.db"
+    c, _ = pirate_conversation(db)
+    with Store.open(str(db)) as store:
         old = [m.id for m in store.active_branch(c)]
     base = ["--model", str(tiny_dir), "--db", str(db), "history", "rerun", str(c)]
     assert run_cli([*base, "--persona", "nobody"]) == 1  # refused before the model loads
@@ -40,14 +49,7 @@ def test_persona_eval_scores_a_branch(tiny_dir, tmp_path, monkeypatch, capsys): 
 
     monkeypatch.setenv("CHATBOT_DATA_DIR", str(tmp_path / "data"))
     db = tmp_path / "r.db"
-    with Store.open(str(db)) as store:
-        pirate = store.persona_version("pirate", "control_code", {"name": "pirate"})
-        c = store.new_conversation(None, "tiny")
-        (opening,) = store.add_openings(c, ["Ahoy!"], pirate, "tiny")
-        _, first = store.add_turn(c, "Where to?", opening, pirate, {}, None, "tiny")
-        store.finish_reply(first, "Arr, Tortuga.", "complete", {})
-        _, second = store.add_turn(c, "Why?", first, pirate, {}, None, "tiny")
-        store.finish_reply(second, "For the rum.", "complete", {})
+    c, (first, _) = pirate_conversation(db, opening="Ahoy!")
     base = ["--model", str(tiny_dir), "--db", str(db), "persona", "eval", "pirate", "--conversation", str(c)]
     assert run_cli([*base, "--json"]) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)

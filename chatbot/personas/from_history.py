@@ -55,16 +55,24 @@ def recalled_for(store, message_id: int) -> tuple:
 
 
 def _jsonl_record(branch: list[MessageRecord], reply: MessageRecord) -> dict:
+    """The liked reply the one target, everything before it history."""
+    messages = _as_jsonl(branch, lambda message, first: message.id == reply.id)
+    return {"messages": messages, "meta": {"message_id": reply.id, "conversation_id": reply.conversation_id}}
+
+
+def _as_jsonl(branch: list[MessageRecord], is_target) -> list[dict]:
+    """A branch as training-data messages; `is_target(reply, opening)` picks the targets (the
+    others say "target": false). A question whose reply never came gets an empty one."""
     messages: list[dict] = []
-    for message in branch[:-1]:
+    for message in branch:
         if message.role == "user":
-            if messages and messages[-1]["role"] == "user":  # a question whose reply never came
+            if messages and messages[-1]["role"] == "user":
                 messages.append({"role": "assistant", "content": "", "target": False})
             messages.append({"role": "user", "content": message.content})
         elif message.role == "assistant":
-            messages.append({"role": "assistant", "content": message.content, "target": False})
-    messages.append({"role": "assistant", "content": reply.content})
-    return {"messages": messages, "meta": {"message_id": reply.id, "conversation_id": reply.conversation_id}}
+            target = is_target(message, not messages) and bool(message.content.strip())
+            messages.append({"role": "assistant", "content": message.content, **({} if target else {"target": False})})
+    return messages
 
 
 def require_enough(liked: list[LikedReply], names: set[str]) -> None:
@@ -79,15 +87,7 @@ def require_enough(liked: list[LikedReply], names: set[str]) -> None:
 def branch_record(branch: list[MessageRecord]) -> dict | None:
     """A stored branch as one JSONL conversation whose every answered reply is a target (an
     opening message, or a reply that never got text, is history only); None if it has no reply."""
-    messages: list[dict] = []
-    for message in branch:
-        if message.role == "user":
-            if messages and messages[-1]["role"] == "user":
-                messages.append({"role": "assistant", "content": "", "target": False})
-            messages.append({"role": "user", "content": message.content})
-        elif message.role == "assistant":
-            target = bool(messages) and bool(message.content.strip())
-            messages.append({"role": "assistant", "content": message.content, **({} if target else {"target": False})})
+    messages = _as_jsonl(branch, lambda message, opening: not opening)
     if messages and messages[-1]["role"] == "user":
         messages.pop()  # an unanswered last question is not part of what is scored
     if not any(m["role"] == "assistant" and m.get("target", True) for m in messages):
