@@ -39,6 +39,12 @@ class ChatCommands(Provider):
             )
         for label, action, help_text in ACTIONS:
             yield label, partial(screen.run_action, action), help_text
+        from chatbot.tui.model_switch import model_names, switch_model
+
+        if getattr(self, "_models", None) is None:  # once per palette opening, not per keystroke
+            self._models = model_names(controller.settings)
+        for name in self._models:  # `chatbot model list`'s names
+            yield f"Model: {name}", partial(switch_model, screen, name), "Load this model behind the screen"
 
     async def discover(self) -> Hits:
         for label, callback, help_text in self._commands():
