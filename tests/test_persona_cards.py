@@ -162,3 +162,16 @@ def test_the_lorebook_reaches_a_turn_and_history_context(tmp_path, data_dir, iso
     recalled = json.loads(capsys.readouterr().out)["recalled"]
     assert [p["text"] for p in recalled] == ["The year is 1887 and airships rule the sky.",
                                              "The Ashen Reach is a storm belt where ships vanish."]
+
+
+def test_editor_quirks_import(tmp_path, data_dir):
+    """Nulls for empty fields, keys as one comma-separated string, a numeric position."""
+    card = copy.deepcopy(REAL_WORLD_V2)
+    card["data"].update(creator_notes=None, alternate_greetings=None, system_prompt=None)
+    entry = card["data"]["character_book"]["entries"][1]
+    entry.update(keys="Ashen Reach, storm belt", secondary_keys=None, position=0, insertion_order=None)
+    assert import_file(tmp_path, "q.json", json.dumps(card).encode(), "--name", "quirks") == 0
+    persona = find("quirks", data_dir).persona
+    assert len(persona.first_messages) == 1 and persona.control_code.startswith("Write Captain Mara Voss's next reply")
+    book = json.loads((find("quirks", data_dir).folder / "lorebook.json").read_text())
+    assert book["entries"][1]["keys"] == ["Ashen Reach", "storm belt"]

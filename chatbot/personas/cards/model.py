@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 TEXT_MAX = 200_000  # characters of one text field
 NAME_MAX = 200
@@ -33,12 +33,30 @@ Name = Annotated[str, Field(max_length=NAME_MAX), Valid]
 Key = Annotated[str, Field(max_length=KEY_MAX), Valid]
 
 
+def _comma_list(value: Any) -> Any:
+    """Keys as one comma-separated string (as some editors write them) become a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Keys = Annotated[list[Key], BeforeValidator(_comma_list), Field(max_length=LIST_MAX)]
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """Editors write null for fields they leave empty: the default then, not a refusal."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
 
 class LoreEntry(_Open):
-    keys: list[Key] = Field(default_factory=list, max_length=LIST_MAX)
+    keys: Keys = Field(default_factory=list)
     content: Annotated[str, Field(max_length=ENTRY_CONTENT_MAX), Valid] = ""
     enabled: bool = True
     insertion_order: float = 0
@@ -50,8 +68,8 @@ class LoreEntry(_Open):
     id: int | Name | None = None
     comment: Text | None = None
     selective: bool | None = None
-    secondary_keys: list[Key] = Field(default_factory=list, max_length=LIST_MAX)
-    position: Name | None = None
+    secondary_keys: Keys = Field(default_factory=list)
+    position: Name | int | None = None  # "before_char" / "after_char" (some editors: a number)
     extensions: dict[str, Any] = Field(default_factory=dict)
 
 
