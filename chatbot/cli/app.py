@@ -27,14 +27,21 @@ def root(
     model: str | None = typer.Option(
         None, "--model", help="Model: a transformers directory, a .gguf file, a hub id or a name `chatbot model list` shows [env CHATBOT_MODEL]."
     ),
-    engine: str | None = typer.Option(None, "--engine", help="Decode engine: auto, reference or fast."),
+    engine: str | None = typer.Option(None, "--engine", help="Decode engine: auto, reference, fast or openai (a server)."),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="The OpenAI-compatible server of --engine openai [env CHATBOT_BASE_URL]."
+    ),
+    remote_model: str | None = typer.Option(
+        None, "--remote-model", help="The server's model for --engine openai [env CHATBOT_REMOTE_MODEL]."
+    ),
     resume: str | None = typer.Option(
         None, "--resume", help="Open the TUI on a conversation: ID, or 'last' (also --resume alone).",
         show_default=False,
     ),
     persona: str | None = typer.Option(None, "--persona", help="Persona to start the TUI with."),
 ) -> None:
-    overrides = {k: v for k, v in {"db": db, "model": model, "engine": engine}.items() if v is not None}
+    given = {"db": db, "model": model, "engine": engine, "base_url": base_url, "remote_model": remote_model}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except Exception as exc:  # pydantic.ValidationError: bad env or option value
@@ -67,7 +74,7 @@ def _register_groups() -> None:
                 raise
 
 
-ROOT_VALUE_OPTIONS = ("--db", "--model", "--engine", "--persona")
+ROOT_VALUE_OPTIONS = ("--db", "--model", "--engine", "--persona", "--base-url", "--remote-model")
 
 
 def resume_alone_means_last(args: list[str]) -> list[str]:
@@ -93,7 +100,7 @@ def resume_alone_means_last(args: list[str]) -> list[str]:
 
 # Root options a user may also write after the command (as in `llm`): moved in front of it.
 # --persona and --resume stay where they are: commands that take them have their own.
-ROOT_OPTIONS_ANYWHERE = ("--db", "--model", "--engine")
+ROOT_OPTIONS_ANYWHERE = ("--db", "--model", "--engine", "--base-url", "--remote-model")
 
 
 def root_options_first(args: list[str]) -> list[str]:
