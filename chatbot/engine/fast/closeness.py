@@ -87,3 +87,14 @@ def guard_figures(engine, reference, prompts: list[list[int]], held_out: list[in
     model.cache.length = 0
     engine.reset()
     return {"closeness": Closeness.of(positions), "perplexity_ratio": perplexity_ratio(ours, theirs, text)}
+
+
+def decode_perplexity_ratio(engine, reference, ids: list[int]) -> float:
+    """The perplexity ratio of a text fed one token at a time (every position a decode step, as a
+    reply is made), against `reference` (a loaded transformers model) on the whole text at once."""
+    engine.reset()
+    with torch.inference_mode():
+        ours = torch.stack([engine.next_token_logits(ids[: p + 1]) for p in range(len(ids))])
+        theirs = reference.model(torch.tensor([ids])).logits[0]
+    engine.reset()
+    return perplexity_ratio(ours, theirs, torch.tensor(ids))

@@ -28,13 +28,22 @@ class FastEngine(Engine):
         super().__init__(model, tokenizer, eos_token_ids, max_context, prefix_slots)
         self.max_context = min(max_context, model.shape.max_seq_len)
         self._prefix_caches: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.native = None  # a NativeDecoder (chatbot.engine.native): one-token steps in native code
+
+    @property
+    def kernels(self) -> str:
+        """What a decode step runs on: "native-<isa>" or "torch"."""
+        return f"native-{self.native.isa}" if self.native is not None else "torch"
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
-        logits = self.model(torch.tensor(ids, dtype=torch.long))
+        if len(ids) == 1 and self.native is not None:
+            logits = self.native.step(ids[0])
+        else:
+            logits = self.model(torch.tensor(ids, dtype=torch.long))
         self._cached_ids.extend(ids)
         return logits.unsqueeze(0)  # [1, 1, vocab], as the reference engine returns
 
@@ -87,7 +96,12 @@ def fast_model_for(loaded: LoadedModel, progress=None) -> FastLlama:
 
 
 def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
-    return FastEngine(fast_model_for(loaded, progress), loaded.tokenizer, loaded.eos_token_ids, loaded.info.context_length)
+    engine = FastEngine(fast_model_for(loaded, progress), loaded.tokenizer, loaded.eos_token_ids, loaded.info.context_length)
+    if "gguf" in loaded.info.source_kind and loaded.info.cache_path:
+        from chatbot.engine.native.decoder import decoder_for
+
+        engine.native = decoder_for(engine.model, Path(loaded.info.source), fast_folder(loaded.info.cache_path), progress)
+    return engine
 
 
 def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:

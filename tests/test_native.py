@@ -1,0 +1,224 @@
+"""The native decode kernels (chatbot/engine/native): each instruction set this CPU runs, forced,
+against an independent reference; the quality guard on the real model per instruction set; the
+shared KV cache with the torch path; and every way of not having them (a note, the torch path)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chatbot.engine.fast import closeness
+from chatbot.engine.fast.engine import build_fast_engine
+from chatbot.engine.native import build, library
+from chatbot.engine.native.decoder import NativeDecoder
+from chatbot.engine.native.library import ISAS, Kernels, QMat
+from chatbot.errors import UserError
+from chatbot.memory.context import ContextBuilder
+from chatbot.personas.schema import Persona
+
+PROMPTS = (Path(__file__).parent / "fixtures" / "greedy_prompts.txt").read_text(encoding="utf-8").splitlines()
+HELD_OUT = (
+    "The old library at the end of the street kept its lamps lit long after the shops had closed. "
+    "Students came with notebooks and thermos flasks, and the librarian, who knew every shelf by heart, "
+    "would fetch atlases, novels and dusty almanacs for anyone who asked. In winter the radiators "
+    "hissed and the windows fogged, and the reading room smelled of paper, wool and strong tea."
+)
+# The torch int4 path's guard (tests/test_fast.py): the same thresholds hold for every dispatch path.
+SAME_TOP_MIN = 0.95
+MARGIN_ERROR_MAX = 0.07
+PERPLEXITY_RATIO_MAX_ERROR = 0.01
+
+
+def runnable() -> list[str]:
+    return library.runnable_isas()
+
+
+def isa_params():
+    return [pytest.param(isa, marks=pytest.mark.skipif(isa not in runnable(), reason=f"this CPU cannot run {isa}"))
+            for isa in ISAS]
+
+
+needs_compiler = pytest.mark.skipif(build.compiler() is None, reason="no C compiler: the fast engine decodes through torch")
+
+
+@pytest.fixture(scope="module")
+def kernels_lib():
+    if build.compiler() is None:
+        pytest.skip("no C compiler: the fast engine decodes through torch")
+    problem = build.build()
+    assert problem is None, f"make builds the kernels on this machine: {problem}"
+    lib = library._open()
+    assert lib is not None
+    return lib
+
+
+@needs_compiler
+def test_make_builds_the_kernels():
+    # make test/run compile them first (Makefile); here they must be current
+    assert build.is_current(), "chatbot/engine/native/_kernels.so missing or older than kernels.c"
+
+
+# -- kernels against an independent reference ---------------------------------------------------
+
+
+def random_blocks(kind: str, rows: int, cols: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random GGUF blocks of `kind` and the float32 weights they dequantize to (numpy, by the
+    format's definition)."""
+    nb = cols // 32
+    d = rng.uniform(0.001, 0.05, (rows, nb)).astype(np.float16)
+    if kind == "Q8_0":
+        q = rng.integers(-127, 128, (rows, nb, 32), dtype=np.int8)
+        blocks = np.concatenate([d[..., None].view(np.uint8).reshape(rows, nb, 2), q.view(np.uint8)], axis=-1)
+        return blocks.reshape(rows, -1), (q.astype(np.float32) * d[..., None].astype(np.float32)).reshape(rows, cols)
+    q = rng.integers(0, 16, (rows, nb, 32), dtype=np.uint8)
+    nibbles = q[..., :16] | (q[..., 16:] << 4)
+    head = [d[..., None].view(np.uint8).reshape(rows, nb, 2)]
+    if kind == "Q4_1":
+        m = rng.uniform(-0.4, 0.1, (rows, nb)).astype(np.float16)
+        head.append(m[..., None].view(np.uint8).reshape(rows, nb, 2))
+        w = q.astype(np.float32) * d[..., None].astype(np.float32) + m[..., None].astype(np.float32)
+    else:
+        w = (q.astype(np.float32) - 8) * d[..., None].astype(np.float32)
+    return np.concatenate([*head, nibbles], axis=-1).reshape(rows, -1), w.reshape(rows, cols)
+
+
+def quantized_activation(x: np.ndarray) -> np.ndarray:
+    """What the kernels multiply: x in runs of 16, each rounded to int8 with scale amax/127."""
+    blocks = x.reshape(-1, 16).astype(np.float32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    q = np.rint(blocks / np.where(d > 0, d, 1))
+    return (q * d).reshape(-1)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("kind,type_id", [("Q4_0", 2), ("Q4_1", 3), ("Q8_0", 8)])
+def test_gemv_matches_dequantize_then_matmul(kernels_lib, isa, kind, type_id):
+    rng = np.random.default_rng(7)
+    rows, cols = 37, 320
+    blocks, weights = random_blocks(kind, rows, cols, rng)
+    x = rng.standard_normal(cols).astype(np.float32)
+    expected = weights.reshape(rows, cols).astype(np.float64) @ quantized_activation(x).astype(np.float64)
+    blocks = np.ascontiguousarray(blocks)
+    y = np.zeros(rows, dtype=np.float32)
+    matrix = QMat(blocks.ctypes.data, type_id, rows, cols)
+    assert kernels_lib.nd_gemv(ctypes.byref(matrix), x.ctypes.data, y.ctypes.data, 0, 2, ISAS.index(isa)) == 0
+    scale = np.abs(expected).max()
+    assert np.abs(y - expected).max() <= 1e-4 * scale, (isa, kind)
+    # and the activation's rounding is what the reference assumed: unquantized x is further off
+    exact = weights.astype(np.float64) @ x.astype(np.float64)
+    single_error = np.abs(exact - y).max()
+    assert single_error > np.abs(y - expected).max()
+    # the second pass (the rounding error quantized in turn) brings it within float rounding of W x
+    precise = np.zeros(rows, dtype=np.float32)
+    assert kernels_lib.nd_gemv(ctypes.byref(matrix), x.ctypes.data, precise.ctypes.data, 1, 2, ISAS.index(isa)) == 0
+    assert np.abs(precise - exact).max() <= 1e-4 * scale
+    assert np.abs(precise - exact).max() < single_error / 20
+
+
+# -- the real model, per instruction set ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fast_engine(bundled_fp32, kernels_lib):
+    engine = build_fast_engine(bundled_fp32)
+    assert engine.native is not None or not runnable(), "the fast engine decodes natively where the kernels run"
+    return engine
+
+
+def with_isa(engine, isa: str):
+    native = engine.native
+    engine.native = NativeDecoder(engine.model, native.weights, Kernels(native.kernels.lib, isa))
+    return engine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", isa_params())
+def test_native_decode_passes_the_quality_guard(fast_engine, bundled_fp32, isa):
+    """Teacher-forced closeness to the fp32 reference (the prompts' reference continuations fed one
+    token at a time: decode steps through the kernels after a torch prefill) and the perplexity of a
+    held-out text decoded token by token, on the thresholds of the torch int4 path."""
+    engine = with_isa(fast_engine, isa)
+    tokenizer = bundled_fp32.tokenizer
+    persona = Persona(name="assistant")
+    # portable C is several times slower: fewer prompts for it (the arithmetic is the same as AVX2's)
+    count = 3 if isa == "generic" else 6
+    prompts = [ContextBuilder(tokenizer).build(persona, [], text).prompt_ids for text in PROMPTS[:count]]
+    positions = []
+    for ids, reply in zip(prompts, closeness.reference_greedy(bundled_fp32, prompts, 24)):
+        sequence = ids + reply
+        with torch.inference_mode():
+            reference_logits = bundled_fp32.model(torch.tensor([sequence])).logits[0]
+        positions += closeness.teacher_forced(engine, reference_logits, sequence, len(ids) - 1)
+    close = closeness.Closeness.of(positions)
+    ratio = closeness.decode_perplexity_ratio(engine, bundled_fp32, tokenizer(HELD_OUT)["input_ids"])
+    assert close.positions >= 16 * count
+    assert close.same_top >= SAME_TOP_MIN, (isa, close)
+    assert close.margin_error_mean <= MARGIN_ERROR_MAX, (isa, close)
+    assert abs(ratio - 1) <= PERPLEXITY_RATIO_MAX_ERROR, (isa, ratio)
+
+
+@pytest.mark.slow
+def test_native_steps_and_torch_prefill_share_the_cache(fast_engine, bundled_fp32):
+    """A reply decoded natively, then the next turn prefilled by torch over the kept cache, gives
+    what one torch prefill of the whole sequence gives (the cache layouts agree both ways)."""
+    tokenizer = bundled_fp32.tokenizer
+    ids = ContextBuilder(tokenizer).build(Persona(name="assistant"), [], "Name three colours.").prompt_ids
+    fast_engine.reset()
+    seq = list(ids)
+    for _ in range(12):  # native steps
+        seq.append(int(fast_engine.next_token_logits(seq).argmax()))
+    follow = seq + tokenizer.encode(" And two more?")
+    reused = fast_engine.next_token_logits(follow)  # torch prefill of the new tokens on the native cache
+    native = fast_engine.native
+    fast_engine.native = None
+    try:
+        fresh = fast_engine.next_token_logits(follow, reuse=False)  # torch only
+    finally:
+        fast_engine.native = native
+    assert (reused.softmax(-1) - fresh.softmax(-1)).abs().max() < 0.05
+    assert reused.topk(3).indices.tolist() == fresh.topk(3).indices.tolist() or reused.argmax() == fresh.argmax()
+
+
+# -- without the kernels -------------------------------------------------------------------------
+
+
+def test_no_compiler_is_a_reason_not_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    target = tmp_path / "_kernels.so"
+    assert build.build(target) == "no C compiler found (set CC)"
+    assert not target.exists()
+
+
+def test_missing_library_leaves_torch_in_charge_with_one_note(tmp_path, monkeypatch, bundled_fp32):
+    monkeypatch.setattr(build, "LIBRARY", tmp_path / "_kernels.so")
+    library._open.cache_clear()
+    notes: list[str] = []
+    try:
+        engine = build_fast_engine(bundled_fp32, notes.append)
+    finally:
+        library._open.cache_clear()
+    assert engine.native is None and engine.kernels == "torch"
+    assert [n for n in notes if n.startswith("note:")] == [
+        "note: native decode kernels are not built (make builds them; no C compiler?): decoding through torch"
+    ]
+
+
+def test_choices_are_checked(monkeypatch, kernels_lib):
+    monkeypatch.setenv("CHATBOT_NATIVE", "fastest")
+    with pytest.raises(UserError, match="CHATBOT_NATIVE='fastest': choose one of auto, off, generic, avx2, avx512vnni"):
+        library.kernels()
+    monkeypatch.setenv("CHATBOT_NATIVE", "off")
+    assert library.kernels() == (None, None)
+    missing = [isa for isa in ISAS if isa not in runnable()]
+    if missing:
+        monkeypatch.setenv("CHATBOT_NATIVE", missing[0])
+        with pytest.raises(UserError, match="this CPU cannot run it"):
+            library.kernels()
+    monkeypatch.setenv("CHATBOT_NATIVE", "generic")
+    chosen, note = library.kernels()
+    assert chosen.isa == "generic" and note is None
