@@ -1,7 +1,9 @@
 """Pieces of the decode benchmark that concern the fast engine: llama.cpp on the same GGUF (the
-optional `bench` extra), cold start of `chatbot ask` to its first token, and peak RSS.
+optional `bench` extra), cold start of `chatbot ask` to its first token, peak RSS, and a row per
+GGUF quant type (benchmarks.gguf_types: the bundled model re-quantized).
 
     .venv/bin/python -m benchmarks.fast      cold start + RSS of both engines, and llama.cpp
+    .venv/bin/python -m benchmarks.fast --types Q4_0,Q8_0,Q4_K_M   + a row per quant type
     make bench                               everything, in one table (benchmarks.decode)
 """
 
@@ -242,9 +244,30 @@ def cold_rows(cold: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def quant_type_rows(types: list[str]) -> tuple[list[tuple[str, str, str]], dict]:
+    """A row per quant type: decode tok/s (llama.cpp's beside it where installed) and the fast
+    path's perplexity ratio against the fp32 dequantized file; a type without a quantizer here
+    (K-quant mixes without the bench extra) is a row saying so."""
+    from benchmarks.gguf_types import measure_types
+
+    figures = measure_types(types)
+    rows = []
+    for kind, row in figures.items():
+        if "note" in row:
+            rows.append((f"{kind}: decode", "skipped", row["note"]))
+            continue
+        llama = row.get("llama_cpp_decode_tok_s")
+        rows.append((f"{kind}: decode tok/s ({row['file_mb']} MB file)", f"{row['decode_tok_s']:.1f}",
+                     f"llama.cpp {llama:.1f}" if llama else "llama.cpp: not installed"))
+        rows.append((f"{kind}: perplexity ratio vs the fp32 file", f"{row['fast_vs_file_ppl_ratio']:.4f}",
+                     f"same top token {row['same_top_token']:.1%}"))
+    return rows, figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--types", help="also a row per GGUF quant type, e.g. Q4_0,Q8_0,Q4_K_M")
     parser.add_argument("--serve-llama", metavar="GGUF", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_llama:
@@ -253,6 +276,9 @@ def main() -> None:
     if not llama_cpp_available():
         print(LLAMA_CPP_NOTE)
     report("cold start: `chatbot ask` to its first token, weights cached", cold_rows(cold), cold)
+    if args.types:
+        rows, figures = quant_type_rows(args.types.split(","))
+        report("GGUF quant types: the bundled model re-quantized", rows, figures)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def measure(path: Path, ids: torch.Tensor, base_nll: float | None) -> dict:
     }
 
 
-def main() -> None:
+def measure_types(types: list[str]) -> dict:
+    """{row name: figures} for the bundled model and each type re-quantized from it."""
     from transformers.utils import logging
 
     from chatbot.engine.loading import bundled_gguf
@@ -119,11 +120,6 @@ def main() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--types", default=",".join(OWN_QUANTIZER + tuple(LLAMA_CPP_FTYPES)))
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
     source = bundled_gguf()
     from chatbot.engine.loading import converted_dir, metadata_folder
     from chatbot.config import Settings
@@ -134,7 +130,7 @@ def main() -> None:
     rows = {"bundled (Q4_1 layers, Q8_0 embedding)": measure(source, ids, None)}
     base = rows["bundled (Q4_1 layers, Q8_0 embedding)"]["_nll"]
     with tempfile.TemporaryDirectory() as work:
-        for kind in args.types.split(","):
+        for kind in types:
             target = Path(work) / f"smol-{kind}.gguf"
             if kind in OWN_QUANTIZER:
                 made = requantize(source, target, kind)
@@ -148,6 +144,16 @@ def main() -> None:
             print(kind, rows[kind], flush=True)
     for row in rows.values():
         row.pop("_nll", None)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--types", default=",".join(OWN_QUANTIZER + tuple(LLAMA_CPP_FTYPES)))
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = measure_types(args.types.split(","))
     print(json.dumps(rows, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
