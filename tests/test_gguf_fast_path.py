@@ -172,3 +172,30 @@ def test_what_the_fast_path_cannot_take_is_named(files):
         loader.from_gguf(path)
     weights = GGUFWeights(path)
     assert weights.stop_token_ids() == {vocabulary()[0].index("<|im_end|>")}  # the file's EOS
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
+def test_transformers_models_of_each_architecture_run_on_the_fast_forward(arch):
+    """A transformers checkpoint (not GGUF) of each architecture: its own weights in the fast
+    model give its logits (bias, Q/K norm, head size, sliding window read from the config)."""
+    import transformers
+
+    config_class, model_class = {
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }[arch]
+    torch.manual_seed(0)
+    config = config_class(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=300, max_position_embeddings=256, head_dim=32,
+                          sliding_window=128 if arch == "mistral" else None)
+    model = model_class(config).eval()
+    if arch == "qwen2":  # random biases: transformers starts them at zero
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.data.normal_(0, 0.5)
+    assert loader.is_llama(model)
+    fast = loader.from_hf(model, torch.float32)
+    assert fast.shape.head_dim == 32 and fast.shape.max_seq_len == (128 if arch == "mistral" else 256)
+    with torch.inference_mode():
+        assert (fast(IDS, logits="all") - model(IDS[None]).logits[0]).abs().max().item() <= EXACT

@@ -91,6 +91,10 @@ class LlamaShape:
             ratio = (plain / inv_freq.float()).tolist()
             if any(abs(r - 1) > 1e-6 for r in ratio):
                 factors = tuple(ratio)
+        context = int(config.max_position_embeddings)
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window:  # Mistral's sliding window: the fast forward attends to everything, so stop there
+            context = min(context, int(window))
         return cls(
             vocab_size=int(config.vocab_size),
             dim=dim,
@@ -100,7 +104,7 @@ class LlamaShape:
             hidden_dim=int(config.intermediate_size),
             norm_eps=float(config.rms_norm_eps),
             rope_theta=theta,
-            max_seq_len=int(config.max_position_embeddings),
+            max_seq_len=context,
             tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             head_size=head_dim if head_dim != dim // n_heads else 0,
             qkv_bias=model_type == "qwen2",
