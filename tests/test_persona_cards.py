@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 from card_files import REAL_WORLD_V2, b64, card_png, charx, png, text_chunk, v3
@@ -45,7 +46,8 @@ def test_a_real_world_v2_card_maps_onto_a_persona(tmp_path, data_dir, capsys):
     assert (installed.folder / p.source_card).read_bytes() == json.dumps(REAL_WORLD_V2).encode()
     book = json.loads((installed.folder / p.lorebook).read_text())
     assert len(book["entries"]) == 5 and "Captain Mara Voss's old rival" in book["entries"][2]["content"]
-    assert "a lorebook of 5 entries" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a lorebook of 5 entries" in err and re.search(r"the card's text takes \d+ tokens of every prompt", err)
 
 
 def test_example_dialogue_stays_within_its_budget(tmp_path, data_dir, capsys):

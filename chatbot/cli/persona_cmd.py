@@ -545,6 +545,12 @@ def import_cmd(
                                lambda text: len(encode(text)), example_tokens, force)
     for note in mapped.notes:
         print(f"chatbot: note: {note}", file=sys.stderr)
+    persona = mapped.persona
+    tokens = len(encode(persona.control_code)) + len(encode(persona.post_history))
+    share = tokens / settings.context_budget
+    print(f"chatbot: note: the card's text takes {tokens} tokens of every prompt ({share:.0%} of the context budget "
+          f"of {settings.context_budget}){'; `persona distill` compiles it into a soft prompt' if share > 0.25 else ''}",
+          file=sys.stderr)
     extras = [f"{len(mapped.persona.first_messages)} opening message(s)"]
     if mapped.lorebook is not None:
         extras.append(f"a lorebook of {len(mapped.lorebook.entries)} entries")
