@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import pytest
 from textual.widgets import Input, Select
-from tui_fakes import FakeEngine, idle, make_app, make_settings, seed_conversation, wait_for
+from tui_fakes import FakeEngine, FakeRuntime, idle, make_app, make_settings, seed_conversation, wait_for
 
 from chatbot.store import Store
 from chatbot.tui.conversation_settings import session_settings, summary
 
 SIZE = (110, 34)
+
+
+@pytest.fixture(autouse=True)
+def no_models_of_this_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the panel's model list: only planted ones
 
 
 def chat(app):
@@ -33,7 +38,7 @@ async def fill(pilot, **fields) -> None:
     await pilot.press("f9")
     await wait_for(pilot, lambda: pilot.app.screen.query("#temperature"), what="the panel")
     for key, value in fields.items():
-        if key in ("memory", "persona"):
+        if key in ("memory", "persona", "model"):
             pilot.app.screen.query_one(f"#{key}", Select).value = value
         else:
             pilot.app.screen.query_one(f"#{key}", Input).value = value
@@ -115,6 +120,32 @@ async def test_a_new_conversations_settings_and_persona_are_stored_with_its_firs
         kept, branch = stored(settings)
     assert kept == {"max_new_tokens": 12}
     assert branch[-1].persona.name == "pirate" and branch[-1].settings["max_new_tokens"] == 12
+
+
+@pytest.mark.asyncio
+async def test_a_model_chosen_in_the_panel_loads_behind_the_screen(tmp_path):
+    from gguf_tiny import write_tiny_gguf
+
+    settings = make_settings(tmp_path)
+    settings.models_dir = tmp_path / "models"
+    settings.models_dir.mkdir()
+    write_tiny_gguf(settings.models_dir / "house.gguf", "llama", "Q8_0")
+
+    def open_runtime(progress):
+        runtime = FakeRuntime()
+        runtime.model_name = settings.model or "fake-model"
+        return runtime
+
+    app = make_app(tmp_path, settings=settings, open_runtime=open_runtime)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await fill(pilot, model="house", temperature="0.5")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat(app).status.model == "house" and idle(app), what="the switch")
+        assert app.controller.conversation_settings == {"temperature": 0.5}  # kept across the new session
+        await send(pilot, "hi", 2)
+    kept, branch = stored(settings)
+    assert branch[-1].model == "house" and branch[-1].settings["temperature"] == 0.5 and kept == {"temperature": 0.5}
 
 
 def test_the_session_gets_the_budget_and_memory_scope_and_the_status_bar_a_summary(tmp_path):

@@ -102,6 +102,7 @@ def markdown_app(tmp_path, monkeypatch):
     from chatbot.store import Store
 
     monkeypatch.setattr(sidebar, "when", lambda moment: "2025-01-01 12:00")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the settings panel lists this machine's models
     settings = make_settings(tmp_path)
     cid = seed_conversation(settings, [("How do I **read** a file? [bold]", MARKDOWN_REPLY)], title="files")
     with Store.open(settings.database_url()) as store:

@@ -21,7 +21,6 @@ from chatbot.tui.widgets.dialogs import ConfirmDialog, ExportDialog, HelpScreen,
 from chatbot.tui import conversation_settings
 from chatbot.tui.widgets.replay import ReplayScreen
 from chatbot.tui.widgets.settings_panel import SettingsPanel
-from chatbot.tui.widgets.reply_markdown import code_blocks
 from chatbot.tui.widgets.sidebar import Sidebar, title_of
 from chatbot.tui.widgets.status_bar import StatusBar
 from chatbot.tui.widgets.text import literal
@@ -84,7 +83,9 @@ class ChatScreen(Screen):
         self.composer.cursor_blink = self.app.prefs.cursor_blink
         self.composer.focus()
         self._loading_notice()
-        self.open_backend()
+        # After the first frame: opening the store and the tokenizer imports SQLAlchemy and
+        # transformers on a worker thread, and that thread holding the GIL delayed the first paint.
+        self.call_after_refresh(self.open_backend)
 
     def on_resize(self, event: events.Resize) -> None:
         if not self.sidebar_chosen:
@@ -479,6 +480,8 @@ class ChatScreen(Screen):
         self.notify(f"Copied {what} ({len(view.content)} characters).")
 
     def action_copy_code(self) -> None:
+        from chatbot.tui.widgets.reply_markdown import code_blocks
+
         view = self._target("assistant")
         blocks = code_blocks(view.content) if view is not None else []
         if not blocks:
@@ -531,16 +534,18 @@ class ChatScreen(Screen):
             "context_budget": settings.context_budget,
             "memory": getattr(settings, "memory", None),
         }
+        from chatbot.tui.model_switch import model_names
+
         panel = SettingsPanel(
             controller.personas, controller.persona.persona.name, controller.conversation_settings, defaults,
-            controller.check_settings,
+            controller.check_settings, controller.model_name, model_names(settings) if controller.ready else [],
         )
         self.app.push_screen(panel, self._settings_chosen)
 
     def _settings_chosen(self, answer) -> None:
         if answer is None:
             return
-        persona, values = answer
+        persona, values, model = answer
         try:
             self.controller.set_conversation_settings(values)
         except (UserError, ValueError) as exc:
@@ -550,6 +555,10 @@ class ChatScreen(Screen):
         self._show_persona()
         self._preview_context()
         self.notify("Settings kept: from the next reply on.")
+        if model is not None and model != self.controller.model_name:
+            from chatbot.tui.model_switch import switch_model
+
+            switch_model(self, model)  # loads behind the screen, as the palette's Model: commands
 
     # -- conversations --------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
-from chatbot.tui.widgets.reply_markdown import ReplyMarkdown
 from chatbot.tui.widgets.text import clean, color_style, literal
 
 # Repaint a streaming reply at most this often: each frame costs the decoder CPU, and most frames
@@ -63,8 +62,12 @@ class MessageView(Vertical):
         yield Static(self._header(), classes="header", markup=False)
         yield self._make_body()
 
-    def _make_body(self) -> Static | ReplyMarkdown:
+    def _make_body(self) -> Static:
         if self.markdown:
+            # Imported with the first reply, not at start: Markdown and its parser cost the first
+            # paint ~0.1 s, and the first frame holds no reply.
+            from chatbot.tui.widgets.reply_markdown import ReplyMarkdown
+
             return ReplyMarkdown(self.content, classes="body")
         return Static(literal(self.content), classes="body", markup=False)
 
@@ -130,7 +133,7 @@ class MessageView(Vertical):
         of the whole log costs far more than a repaint, and most tokens do not add a line).
         Markdown re-renders only its last block while it grows."""
         body = self.query_one(".body")
-        if isinstance(body, ReplyMarkdown):
+        if not isinstance(body, Static):  # a ReplyMarkdown (its type is imported with the first one)
             await (body.grow(self.content) if grow else body.show(self.content))
             return
         content = Content(clean(self.content))

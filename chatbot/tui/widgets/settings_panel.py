@@ -1,6 +1,7 @@
 """The settings panel (F9, or `Settings…` in the palette): the open conversation's persona,
-sampling, context budget and memory scope. An empty field follows the persona and the global
-settings (its placeholder says what that is now). Answers (persona name, values) or None."""
+sampling, context budget and memory scope, and the model (for the whole UI, as the palette's
+`Model:` commands). An empty field follows the persona and the global settings (its placeholder
+says what that is now). Answers (persona name, values, model name) or None."""
 
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ class SettingsPanel(Dialog):
         values: dict[str, Any],
         defaults: dict[str, Any],
         check: Callable[[dict[str, Any]], dict[str, Any]],
+        model: str | None = None,
+        models: list[str] = (),
     ):
         super().__init__(classes="dialog-screen")
         self.personas, self.persona = personas, persona
         self.values, self.defaults, self.check = values, defaults, check
+        self.model, self.models = model, list(models)
 
     def compose(self) -> ComposeResult:
         personas = [(clean(p.persona.title), name) for name, p in sorted(self.personas.items())]
@@ -44,6 +48,12 @@ class SettingsPanel(Dialog):
                     with Horizontal(classes="setting"):
                         yield Label(field.label, classes="name")
                         yield self._editor(field)
+                if self.model is not None:
+                    names = [self.model] + [m for m in self.models if m != self.model]
+                    with Horizontal(classes="setting"):
+                        yield Label("Model (the whole UI's)", classes="name")
+                        yield Select([(clean(m), m) for m in names], value=self.model, allow_blank=False,
+                                     id="model", compact=True)
             yield Static("", id="settings-error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Save", variant="primary", id="save")
@@ -64,7 +74,7 @@ class SettingsPanel(Dialog):
     def on_mount(self) -> None:
         self.query_one("#temperature", Input).focus()
 
-    def _answer(self) -> tuple[str, dict[str, Any]] | None:
+    def _answer(self) -> tuple[str, dict[str, Any], str | None] | None:
         raw = {f.key: self.query_one(f"#{f.key}", Input).value for f in FIELDS if f.kind is not str}
         error = self.query_one("#settings-error", Static)
         try:
@@ -76,7 +86,8 @@ class SettingsPanel(Dialog):
         except ValueError as exc:
             error.update(literal(str(exc), "bold red"))
             return None
-        return str(self.query_one("#persona", Select).value), values
+        model = str(self.query_one("#model", Select).value) if self.model is not None else None
+        return str(self.query_one("#persona", Select).value), values, model
 
     def action_save(self) -> None:
         answer = self._answer()
