@@ -151,13 +151,13 @@ def test_a_block_takes_passages_from_several_sources(smol_tokenizer):
 def test_prefix_reuse_keeps_the_stable_prefix_with_recall_on(isolated_settings, tiny_runtime, monkeypatch):
     """Only the last exchange (its message had the previous block), the block and the new message
     are prefilled: the persona and the rest of the kept window are reused from the engine's cache."""
-    monkeypatch.setenv("CHATBOT_CONTEXT_BUDGET", "320")
+    monkeypatch.setenv("CHATBOT_CONTEXT_BUDGET", "256")
     settings = Settings()
     persona = find("assistant", settings.data_dir)
     with Store.open(settings.database_url()) as store:
         session = ChatSession(tiny_runtime, settings, persona, store)
         turns = []
-        for i in range(24):
+        for i in range(16):
             reply = session.send(f"Remember the castle number {i} please, castle {i}.", GREEDY)
             reply.run()
             turns.append(reply)
@@ -219,3 +219,10 @@ def test_an_export_carries_no_other_conversations_text(isolated_settings, tiny_r
         assert "Talvoren" in reply.context.text and reply.conversation_id != a  # recalled from a
         exported = store.export_conversation(reply.conversation_id).model_dump_json()
     assert "Talvoren" not in exported
+
+
+def test_memory_never_cuts_the_latest_message(store, smol_tokenizer):
+    conversation = stored(store, [("My name is Talvoren.", "Nice to meet you.")] + FILLER)
+    long_question = "What is my name? " + "Please answer at length. " * 40  # ~80% of the budget
+    context = build(smol_tokenizer, store, conversation, long_question, budget=256)
+    assert context.message_cut_to is None and context.recalled == [] and context.message == long_question

@@ -110,6 +110,8 @@ class ContextBuilder:
             context = self._build(persona, history, message, reserved + room, budget)
         except UserError:
             return whole  # no room for a block beside this persona and message: the window alone
+        if context.message_cut_to is not None and whole.message_cut_to is None:
+            return whole  # memory never costs the latest message any of its text
         passages = self._passages(memory, history, message, context.dropped_turns, conversation_id)
         # A few tokens of slack: the block and the message are encoded as one piece, which may
         # merge a token across their seam.
