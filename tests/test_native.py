@@ -70,6 +70,7 @@ def random_blocks(kind: str, rows: int, cols: int, rng: np.random.Generator) -> 
     format's definition)."""
     nb = cols // 32
     d = rng.uniform(0.001, 0.05, (rows, nb)).astype(np.float16)
+    d[:, ::5] = 3e-6  # subnormal fp16 scales are read exactly too
     if kind == "Q8_0":
         q = rng.integers(-127, 128, (rows, nb, 32), dtype=np.int8)
         blocks = np.concatenate([d[..., None].view(np.uint8).reshape(rows, nb, 2), q.view(np.uint8)], axis=-1)
@@ -94,12 +95,29 @@ def quantized_activation(x: np.ndarray) -> np.ndarray:
     return (q * d).reshape(-1)
 
 
+def random_k_blocks(rows: int, cols: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random Q4_K super-blocks (random scale/min bytes and nibbles, small positive d and dmin)
+    and their weights as the gguf package dequantizes them (an independent reference)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    n = rows * cols // 256
+    d = rng.uniform(0.0005, 0.004, (n, 2)).astype(np.float16)
+    d[::7, 0] = 3e-6  # a subnormal scale now and then
+    blocks = np.concatenate([d.view(np.uint8).reshape(n, 4), rng.integers(0, 256, (n, 140), dtype=np.uint8)], axis=1)
+    blocks = np.ascontiguousarray(blocks.reshape(rows, -1))
+    return blocks, dequantize(blocks, GGMLQuantizationType.Q4_K).reshape(rows, cols).astype(np.float32)
+
+
 @pytest.mark.parametrize("isa", isa_params())
-@pytest.mark.parametrize("kind,type_id", [("Q4_0", 2), ("Q4_1", 3), ("Q8_0", 8)])
+@pytest.mark.parametrize("kind,type_id", [("Q4_0", 2), ("Q4_1", 3), ("Q8_0", 8), ("Q4_K", 12)])
 def test_gemv_matches_dequantize_then_matmul(kernels_lib, isa, kind, type_id):
     rng = np.random.default_rng(7)
-    rows, cols = 37, 320
-    blocks, weights = random_blocks(kind, rows, cols, rng)
+    rows, cols = 37, 512
+    if kind == "Q4_K":
+        blocks, weights = random_k_blocks(rows, cols, rng)
+    else:
+        blocks, weights = random_blocks(kind, rows, cols, rng)
     x = rng.standard_normal(cols).astype(np.float32)
     expected = weights.reshape(rows, cols).astype(np.float64) @ quantized_activation(x).astype(np.float64)
     blocks = np.ascontiguousarray(blocks)
@@ -222,3 +240,39 @@ def test_choices_are_checked(monkeypatch, kernels_lib):
     monkeypatch.setenv("CHATBOT_NATIVE", "generic")
     chosen, note = library.kernels()
     assert chosen.isa == "generic" and note is None
+
+
+# -- a user's own GGUF (tiny random files the suite writes) ------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q4_1"])
+def test_a_users_gguf_decodes_natively_and_steps_agree_with_the_prefill(kernels_lib, tmp_path, kind):
+    from gguf_tiny import write_tiny_gguf
+
+    from chatbot.config import Settings
+    from chatbot.runtime import open_runtime
+
+    path = write_tiny_gguf(tmp_path / f"tiny-{kind}.gguf", "llama", kind, seed=3)
+    engine = open_runtime(Settings(model=str(path), cache_dir=tmp_path / "cache")).engine
+    assert engine.kernels == f"native-{runnable()[-1] if runnable()[-1] != 'generic' else 'torch'}"
+    ids = [5, 70, 100, 33, 200, 9, 41]
+    with torch.inference_mode():
+        engine.reset()
+        stepped = torch.stack([engine.next_token_logits(ids[: p + 1]).float().view(-1) for p in range(len(ids))])
+        engine.model.cache.length = 0
+        prefilled = engine.model(torch.tensor(ids), logits="all").float()
+    assert (stepped - prefilled).abs().max().item() < 0.05
+
+
+def test_a_type_the_kernels_do_not_take_leaves_torch_with_one_note(kernels_lib, tmp_path):
+    from gguf_tiny import write_tiny_gguf
+
+    from chatbot.config import Settings
+    from chatbot.runtime import open_runtime
+
+    path = write_tiny_gguf(tmp_path / "mixed.gguf", "llama", "Q4_K", seed=4, kinds={"attn_v": "Q6_K"})
+    notes: list[str] = []
+    engine = open_runtime(Settings(model=str(path), cache_dir=tmp_path / "cache"), notes.append).engine
+    assert engine.kernels == "torch"
+    assert [n for n in notes if "native" in n] == [
+        "note: the native decode kernels do not take blk.0.attn_q/attn_k/attn_v: Q4_K/Q6_K: decoding through torch"]

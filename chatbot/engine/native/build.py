@@ -28,12 +28,14 @@ def compiler() -> str | None:
     return None
 
 
-def is_current(library: Path = LIBRARY) -> bool:
+def is_current(library: Path | None = None) -> bool:
+    library = library or LIBRARY
     return library.is_file() and library.stat().st_mtime >= SOURCE.stat().st_mtime
 
 
-def build(library: Path = LIBRARY) -> str | None:
+def build(library: Path | None = None) -> str | None:
     """Compile if the library is missing or older than the source. Returns why not, or None."""
+    library = library or LIBRARY
     if is_current(library):
         return None
     cc = compiler()

@@ -1,5 +1,5 @@
 /* Native one-token decode for the fast engine: GEMV kernels over GGUF's own quantized blocks
- * (Q4_0, Q4_1, Q8_0) with an int8-quantized activation (a scale per 16 values), and a
+ * (Q4_0, Q4_1, Q8_0, Q4_K) with an int8-quantized activation (a scale per 16 values), and a
  * whole decoder step (every layer: RMSNorm, QKV, RoPE, KV write, attention, O, SiLU MLP, then the
  * final norm) in one call, so a token costs one dispatch instead of ~1300 torch ops.
  *
@@ -15,7 +15,8 @@
 
 #define QK 32
 
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8 }; /* ggml type ids */
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8, T_Q4_K = 12 }; /* ggml type ids */
+#define QK_K 256 /* a K-quant super-block */
 enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512VNNI = 2 };
 
 typedef struct {
@@ -49,28 +50,34 @@ typedef struct {
     float *d, *s;
 } qvec;
 
-static size_t block_bytes(int type) {
-    return type == T_Q4_1 ? 20 : type == T_Q4_0 ? 18 : 34;
+static size_t row_bytes_of(int type, int cols) {
+    switch (type) {
+    case T_Q4_0: return (size_t)cols / QK * 18;
+    case T_Q4_1: return (size_t)cols / QK * 20;
+    case T_Q4_K: return (size_t)cols / QK_K * 144;
+    default: return (size_t)cols / QK * 34; /* Q8_0 */
+    }
 }
 
-static float fp16_to_fp32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) { man <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000 | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
+static inline float bits_to_fp32(uint32_t bits) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+static inline uint32_t fp32_to_bits(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return bits;
+}
+
+/* IEEE half to single, exact for every input (subnormals, infinities, NaN) and branch-free: the
+ * exponent is rebiased by a multiply, subnormals come out of a magic-number subtraction. */
+static inline float fp16_to_fp32(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
+    const float normalized = bits_to_fp32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float denormalized = bits_to_fp32((two_w >> 17) | (126u << 23)) - 0.5f;
+    return bits_to_fp32(sign | (two_w < (1u << 27) ? fp32_to_bits(denormalized) : fp32_to_bits(normalized)));
 }
 
 static inline float half_at(const uint8_t *p) {
@@ -117,34 +124,69 @@ static void quantize_row(const float *x, int n, qvec out) {
 }
 
 /* ---- one row's dot product, per instruction set ------------------------------------------- */
-/* Q4_1 block: fp16 d, fp16 m, 16 bytes (low nibble of byte j = weight j, high = weight j + 16):
- * w = d q + m, so the dot is d * dx * sum(q qx) + m * sx. Q4_0: fp16 d, 16 bytes, w = d (q - 8):
- * d * dx * sum(q qx) - 8 d sx. Q8_0: fp16 d, 32 int8: w = d q. */
+/* Every type is read as 32-weight blocks w = scale * u + offset, u its integers (unsigned 4-bit for
+ * the Q4 types; Q8_0: signed 8-bit, offset 0), so the dot of a block with x is
+ * scale * (dx_lo * sum_lo(u qx) + dx_hi * sum_hi(u qx)) + offset * sx.
+ *   Q4_0: fp16 d, 16 bytes; u in the "split" order (byte j: low nibble = weight j, high = j + 16);
+ *         scale d, offset -8 d.
+ *   Q4_1: fp16 d, fp16 m, 16 bytes split; scale d, offset m.
+ *   Q8_0: fp16 d, 32 int8; scale d.
+ *   Q4_K: super-blocks of 256 (fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins for its eight
+ *         blocks, 128 bytes): block j's 32 nibbles are the low (j even) or high (j odd) halves of
+ *         32 bytes; scale d * sc_j, offset -dmin * m_j. */
+typedef struct {
+    const uint8_t *q; /* the block's integers */
+    int shift;        /* Q4_K: which nibble of each byte (0 or 4); -1: the split order */
+    float scale, offset;
+} block_view;
+
+static inline void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = sm[j] & 63;
+        *mn = sm[j + 4] & 63;
+    } else {
+        *sc = (sm[j + 4] & 0x0f) | ((sm[j - 4] >> 6) << 4);
+        *mn = (sm[j + 4] >> 4) | ((sm[j] >> 6) << 4);
+    }
+}
+
+static inline block_view view_of(const uint8_t *row, int type, int b) {
+    block_view v;
+    if (type == T_Q4_K) {
+        const uint8_t *sb = row + (size_t)(b / 8) * 144;
+        const int j = b % 8;
+        int sc, mn;
+        k4_scale_min(j, sb + 4, &sc, &mn);
+        v.q = sb + 16 + 32 * (j / 2);
+        v.shift = 4 * (j & 1);
+        v.scale = half_at(sb) * (float)sc;
+        v.offset = -half_at(sb + 2) * (float)mn;
+        return v;
+    }
+    const size_t bb = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
+    const uint8_t *blk = row + b * bb;
+    v.scale = half_at(blk);
+    v.shift = -1;
+    v.q = blk + (type == T_Q4_1 ? 4 : 2);
+    v.offset = type == T_Q4_1 ? half_at(blk + 2) : type == T_Q4_0 ? -8.0f * v.scale : 0.0f;
+    return v;
+}
 
 static float dot_generic_pass(const uint8_t *row, int type, int nb, qvec x) {
     float sum = 0.0f;
-    size_t bb = block_bytes(type);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *blk = row + b * bb;
+        const block_view v = view_of(row, type, b);
         const int8_t *xq = x.q + b * QK;
-        const float d = half_at(blk);
         int lo = 0, hi = 0; /* the dot over each half of the block */
-        if (type == T_Q8_0) {
-            const int8_t *wq = (const int8_t *)(blk + 2);
-            for (int i = 0; i < QH; i++) {
-                lo += wq[i] * xq[i];
-                hi += wq[i + QH] * xq[i + QH];
-            }
-            sum += d * (x.d[2 * b] * (float)lo + x.d[2 * b + 1] * (float)hi);
-            continue;
+        for (int i = 0; i < QK; i++) {
+            int u;
+            if (type == T_Q8_0) u = ((const int8_t *)v.q)[i];
+            else if (v.shift < 0) u = i < QH ? v.q[i] & 0x0f : v.q[i - QH] >> 4;
+            else u = (v.q[i] >> v.shift) & 0x0f;
+            if (i < QH) lo += u * xq[i];
+            else hi += u * xq[i];
         }
-        const uint8_t *qs = blk + (type == T_Q4_1 ? 4 : 2);
-        for (int j = 0; j < QH; j++) {
-            lo += (qs[j] & 0x0f) * xq[j];
-            hi += (qs[j] >> 4) * xq[j + QH];
-        }
-        const float offset = type == T_Q4_1 ? half_at(blk + 2) : -8.0f * d;
-        sum += d * (x.d[2 * b] * (float)lo + x.d[2 * b + 1] * (float)hi) + offset * x.s[b];
+        sum += v.scale * (x.d[2 * b] * (float)lo + x.d[2 * b + 1] * (float)hi) + v.offset * x.s[b];
     }
     return sum;
 }
@@ -178,31 +220,27 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i nibbles32(const u
 #define DOT_BODY(U8S8_DOT)                                                                          \
     __m256 acc = _mm256_setzero_ps(), acc_rest = _mm256_setzero_ps();                               \
     float offsets = 0.0f;                                                                           \
-    const size_t bb = block_bytes(type);                                                            \
+    const int q8 = type == T_Q8_0;                                                                  \
     for (int b = 0; b < nb; b++) {                                                                  \
-        const uint8_t *blk = row + b * bb;                                                          \
-        uint16_t h;                                                                                 \
-        memcpy(&h, blk, 2);                                                                         \
-        const float d = _cvtsh_ss(h);                                                               \
+        const block_view v = view_of(row, type, b);                                                 \
         __m256i wu, wq = _mm256_setzero_si256();                                                    \
-        const int q8 = type == T_Q8_0;                                                              \
         if (q8) {                                                                                   \
-            wq = _mm256_loadu_si256((const __m256i *)(blk + 2));                                    \
+            wq = _mm256_loadu_si256((const __m256i *)v.q);                                          \
             wu = _mm256_sign_epi8(wq, wq);                                                          \
+        } else if (v.shift < 0) {                                                                   \
+            wu = nibbles32(v.q);                                                                    \
         } else {                                                                                    \
-            wu = nibbles32(blk + (type == T_Q4_1 ? 4 : 2));                                         \
-            uint16_t hm;                                                                            \
-            memcpy(&hm, blk + 2, 2);                                                                \
-            const float offset = type == T_Q4_1 ? _cvtsh_ss(hm) : -8.0f * d;                        \
-            offsets += offset * (x.s[b] + (rest ? rest->s[b] : 0.0f));                              \
+            wu = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v.q), v.shift), \
+                                  _mm256_set1_epi8(0x0f));                                          \
         }                                                                                           \
+        offsets += v.offset * (x.s[b] + (rest ? rest->s[b] : 0.0f));                                \
         __m256i xq = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                           \
         if (q8) xq = _mm256_sign_epi8(xq, wq);                                                      \
-        acc = _mm256_fmadd_ps(half_scales(d, x.d + 2 * b), _mm256_cvtepi32_ps(U8S8_DOT(wu, xq)), acc); \
+        acc = _mm256_fmadd_ps(half_scales(v.scale, x.d + 2 * b), _mm256_cvtepi32_ps(U8S8_DOT(wu, xq)), acc); \
         if (rest) {                                                                                 \
             __m256i rq = _mm256_loadu_si256((const __m256i *)(rest->q + b * QK));                   \
             if (q8) rq = _mm256_sign_epi8(rq, wq);                                                  \
-            acc_rest = _mm256_fmadd_ps(half_scales(d, rest->d + 2 * b),                             \
+            acc_rest = _mm256_fmadd_ps(half_scales(v.scale, rest->d + 2 * b),                       \
                                        _mm256_cvtepi32_ps(U8S8_DOT(wu, rq)), acc_rest);            \
         }                                                                                           \
     }                                                                                               \
@@ -237,7 +275,7 @@ static dot_fn dot_for(int isa) {
  * (x's rounding error, quantized in turn) each block's weights, once unpacked, serve both. */
 static void gemv(const qmat *m, qvec x, const qvec *rest, float *y, dot_fn dot) {
     const int nb = m->cols / QK;
-    const size_t row_bytes = (size_t)nb * block_bytes(m->type);
+    const size_t row_bytes = row_bytes_of(m->type, m->cols);
 #pragma omp for schedule(static)
     for (int r = 0; r < m->rows; r++) {
         const uint8_t *row = m->w + (size_t)r * row_bytes;

@@ -57,7 +57,7 @@ def requested() -> str:
 def _open() -> ctypes.CDLL | None:
     if not build.is_current():
         return None
-    lib = ctypes.CDLL(str(build.LIBRARY))
+    lib = ctypes.CDLL(str(build.LIBRARY))  # read at call time: tests point it elsewhere
     lib.nd_cpu_isas.restype = ctypes.c_int
     lib.nd_decode.restype = ctypes.c_int
     lib.nd_decode.argtypes = [ctypes.POINTER(ModelWeights), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,

@@ -18,7 +18,8 @@ import torch
 
 FORMAT = 1
 # ggml type ids of the block formats the kernels read
-BLOCK_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
+BLOCK_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12}
+SUPER_BLOCK = {"Q4_K": 256}  # the columns a row must be a multiple of (else 32)
 MATRICES = {"qkv": ("attn_q", "attn_k", "attn_v"), "o": ("attn_output",), "gate_up": ("ffn_gate", "ffn_up"),
             "down": ("ffn_down",)}
 
@@ -38,23 +39,27 @@ def path_in(folder: Path) -> Path:
     return Path(folder) / f"native-v{FORMAT}.safetensors"
 
 
-def build(gguf_path: Path, n_layers: int) -> NativeWeights:
+def build(gguf_path: Path, n_layers: int, progress=None) -> NativeWeights:
+    """The kernels' matrices from the file, after checking that every one is a type they take."""
     from chatbot.engine.fast.gguf_weights import GGUFWeights
 
     weights = GGUFWeights(gguf_path)
-    tensors, types, cols = {}, {}, {}
-    for i in range(n_layers):
-        for matrix, roles in MATRICES.items():
-            parts = [weights.layer(i, role) for role in roles]
-            kinds = {p.kind for p in parts}
-            if len(kinds) != 1 or next(iter(kinds)) not in BLOCK_TYPES:
-                raise NotNative(f"blk.{i}.{roles[0]}: type {'/'.join(sorted(kinds))}")
-            if parts[0].cols % 32:
-                raise NotNative(f"blk.{i}.{roles[0]}: {parts[0].cols} columns (not whole blocks of 32)")
-            key = f"{i}.{matrix}"
-            tensors[key] = torch.from_numpy(np.ascontiguousarray(np.concatenate([np.asarray(p.data) for p in parts])))
-            types[key], cols[key] = parts[0].kind, parts[0].cols
-    return NativeWeights(tensors, types, cols)
+    parts = {f"{i}.{matrix}": [weights.layer(i, role) for role in roles]
+             for i in range(n_layers) for matrix, roles in MATRICES.items()}
+    for key, raws in parts.items():
+        kinds = sorted({raw.kind for raw in raws})
+        where = f"blk.{key.split('.')[0]}.{'/'.join(raw.name.split('.')[2] for raw in raws)}"
+        if len(kinds) != 1 or kinds[0] not in BLOCK_TYPES:
+            raise NotNative(f"{where}: {'/'.join(kinds)}")
+        block = SUPER_BLOCK.get(kinds[0], 32)
+        if raws[0].cols % block:
+            raise NotNative(f"{where}: {raws[0].cols} columns (not whole blocks of {block})")
+    if progress:
+        progress(f"Laying out {Path(gguf_path).name} for the native decode kernels (once)...")
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(np.concatenate([np.asarray(r.data) for r in raws])))
+               for key, raws in parts.items()}
+    return NativeWeights(tensors, {key: raws[0].kind for key, raws in parts.items()},
+                         {key: raws[0].cols for key, raws in parts.items()})
 
 
 def save(weights: NativeWeights, path: Path) -> None:
@@ -82,8 +87,6 @@ def load_or_build(gguf_path: Path, folder: Path, n_layers: int, progress=None) -
             return load(path)
         except Exception:  # damaged or foreign: rebuilt whole below
             pass
-    if progress:
-        progress(f"Laying out {Path(gguf_path).name} for the native decode kernels (once)...")
-    weights = build(gguf_path, n_layers)
+    weights = build(gguf_path, n_layers, progress)
     save(weights, path)
     return weights
