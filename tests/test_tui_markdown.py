@@ -87,9 +87,11 @@ async def test_a_reply_renders_while_it_streams(tmp_path):
         await wait_for(pilot, lambda: last_reply(app).content == "# Title\n\nsome **strong**", what="half a reply")
         await wait_for(pilot, lambda: "some strong" in screen_text(app), what="rendered while streaming")
         assert chat(app).busy and last_reply(app).query("MarkdownH1")
+        assert chat(app).composer.cursor_blink is False  # no blink repaints while it streams
         engine.gate.set()
         await wait_for(pilot, lambda: idle(app), what="reply end")
         await pilot.pause(0.2)
+        assert chat(app).composer.cursor_blink is True  # as tui.toml says (the default)
         assert "some strong words and more words after them" in screen_text(app)
     assert stored_branch(app)[-1].content == "# Title\n\nsome **strong** words and more words after them"
 

@@ -25,7 +25,7 @@ def app(tmp_path, monkeypatch):
                       title="ships")
     return make_app(
         tmp_path, FakeEngine(fixed_stats=True), settings=settings, resume="last",
-        prefs=Preferences(CONFIG), only=("assistant", "pirate"),
+        prefs=Preferences(CONFIG, cursor_blink=False), only=("assistant", "pirate"),
     )
 
 
@@ -109,7 +109,7 @@ def markdown_app(tmp_path, monkeypatch):
         store.set_conversation_settings(cid, {"temperature": 0.3, "max_new_tokens": 64, "memory": "off"})
     return make_app(
         tmp_path, FakeEngine(fixed_stats=True), settings=settings, resume="last",
-        prefs=Preferences(CONFIG), only=("assistant", "pirate"),
+        prefs=Preferences(CONFIG, cursor_blink=False), only=("assistant", "pirate"),
     )
 
 
