@@ -14,6 +14,8 @@ import torch
 
 from serve_helpers import ScriptedServer, free_port, make_app, make_runtime, make_settings, uvicorn_server
 
+from chatbot.store import Store
+
 pytest.importorskip("openai")
 
 
@@ -78,6 +80,19 @@ def test_cancel_closes_the_stream_and_marks_the_reply_interrupted(local_and_serv
     assert reply.status == "interrupted" and reply.stats.stop_reason == "cancelled"
     stored = store.active_branch(reply.conversation_id)[-1]
     assert stored.status == "interrupted" and stored.content == reply.text and reply.text
+
+
+def test_cancel_during_a_stalled_stream_closes_it_without_waiting_for_the_timeout(smol_tokenizer, tmp_path):
+    with ScriptedServer() as scripted:
+        scripted.mode = "stall"  # two chunks, then nothing: no chunk comes to notice the cancel at
+        session, store = open_session(remote_runtime(scripted.url, smol_tokenizer, timeout_s=120), tmp_path)
+        cancel = threading.Event()
+        reply = session.send("a question", session.sampling_params(seed=1), cancel)
+        for delta in reply:
+            if reply.text == "Hello there":
+                threading.Timer(0.2, cancel.set).start()
+        assert reply.status == "interrupted" and reply.stats.stop_reason == "cancelled"
+        assert store.active_branch(reply.conversation_id)[-1].content == "Hello there"
 
 
 def test_a_soft_prompt_persona_is_refused_in_one_line_before_anything_is_stored(local_and_served, smol_tokenizer, tmp_path):
@@ -178,3 +193,28 @@ def test_prompt_embeddings_are_sent_as_a_saved_tensor_of_the_soft_prompt_then_th
     expected = torch.cat([prefix.embeddings, table[torch.tensor(reply.context.prompt_ids)]])
     assert torch.equal(sent, expected)
     assert reply.stats.prefix_tokens == 4
+
+
+@pytest.mark.asyncio
+async def test_the_chat_ui_streams_a_reply_from_the_server_and_stores_it(local_and_served, smol_tokenizer, tmp_path):
+    """The real chat UI (Pilot) on the openai engine: a reply through `chatbot serve`, on screen
+    and stored, with its speed in the status bar."""
+    from tui_fakes import idle, make_app, wait_for
+
+    local, url = local_and_served
+    app = make_app(tmp_path, persona="pirate", open_runtime=lambda progress: remote_runtime(url, smol_tokenizer))
+    screen = lambda: app.get_screen("chat")  # noqa: E731
+    async with app.run_test(size=(110, 34)) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        composer = screen().composer
+        composer.focus()
+        composer.text = "hello"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: idle(app) and len(screen().log_view.messages) == 2, timeout=120, what="reply")
+        reply = screen().log_view.messages[-1]
+        assert reply.role == "assistant" and reply.content.strip()
+        assert screen().status.speed is not None
+    with Store.open(str(tmp_path / "chat.db"), create=False) as store:
+        stored = store.active_branch(store.latest_conversation_id())
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert stored[1].content == reply.content and stored[1].model == "tiny"

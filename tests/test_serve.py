@@ -199,11 +199,11 @@ def test_the_openai_engine_against_chatbot_serve_end_to_end(tmp_path):
         assert f"http://127.0.0.1:{port}/v1" in line, line
         threading.Thread(target=server.stderr.read, daemon=True).start()
         # The model alone on the server (no persona there): the client's pirate becomes its messages.
-        client_env = dict(os.environ, CHATBOT_DATA_DIR=str(tmp_path / "client"), CHATBOT_DB=str(tmp_path / "c.db"),
-                          CHATBOT_BASE_URL=f"http://127.0.0.1:{port}/v1", CHATBOT_REMOTE_MODEL="smollm2-135m")
+        client_env = dict(os.environ, CHATBOT_DATA_DIR=str(tmp_path / "client"), CHATBOT_DB=str(tmp_path / "c.db"))
         asked = subprocess.run(
-            [sys.executable, "-m", "chatbot", "--engine", "openai", "ask", "--json", "--seed", "3",
-             "--max-new-tokens", "16", "--persona", "pirate", "Who are you?"],
+            [sys.executable, "-m", "chatbot", "--engine", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
+             "--remote-model", "smollm2-135m", "ask", "--json", "--seed", "3", "--max-new-tokens", "16",
+             "--persona", "pirate", "Who are you?"],
             env=client_env, capture_output=True, text=True, timeout=300,
         )
         assert asked.returncode == 0, asked.stderr

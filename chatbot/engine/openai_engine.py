@@ -98,8 +98,11 @@ class OpenAIEngine(StreamingEngine):
         usage = None
         finish = None
         stream = None
+        done = threading.Event()
         try:
             stream = open_stream()
+            if cancel is not None:  # a stalled stream sends no chunk to notice the cancel at
+                threading.Thread(target=_close_on_cancel, args=(stream, cancel, done), daemon=True).start()
             for chunk in stream:
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
@@ -118,8 +121,11 @@ class OpenAIEngine(StreamingEngine):
         except UserError:
             raise
         except Exception as exc:  # the openai client's errors, and the HTTP library's under a stream
-            raise UserError(self.explain(exc)) from exc
+            if cancel is None or not cancel.is_set():
+                raise UserError(self.explain(exc)) from exc
+            finish = "cancelled"  # the stream was closed under the read by the cancel
         finally:
+            done.set()
             if stream is not None:
                 stream.close()
         stats.stop_reason = "cancelled" if finish == "cancelled" else FINISH_REASONS.get(finish, "eos")
@@ -147,6 +153,15 @@ class OpenAIEngine(StreamingEngine):
             return [model.id for model in self.client.models.list()]
         except Exception as exc:
             raise UserError(self.explain(exc)) from exc
+
+
+def _close_on_cancel(stream, cancel: threading.Event, done: threading.Event) -> None:
+    """Close the stream as soon as the reply is cancelled, even while a read waits on the server."""
+    while not done.is_set():
+        if cancel.wait(0.05):
+            if not done.is_set():
+                stream.close()
+            return
 
 
 def _sampling(params: SamplingParams) -> dict:
