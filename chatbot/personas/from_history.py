@@ -80,7 +80,8 @@ def require_enough(liked: list[LikedReply], names: set[str]) -> None:
         who = ", ".join(sorted(names))
         raise UserError(
             f"{len(liked)} liked repl{'y' if len(liked) == 1 else 'ies'} of {who} in the history: at least 2 are "
-            "needed (one to train on, one held out); rate replies with `chatbot history rate ID good`"
+            "needed (one to train on, one held out); rate replies with `chatbot history rate ID good` "
+            "(or in the TUI, alt+g), or train on another persona's with --replies-of PERSONA"
         )
 
 
