@@ -1,6 +1,7 @@
-"""A conversation's own settings (the settings panel): sampling, context budget, memory scope.
-Stored in `conversations.settings` as JSON, only what was set (an unset field follows the persona
-and the global settings); applied from the conversation's next reply.
+"""A conversation's own settings (the TUI's settings panel): sampling, context budget, memory
+scope. Stored in `conversations.settings` as JSON, only what was set (an unset field follows the
+persona and the global settings); applied from the conversation's next reply, in the TUI and in
+`ask` / `chat --plain` continuing it (their options still win).
 
 Sampling values layer in `session.resolve_sampling`; the context budget and the memory scope give
 the session its own copy of the global `Settings`. The bounds are the global settings' and

@@ -171,3 +171,22 @@ def test_plain_chat_takes_the_sampling_options_of_ask(env_dirs, bundled_fp32):
         "temperature": 0.5, "top_p": 0.5, "top_k": 3, "repetition_penalty": 1.0, "max_new_tokens": 4,
     }
     assert reply.seed == 7
+
+
+def test_ask_continuing_a_conversation_keeps_its_own_settings_and_options_win(env_dirs, bundled_fp32):
+    """Settings kept with a conversation (the TUI's settings panel) apply when `ask` continues it."""
+    from chatbot.store import Store
+
+    url = f"sqlite:///{env_dirs['CHATBOT_DB']}"
+    first = run(["ask", "Say hello.", "--temperature", "0", "--max-new-tokens", "4"], env_dirs)
+    assert first.returncode == 0, first.stderr
+    with Store.open(url) as store:
+        cid = store.latest_conversation_id()
+        store.set_conversation_settings(cid, {"max_new_tokens": 3, "top_k": 7, "temperature": 0.0})
+    second = run(["ask", "Again.", "--continue", "--json"], env_dirs)
+    third = run(["ask", "Once more.", "--continue", "--json", "--max-new-tokens", "5"], env_dirs)
+    assert second.returncode == 0 and third.returncode == 0, second.stderr + third.stderr
+    with Store.open(url) as store:
+        replies = [m for m in store.active_branch(cid) if m.role == "assistant"]
+    assert [(m.settings["max_new_tokens"], m.settings["top_k"]) for m in replies] == [(4, 50), (3, 7), (5, 7)]
+    assert json.loads(second.stdout)["stats"]["new_tokens"] <= 3

@@ -9,7 +9,7 @@ from textual.widgets import Input, Select
 from tui_fakes import FakeEngine, FakeRuntime, idle, make_app, make_settings, seed_conversation, wait_for
 
 from chatbot.store import Store
-from chatbot.tui.conversation_settings import session_settings, summary
+from chatbot.conversation_settings import session_settings, summary
 
 SIZE = (110, 34)
 

@@ -42,6 +42,7 @@ def ask(
     memory: MemoryScope | None = Memory,
 ) -> None:
     """Ask one question; the reply streams to stdout."""
+    from chatbot.conversation_settings import session_settings
     from chatbot.session import ChatSession
 
     state = state_of(ctx)
@@ -60,11 +61,14 @@ def ask(
     conversation_id = conversation
     if continue_:
         conversation_id = store.latest_conversation_id() if store else None
+    own = {}  # the conversation's own settings (the TUI's settings panel)
     if conversation_id is not None and store is not None:
         store.conversation(conversation_id)  # unknown id: one line, exit 1, before loading the model
+        own = store.conversation_settings(conversation_id)
     params = options.sampling_params(
         state.settings,
         installed,
+        own,
         seed=seed,
         temperature=temperature,
         top_p=top_p,
@@ -72,7 +76,8 @@ def ask(
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
     )
-    session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
+    settings = session_settings(state.settings, own)  # its context budget and memory scope
+    session = ChatSession(state.runtime(), settings, installed, store, conversation_id)
     cancel = threading.Event()
     reply = session.send(text, params, cancel)
     for warning in reply.warnings:

@@ -50,12 +50,15 @@ def chat(
 
 
 def run_plain_chat(state: AppState, persona: str | None, store, conversation_id, **overrides) -> None:
+    from chatbot.conversation_settings import session_settings
     from chatbot.session import ChatSession
     from chatbot.store.repository import ConversationMovedOn
 
     installed = state.persona(persona)
-    params = options.sampling_params(state.settings, installed, **overrides)
-    session = ChatSession(state.runtime(), state.settings, installed, store, conversation_id)
+    # A conversation continued here keeps its own settings (the TUI's settings panel); options win.
+    own = store.conversation_settings(conversation_id) if store is not None and conversation_id is not None else {}
+    params = options.sampling_params(state.settings, installed, own, **overrides)
+    session = ChatSession(state.runtime(), session_settings(state.settings, own), installed, store, conversation_id)
     interactive = sys.stdin.isatty()
     reconfigure = getattr(sys.stdin, "reconfigure", None)
     if reconfigure is not None:  # a line that is not UTF-8 is refused on its own (see chatbot.text)

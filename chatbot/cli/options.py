@@ -25,13 +25,13 @@ MaxNewTokens = typer.Option(None, "--max-new-tokens", help="Longest reply, in to
 RepetitionPenalty = typer.Option(None, "--repetition-penalty", help="> 1 discourages repeats.")
 
 
-def sampling_params(settings, persona, **overrides):
-    """Settings, persona defaults and overrides combined, or a one-line usage error naming the
-    option (checked before any model loads)."""
+def sampling_params(settings, persona, conversation: dict | None = None, **overrides):
+    """Settings, persona defaults, the conversation's own settings and overrides combined, or a
+    one-line usage error naming the option (checked before any model loads)."""
     from chatbot.session import resolve_sampling
 
     try:
-        return resolve_sampling(settings, persona, **overrides)
+        return resolve_sampling(settings, persona, conversation, **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""

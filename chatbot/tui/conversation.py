@@ -15,7 +15,7 @@ from typing import Any
 from chatbot.config import Settings
 from chatbot.errors import UserError
 from chatbot.personas.registry import InstalledPersona
-from chatbot.tui import conversation_settings
+from chatbot import conversation_settings
 
 
 @dataclass

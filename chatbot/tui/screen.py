@@ -18,7 +18,7 @@ from chatbot.tui.conversation import ChatController
 from chatbot.tui.widgets.chat_log import ChatLog, EventLine, MessageView
 from chatbot.tui.widgets.composer import Composer
 from chatbot.tui.widgets.dialogs import ConfirmDialog, ExportDialog, HelpScreen, PersonaPicker, TextPrompt
-from chatbot.tui import conversation_settings
+from chatbot import conversation_settings
 from chatbot.tui.widgets.replay import ReplayScreen
 from chatbot.tui.widgets.settings_panel import SettingsPanel
 from chatbot.tui.widgets.sidebar import Sidebar, title_of

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
-from chatbot.tui.conversation_settings import FIELDS, MEMORY_SCOPES, parse
+from chatbot.conversation_settings import FIELDS, MEMORY_SCOPES, parse
 from chatbot.tui.widgets.dialogs import CLOSE, Dialog
 from chatbot.tui.widgets.text import clean, literal
 
