@@ -1,5 +1,5 @@
 /* Native one-token decode for the fast engine: GEMV kernels over GGUF's own quantized blocks
- * (Q4_0, Q4_1, Q8_0, Q4_K) with an int8-quantized activation (a scale per 16 values), and a
+ * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) with an int8-quantized activation (a scale per 16 values), and a
  * whole decoder step (every layer: RMSNorm, QKV, RoPE, KV write, attention, O, SiLU MLP, then the
  * final norm) in one call, so a token costs one dispatch instead of ~1300 torch ops.
  *
@@ -15,7 +15,7 @@
 
 #define QK 32
 
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8, T_Q4_K = 12 }; /* ggml type ids */
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 }; /* ggml type ids */
 #define QK_K 256 /* a K-quant super-block */
 enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512VNNI = 2 };
 
@@ -25,7 +25,7 @@ typedef struct {
 } qmat;
 
 typedef struct {
-    qmat qkv, o, gate_up, down;
+    qmat q, k, v, o, gate, up, down; /* each of its own type (a Q4_K_M file mixes them) */
     const float *attn_norm, *ffn_norm;
     const float *qkv_bias;       /* Qwen2; NULL elsewhere */
     const float *q_norm, *k_norm; /* Qwen3: an RMSNorm over each head of Q and K before RoPE; NULL elsewhere */
@@ -43,7 +43,8 @@ enum { PRECISE_QKV = 1, PRECISE_O = 2, PRECISE_GATE_UP = 4, PRECISE_DOWN = 8 };
 
 /* An activation quantized to int8 in halves of a weight block (16 values, each with its own scale:
  * measured closer to fp32 than one scale per 32, at one extra multiply per block): q, the scales
- * d[2 b], d[2 b + 1] of block b, and s[b] = the block's sum of d * q (for the weights' offsets). */
+ * d[2 b], d[2 b + 1] of block b, and s[2 b], s[2 b + 1] = each half's sum of d * q (for the weights'
+ * offsets). */
 #define QH (QK / 2)
 typedef struct {
     int8_t *q;
@@ -54,7 +55,11 @@ static size_t row_bytes_of(int type, int cols) {
     switch (type) {
     case T_Q4_0: return (size_t)cols / QK * 18;
     case T_Q4_1: return (size_t)cols / QK * 20;
+    case T_Q5_0: return (size_t)cols / QK * 22;
+    case T_Q5_1: return (size_t)cols / QK * 24;
     case T_Q4_K: return (size_t)cols / QK_K * 144;
+    case T_Q5_K: return (size_t)cols / QK_K * 176;
+    case T_Q6_K: return (size_t)cols / QK_K * 210;
     default: return (size_t)cols / QK * 34; /* Q8_0 */
     }
 }
@@ -105,7 +110,6 @@ static inline uint16_t fp32_to_bf16(float f) { /* round to nearest even, as torc
 
 static void quantize_row(const float *x, int n, qvec out) {
     for (int b = 0; b < n / QK; b++) {
-        out.s[b] = 0.0f;
         for (int half = 0; half < 2; half++) {
             const int at = b * QK + half * QH;
             float amax = 0.0f;
@@ -118,26 +122,37 @@ static void quantize_row(const float *x, int n, qvec out) {
                 sum += v;
             }
             out.d[2 * b + half] = d;
-            out.s[b] += d * (float)sum;
+            out.s[2 * b + half] = d * (float)sum;
         }
     }
 }
 
 /* ---- one row's dot product, per instruction set ------------------------------------------- */
-/* Every type is read as 32-weight blocks w = scale * u + offset, u its integers (unsigned 4-bit for
- * the Q4 types; Q8_0: signed 8-bit, offset 0), so the dot of a block with x is
- * scale * (dx_lo * sum_lo(u qx) + dx_hi * sum_hi(u qx)) + offset * sx.
+/* Every type is read as 32-weight blocks, each half (16 weights) w = scale * u + offset, u its
+ * integers (unsigned: 4 bits, 5 with Q5's fifth bits, 6 with Q6_K's two high bits; Q8_0: signed,
+ * offset 0), so a block's dot with x is the sum over its halves of
+ * scale * dx * sum(u qx) + offset * sx.
  *   Q4_0: fp16 d, 16 bytes; u in the "split" order (byte j: low nibble = weight j, high = j + 16);
- *         scale d, offset -8 d.
- *   Q4_1: fp16 d, fp16 m, 16 bytes split; scale d, offset m.
+ *         scale d, offset -8 d.         Q4_1: fp16 d, fp16 m, 16 bytes split; scale d, offset m.
+ *   Q5_0: fp16 d, 32 fifth bits (bit j: weight j), 16 bytes split; scale d, offset -16 d.
+ *   Q5_1: fp16 d, fp16 m, 32 fifth bits, 16 bytes split; scale d, offset m.
  *   Q8_0: fp16 d, 32 int8; scale d.
  *   Q4_K: super-blocks of 256 (fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins for its eight
  *         blocks, 128 bytes): block j's 32 nibbles are the low (j even) or high (j odd) halves of
- *         32 bytes; scale d * sc_j, offset -dmin * m_j. */
+ *         32 bytes; scale d * sc_j, offset -dmin * m_j.
+ *   Q5_K: as Q4_K with 32 bytes of fifth bits after the scales (bit j of byte i: weight i of block j),
+ *         176 bytes.
+ *   Q6_K: super-blocks of 256 (128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, fp16 d),
+ *         as two 128-weight halves; in a half, block g (0..3) takes the low (g < 2) or high nibbles
+ *         of 32 bytes at (g & 1) * 32 and bits 2g..2g+1 of 32 high bytes; a scale per 16 weights:
+ *         scale d * sc, offset -32 d * sc. */
 typedef struct {
-    const uint8_t *q; /* the block's integers */
-    int shift;        /* Q4_K: which nibble of each byte (0 or 4); -1: the split order */
-    float scale, offset;
+    const uint8_t *q;  /* the block's low bits (Q8_0: its int8) */
+    const uint8_t *qh; /* Q5_0/Q5_1: 4 bytes of fifth bits; Q5_K: 32 bytes, one bit each at hshift;
+                          Q6_K: 32 bytes, two bits each at hshift; else NULL */
+    int shift;         /* -1: the split order; 0 or 4: which nibble of each of 32 bytes */
+    int hshift;
+    float scale[2], offset[2];
 } block_view;
 
 static inline void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
@@ -151,25 +166,56 @@ static inline void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
 }
 
 static inline block_view view_of(const uint8_t *row, int type, int b) {
-    block_view v;
-    if (type == T_Q4_K) {
-        const uint8_t *sb = row + (size_t)(b / 8) * 144;
+    block_view v = {0};
+    v.shift = -1;
+    if (type == T_Q4_K || type == T_Q5_K) {
+        const int five = type == T_Q5_K;
+        const uint8_t *sb = row + (size_t)(b / 8) * (five ? 176 : 144);
         const int j = b % 8;
         int sc, mn;
         k4_scale_min(j, sb + 4, &sc, &mn);
-        v.q = sb + 16 + 32 * (j / 2);
+        v.q = sb + 16 + 32 * five + 32 * (j / 2);
+        v.qh = five ? sb + 16 : NULL;
+        v.hshift = j;
         v.shift = 4 * (j & 1);
-        v.scale = half_at(sb) * (float)sc;
-        v.offset = -half_at(sb + 2) * (float)mn;
+        v.scale[0] = v.scale[1] = half_at(sb) * (float)sc;
+        v.offset[0] = v.offset[1] = -half_at(sb + 2) * (float)mn;
         return v;
     }
-    const size_t bb = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
-    const uint8_t *blk = row + b * bb;
-    v.scale = half_at(blk);
-    v.shift = -1;
-    v.q = blk + (type == T_Q4_1 ? 4 : 2);
-    v.offset = type == T_Q4_1 ? half_at(blk + 2) : type == T_Q4_0 ? -8.0f * v.scale : 0.0f;
+    if (type == T_Q6_K) {
+        const uint8_t *sb = row + (size_t)(b / 8) * 210;
+        const int j = b % 8, n = j / 4, g = j % 4;
+        const int8_t *sc = (const int8_t *)(sb + 192) + n * 8 + 2 * g;
+        const float d = half_at(sb + 208);
+        v.q = sb + n * 64 + (g & 1) * 32;
+        v.shift = g < 2 ? 0 : 4;
+        v.qh = sb + 128 + n * 32;
+        v.hshift = 2 * g;
+        for (int h = 0; h < 2; h++) {
+            v.scale[h] = d * (float)sc[h];
+            v.offset[h] = -32.0f * v.scale[h];
+        }
+        return v;
+    }
+    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34};
+    const uint8_t *blk = row + b * bytes[type];
+    const float d = half_at(blk);
+    const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;
+    v.qh = five ? blk + (has_min ? 4 : 2) : NULL;
+    v.q = blk + 2 + 2 * has_min + 4 * five;
+    v.scale[0] = v.scale[1] = d;
+    v.offset[0] = v.offset[1] = has_min ? half_at(blk + 2) : type == T_Q4_0 ? -8.0f * d : type == T_Q5_0 ? -16.0f * d : 0.0f;
     return v;
+}
+
+/* Weight i (0..31) of a block as its unsigned integer u (Q8_0: signed). */
+static inline int integer_at(const block_view *v, int type, int i) {
+    if (type == T_Q8_0) return ((const int8_t *)v->q)[i];
+    int u = v->shift < 0 ? (i < QH ? v->q[i] & 0x0f : v->q[i - QH] >> 4) : (v->q[i] >> v->shift) & 0x0f;
+    if (type == T_Q6_K) u |= ((v->qh[i] >> v->hshift) & 3) << 4;
+    else if (type == T_Q5_K) u |= ((v->qh[i] >> v->hshift) & 1) << 4;
+    else if (v->qh) u |= ((v->qh[i / 8] >> (i % 8)) & 1) << 4;
+    return u;
 }
 
 static float dot_generic_pass(const uint8_t *row, int type, int nb, qvec x) {
@@ -177,16 +223,11 @@ static float dot_generic_pass(const uint8_t *row, int type, int nb, qvec x) {
     for (int b = 0; b < nb; b++) {
         const block_view v = view_of(row, type, b);
         const int8_t *xq = x.q + b * QK;
-        int lo = 0, hi = 0; /* the dot over each half of the block */
-        for (int i = 0; i < QK; i++) {
-            int u;
-            if (type == T_Q8_0) u = ((const int8_t *)v.q)[i];
-            else if (v.shift < 0) u = i < QH ? v.q[i] & 0x0f : v.q[i - QH] >> 4;
-            else u = (v.q[i] >> v.shift) & 0x0f;
-            if (i < QH) lo += u * xq[i];
-            else hi += u * xq[i];
+        for (int h = 0; h < 2; h++) {
+            int acc = 0;
+            for (int i = h * QH; i < (h + 1) * QH; i++) acc += integer_at(&v, type, i) * xq[i];
+            sum += v.scale[h] * x.d[2 * b + h] * (float)acc + v.offset[h] * x.s[2 * b + h];
         }
-        sum += v.scale * (x.d[2 * b] * (float)lo + x.d[2 * b + 1] * (float)hi) + v.offset * x.s[b];
     }
     return sum;
 }
@@ -204,8 +245,8 @@ __attribute__((target("avx2,fma,f16c"))) static inline float hsum256(__m256 v) {
 }
 
 /* The products' scales: lanes 0-3 hold the first half's sums, lanes 4-7 the second's. */
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 half_scales(float d, const float *xd) {
-    return _mm256_set_m128(_mm_set1_ps(d * xd[1]), _mm_set1_ps(d * xd[0]));
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 half_scales(const float *scale, const float *xd) {
+    return _mm256_set_m128(_mm_set1_ps(scale[1] * xd[1]), _mm_set1_ps(scale[0] * xd[0]));
 }
 
 __attribute__((target("avx2,fma,f16c"))) static inline __m256i nibbles32(const uint8_t *qs) {
@@ -217,23 +258,53 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i nibbles32(const u
  * |w|, its sign moved onto the activation), then multiplied with each pass of the activation. The
  * only difference between the two instruction sets is the u8 x s8 dot of 4 bytes into int32:
  * maddubs + madd on AVX2 (int16 pair sums: at most 2 * 127 * 127, no saturation), vpdpbusd on VNNI. */
+/* Q5's 32 fifth bits as 32 bytes of 0 or 16, byte i from bit i. */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i fifth_bits(const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    const __m256i byte_of_bit = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+    const __m256i spread = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), byte_of_bit), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(spread, bit), _mm256_set1_epi8(16));
+}
+
+/* The block's integers as 32 unsigned bytes (Q8_0: |w|, its sign then moved onto the activation). */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i unsigned_operand(const block_view *v, int type, __m256i *wq) {
+    if (type == T_Q8_0) {
+        *wq = _mm256_loadu_si256((const __m256i *)v->q);
+        return _mm256_sign_epi8(*wq, *wq);
+    }
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i u = v->shift < 0 ? nibbles32(v->q)
+                             : _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v->q), v->shift), low4);
+    if (type == T_Q6_K) {
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v->qh), v->hshift),
+                                              _mm256_set1_epi8(3));
+        u = _mm256_or_si256(u, _mm256_slli_epi16(high, 4)); /* each byte <= 3 before: nothing crosses into the next */
+    } else if (type == T_Q5_K) {
+        const __m256i bit = _mm256_set1_epi8((char)(1 << v->hshift));
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)v->qh), bit), bit);
+        u = _mm256_or_si256(u, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+    } else if (v->qh) {
+        u = _mm256_or_si256(u, fifth_bits(v->qh));
+    }
+    return u;
+}
+
+/* The unsigned operand is built once per block and multiplied with each pass of the activation.
+ * The instruction sets differ only in the u8 x s8 dot of 4 bytes into int32: maddubs + madd on
+ * AVX2 (int16 pair sums: at most 2 x 127 x 127, no saturation), vpdpbusd on VNNI. */
 #define DOT_BODY(U8S8_DOT)                                                                          \
     __m256 acc = _mm256_setzero_ps(), acc_rest = _mm256_setzero_ps();                               \
     float offsets = 0.0f;                                                                           \
     const int q8 = type == T_Q8_0;                                                                  \
     for (int b = 0; b < nb; b++) {                                                                  \
         const block_view v = view_of(row, type, b);                                                 \
-        __m256i wu, wq = _mm256_setzero_si256();                                                    \
-        if (q8) {                                                                                   \
-            wq = _mm256_loadu_si256((const __m256i *)v.q);                                          \
-            wu = _mm256_sign_epi8(wq, wq);                                                          \
-        } else if (v.shift < 0) {                                                                   \
-            wu = nibbles32(v.q);                                                                    \
-        } else {                                                                                    \
-            wu = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v.q), v.shift), \
-                                  _mm256_set1_epi8(0x0f));                                          \
-        }                                                                                           \
-        offsets += v.offset * (x.s[b] + (rest ? rest->s[b] : 0.0f));                                \
+        __m256i wq = _mm256_setzero_si256();                                                        \
+        const __m256i wu = unsigned_operand(&v, type, &wq);                                         \
+        for (int h = 0; h < 2; h++)                                                                 \
+            offsets += v.offset[h] * (x.s[2 * b + h] + (rest ? rest->s[2 * b + h] : 0.0f));         \
         __m256i xq = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                           \
         if (q8) xq = _mm256_sign_epi8(xq, wq);                                                      \
         acc = _mm256_fmadd_ps(half_scales(v.scale, x.d + 2 * b), _mm256_cvtepi32_ps(U8S8_DOT(wu, xq)), acc); \
@@ -276,7 +347,8 @@ static dot_fn dot_for(int isa) {
 static void gemv(const qmat *m, qvec x, const qvec *rest, float *y, dot_fn dot) {
     const int nb = m->cols / QK;
     const size_t row_bytes = row_bytes_of(m->type, m->cols);
-#pragma omp for schedule(static)
+    /* no barrier here: matrices of one input (Q, K, V; gate, up) run back to back, the caller waits */
+#pragma omp for schedule(static) nowait
     for (int r = 0; r < m->rows; r++) {
         const uint8_t *row = m->w + (size_t)r * row_bytes;
         y[r] = dot(row, m->type, nb, x, rest);
@@ -345,13 +417,13 @@ int nd_decode(const model_weights *m, float *x, int pos, uint16_t *k_cache, uint
     float *gu = malloc(sizeof(float) * 2 * m->hidden);
     float *scores = malloc(sizeof(float) * (size_t)H * n);
     int8_t *xq = malloc(2 * widest);
-    float *xd = malloc(sizeof(float) * 2 * (widest / QH)), *xs = malloc(sizeof(float) * 2 * (widest / QK));
+    float *xd = malloc(sizeof(float) * 2 * (widest / QH)), *xs = malloc(sizeof(float) * 2 * (widest / QH));
     float *err = malloc(sizeof(float) * widest);
     if (!h || !qkv || !attn || !proj || !gu || !scores || !xq || !xd || !xs || !err) {
         free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs); free(err);
         return -2;
     }
-    const qvec act = {xq, xd, xs}, act_rest = {xq + widest, xd + widest / QH, xs + widest / QK};
+    const qvec act = {xq, xd, xs}, act_rest = {xq + widest, xd + widest / QH, xs + widest / QH};
     const qvec *rest_qkv = m->precise & PRECISE_QKV ? &act_rest : NULL, *rest_o = m->precise & PRECISE_O ? &act_rest : NULL;
     const qvec *rest_gu = m->precise & PRECISE_GATE_UP ? &act_rest : NULL, *rest_down = m->precise & PRECISE_DOWN ? &act_rest : NULL;
     const dot_fn dot = dot_for(isa);
@@ -366,7 +438,10 @@ int nd_decode(const model_weights *m, float *x, int pos, uint16_t *k_cache, uint
             rms_norm(x, lw->attn_norm, m->dim, m->eps, h);
             quantize_input(h, m->dim, act, rest_qkv, err);
         }
-        gemv(&lw->qkv, act, rest_qkv, qkv, dot);
+        gemv(&lw->q, act, rest_qkv, qkv, dot);
+        gemv(&lw->k, act, rest_qkv, qkv + q_rows, dot);
+        gemv(&lw->v, act, rest_qkv, qkv + q_rows + kv_rows, dot);
+#pragma omp barrier
 #pragma omp single
         {
             if (lw->qkv_bias)
@@ -392,13 +467,16 @@ int nd_decode(const model_weights *m, float *x, int pos, uint16_t *k_cache, uint
 #pragma omp single
         quantize_input(attn, q_rows, act, rest_o, err);
         gemv(&lw->o, act, rest_o, proj, dot);
+#pragma omp barrier
 #pragma omp single
         {
             for (int i = 0; i < m->dim; i++) x[i] += proj[i];
             rms_norm(x, lw->ffn_norm, m->dim, m->eps, h);
             quantize_input(h, m->dim, act, rest_gu, err);
         }
-        gemv(&lw->gate_up, act, rest_gu, gu, dot);
+        gemv(&lw->gate, act, rest_gu, gu, dot);
+        gemv(&lw->up, act, rest_gu, gu + m->hidden, dot);
+#pragma omp barrier
 #pragma omp single
         {
             for (int i = 0; i < m->hidden; i++) {
@@ -408,6 +486,7 @@ int nd_decode(const model_weights *m, float *x, int pos, uint16_t *k_cache, uint
             quantize_input(h, m->hidden, act, rest_down, err);
         }
         gemv(&lw->down, act, rest_down, proj, dot);
+#pragma omp barrier
 #pragma omp single
         for (int i = 0; i < m->dim; i++) x[i] += proj[i];
     }
@@ -422,10 +501,10 @@ int nd_decode(const model_weights *m, float *x, int pos, uint16_t *k_cache, uint
 int nd_gemv(const qmat *m, const float *x, float *y, int precise, int nthreads, int isa) {
     const int n = m->cols;
     int8_t *xq = malloc(2 * n);
-    float *xd = malloc(sizeof(float) * 2 * (n / QH)), *xs = malloc(sizeof(float) * 2 * (n / QK));
+    float *xd = malloc(sizeof(float) * 2 * (n / QH)), *xs = malloc(sizeof(float) * 2 * (n / QH));
     float *err = malloc(sizeof(float) * n);
     if (!xq || !xd || !xs || !err) { free(xq); free(xd); free(xs); free(err); return -2; }
-    const qvec act = {xq, xd, xs}, act_rest = {xq + n, xd + n / QH, xs + n / QK};
+    const qvec act = {xq, xd, xs}, act_rest = {xq + n, xd + n / QH, xs + n / QH};
     const qvec *rest = precise ? &act_rest : NULL;
     quantize_input(x, n, act, rest, err);
     const dot_fn dot = dot_for(isa);

@@ -24,7 +24,7 @@ class QMat(ctypes.Structure):
 
 
 class LayerWeights(ctypes.Structure):
-    _fields_ = [("qkv", QMat), ("o", QMat), ("gate_up", QMat), ("down", QMat),
+    _fields_ = [("q", QMat), ("k", QMat), ("v", QMat), ("o", QMat), ("gate", QMat), ("up", QMat), ("down", QMat),
                 ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p),
                 ("qkv_bias", ctypes.c_void_p), ("q_norm", ctypes.c_void_p), ("k_norm", ctypes.c_void_p)]
 

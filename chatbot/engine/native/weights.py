@@ -1,7 +1,7 @@
 """The decoder layers' weights as the kernels read them: the GGUF's own blocks, unchanged.
 
-Per layer, Q/K/V are one matrix (rows stacked; Q and K rows already un-permuted from llama.cpp's
-RoPE order, as the torch path has them) and gate/up another, so a layer is four GEMVs. Built once
+Seven matrices a layer, each of its own type (Q and K rows already un-permuted from llama.cpp's
+RoPE order, as the torch path has them; a Q4_K_M file mixes types even within Q/K/V). Built once
 from the GGUF file into `native-v<FORMAT>.safetensors` in the fast engine's cache folder (about
 the size of the file's layer tensors) and memory-mapped after that: nothing is converted at start.
 """
@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = 1
+FORMAT = 2
 # ggml type ids of the block formats the kernels read
-BLOCK_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12}
-SUPER_BLOCK = {"Q4_K": 256}  # the columns a row must be a multiple of (else 32)
-MATRICES = {"qkv": ("attn_q", "attn_k", "attn_v"), "o": ("attn_output",), "gate_up": ("ffn_gate", "ffn_up"),
-            "down": ("ffn_down",)}
+BLOCK_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+SUPER_BLOCK = {"Q4_K": 256, "Q5_K": 256, "Q6_K": 256}  # the columns a row must be a multiple of (else 32)
+# the kernels' matrices (library.LayerWeights) and the GGUF tensors they are
+MATRICES = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
+            "down": "ffn_down"}
 
 
 class NotNative(Exception):
@@ -44,22 +45,17 @@ def build(gguf_path: Path, n_layers: int, progress=None) -> NativeWeights:
     from chatbot.engine.fast.gguf_weights import GGUFWeights
 
     weights = GGUFWeights(gguf_path)
-    parts = {f"{i}.{matrix}": [weights.layer(i, role) for role in roles]
-             for i in range(n_layers) for matrix, roles in MATRICES.items()}
-    for key, raws in parts.items():
-        kinds = sorted({raw.kind for raw in raws})
-        where = f"blk.{key.split('.')[0]}.{'/'.join(raw.name.split('.')[2] for raw in raws)}"
-        if len(kinds) != 1 or kinds[0] not in BLOCK_TYPES:
-            raise NotNative(f"{where}: {'/'.join(kinds)}")
-        block = SUPER_BLOCK.get(kinds[0], 32)
-        if raws[0].cols % block:
-            raise NotNative(f"{where}: {raws[0].cols} columns (not whole blocks of {block})")
+    raws = {f"{i}.{matrix}": weights.layer(i, role) for i in range(n_layers) for matrix, role in MATRICES.items()}
+    for raw in raws.values():
+        if raw.kind not in BLOCK_TYPES:
+            raise NotNative(f"{raw.name.removesuffix('.weight')}: {raw.kind}")
+        block = SUPER_BLOCK.get(raw.kind, 32)
+        if raw.cols % block:
+            raise NotNative(f"{raw.name.removesuffix('.weight')}: {raw.cols} columns (not whole blocks of {block})")
     if progress:
         progress(f"Laying out {Path(gguf_path).name} for the native decode kernels (once)...")
-    tensors = {key: torch.from_numpy(np.ascontiguousarray(np.concatenate([np.asarray(r.data) for r in raws])))
-               for key, raws in parts.items()}
-    return NativeWeights(tensors, {key: raws[0].kind for key, raws in parts.items()},
-                         {key: raws[0].cols for key, raws in parts.items()})
+    return NativeWeights({key: torch.from_numpy(np.array(raw.data, copy=True)) for key, raw in raws.items()},
+                         {key: raw.kind for key, raw in raws.items()}, {key: raw.cols for key, raw in raws.items()})
 
 
 def save(weights: NativeWeights, path: Path) -> None:
