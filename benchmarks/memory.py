@@ -116,8 +116,10 @@ def progress(**fields) -> None:
     print(json.dumps(fields), file=sys.stderr, flush=True)
 
 
-def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, controls, params) -> Outcome:
-    """Each conversation's three questions in turn, in one session (as a user would ask them)."""
+def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, controls, params,
+             sequential: bool = False) -> Outcome:
+    """Each conversation's three questions, each from the end of its filler (a branch of its own),
+    or with `sequential` one after another (each sees the answers before it)."""
     settings = base.model_copy(update={"context_budget": budget, "memory": mode})
     outcome = Outcome()
     with tempfile.TemporaryDirectory() as folder:
@@ -127,8 +129,11 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
         every_value = {v for p in plans for v in p.facts.values()}
         for conversation, p in stored:
             session = ChatSession(runtime, settings, persona, store, conversation)
+            filler_leaf = session.leaf_id
             others = every_value - set(p.facts.values())
             for kind, value in p.facts.items():
+                if not sequential:  # each question from the end of the filler, on a branch of its own
+                    session.branch_from(filler_leaf)
                 reply = ask(session, FACTS[kind][1], params)
                 outcome.asked += 1
                 hit = value.lower() in reply.text.lower()
@@ -137,10 +142,11 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
                 if not hit:
                     outcome.misses.append(f"{kind} {value!r}: {reply.text[:80]!r}")
                 seen = (reply.context.text + reply.text).lower()
-                outcome.leaks += sum(1 for v in others if v.lower() in seen)
+                leaks = sum(1 for v in others if v.lower() in seen)
+                outcome.leaks += leaks
                 outcome.block_tokens.append(reply.context.memory_tokens)
                 outcome.prompt_tokens.append(reply.context.tokens)
-                progress(budget=budget, mode=mode, kind=kind, correct=hit, block=reply.context.memory_tokens,
+                progress(budget=budget, mode=mode, kind=kind, correct=hit, leaks=leaks, block=reply.context.memory_tokens,
                          retrieved=any(value.lower() in p.text.lower() for p in reply.context.recalled),
                          prompt=reply.context.tokens, ttft_ms=reply.stats.ttft_ms, reply=reply.text[:60])
         for conversation, p in zip(control_ids, plans):
@@ -196,6 +202,7 @@ def main() -> None:
     parser.add_argument("--ttft-turns", type=int, default=40)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--sequential", action="store_true", help="ask the three questions one after another")
     parser.add_argument("--note", default="", help="e.g. 'measured while other jobs loaded the machine'")
     args = parser.parse_args()
     base = Settings()
@@ -210,7 +217,7 @@ def main() -> None:
         plans = [plan(rng, filler_for(budget), True) for _ in range(args.conversations)]
         controls = [plan(rng, filler_for(budget), False) for _ in range(args.conversations if args.controls is None else args.controls)]
         for mode in args.modes:
-            o = run_mode(runtime, base, persona, budget, mode, plans, controls, params)
+            o = run_mode(runtime, base, persona, budget, mode, plans, controls, params, args.sequential)
             share = o.correct / o.asked if o.asked else 0.0
             target = ">= 90%" if budget == 512 and mode != "off" else ""
             rows.append((f"{budget} tok, memory {mode}: facts answered", f"{o.correct}/{o.asked} ({share:.0%})", target))

@@ -18,6 +18,7 @@ from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError, UserError
 from chatbot.memory.context import Context, ContextBuilder
 from chatbot.memory.recall import sources_for
+from chatbot.memory.recall import sources_for
 from chatbot.memory.render import Turn
 from chatbot.personas.registry import InstalledPersona
 from chatbot.runtime import Runtime
@@ -169,6 +170,11 @@ class ChatSession:
             self.store, self.settings.memory, self.persona.persona.name
         )
 
+    def memory_sources(self) -> list:
+        """Where this turn's memory block comes from (memory/passages.py): recall in the scope of
+        the `memory` setting."""
+        return sources_for(self.store, self.settings.memory, self.persona.persona.name)
+
     def prefix(self) -> Prefix | None:
         from chatbot.personas.soft_prompt import prefix_for
 
@@ -190,6 +196,12 @@ class ChatSession:
         self.leaf_id = user_message_id
         self._branching = False
         return self._answer(branch[-1].content, user_message_id, params, cancel)
+
+    def branch_from(self, leaf_id: int) -> None:
+        """Make the next `send` follow stored message `leaf_id` as a new branch, beside any
+        replies it has (the memory benchmark asks each question from the same point)."""
+        self.load_branch(leaf_id)
+        self._branching = True
 
     def branch_before(self, user_message_id: int) -> None:
         """Make the next `send` a sibling of a stored user message (edit-and-resend)."""
@@ -241,6 +253,16 @@ class ChatSession:
             messages = messages_for(self.persona.persona, self.history, context)
             return engine.generate_messages(messages, context.prompt_ids, params, cancel=cancel)
         return engine.generate(context.prompt_ids, params, prefix=prefix, cancel=cancel)
+
+    def _record_recalled(self, reply: Reply) -> None:
+        """Each reply keeps what was recalled for it, so `history context --reply` shows what the
+        model saw."""
+        if self.store is None or reply.message_id is None or not self.memory_sources():
+            return  # memory off: nothing stored (None), so replaying it adds no block either
+        try:
+            self.store.record_recalled(reply.message_id, [p.stored() for p in reply.context.recalled])
+        except UserError as exc:  # a full disk: the reply still streams, and says so at the end
+            reply.save_error = str(exc)
 
     def _record_recalled(self, reply: Reply) -> None:
         """Each reply keeps what was recalled for it, so `history context --reply` shows what the
