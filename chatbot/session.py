@@ -18,7 +18,6 @@ from chatbot.engine.sampling import SamplingParams
 from chatbot.errors import UsageError, UserError
 from chatbot.memory.context import Context, ContextBuilder
 from chatbot.memory.recall import sources_for
-from chatbot.memory.recall import sources_for
 from chatbot.memory.render import Turn
 from chatbot.personas.registry import InstalledPersona
 from chatbot.runtime import Runtime
@@ -170,11 +169,6 @@ class ChatSession:
             self.store, self.settings.memory, self.persona.persona.name
         )
 
-    def memory_sources(self) -> list:
-        """Where this turn's memory block comes from (memory/passages.py): recall in the scope of
-        the `memory` setting."""
-        return sources_for(self.store, self.settings.memory, self.persona.persona.name)
-
     def prefix(self) -> Prefix | None:
         from chatbot.personas.soft_prompt import prefix_for
 
@@ -253,16 +247,6 @@ class ChatSession:
             messages = messages_for(self.persona.persona, self.history, context)
             return engine.generate_messages(messages, context.prompt_ids, params, cancel=cancel)
         return engine.generate(context.prompt_ids, params, prefix=prefix, cancel=cancel)
-
-    def _record_recalled(self, reply: Reply) -> None:
-        """Each reply keeps what was recalled for it, so `history context --reply` shows what the
-        model saw."""
-        if self.store is None or reply.message_id is None or not self.memory_sources():
-            return  # memory off: nothing stored (None), so replaying it adds no block either
-        try:
-            self.store.record_recalled(reply.message_id, [p.stored() for p in reply.context.recalled])
-        except UserError as exc:  # a full disk: the reply still streams, and says so at the end
-            reply.save_error = str(exc)
 
     def _record_recalled(self, reply: Reply) -> None:
         """Each reply keeps what was recalled for it, so `history context --reply` shows what the
