@@ -114,6 +114,7 @@ class ScriptedServer:
         self.chunks = ["Hello", " there"]
         self.bodies: list[dict] = []
         self.hold = threading.Event()
+        self.stalled = 0  # requests held in "stall" right now
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -141,7 +142,9 @@ class ScriptedServer:
                     self._event({"id": "x", "object": "chunk", "created": 0, "model": "scripted",
                                  "choices": [{**choice, "finish_reason": None}]})
                 if scripted.mode == "stall":
-                    scripted.hold.wait(30)
+                    scripted.stalled += 1
+                    scripted.hold.wait(120)
+                    scripted.stalled -= 1
                     return
                 done = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
                 self._event({"id": "x", "object": "chunk", "created": 0, "model": "scripted",

@@ -92,6 +92,7 @@ def test_cancel_during_a_stalled_stream_closes_it_without_waiting_for_the_timeou
             if reply.text == "Hello there":
                 threading.Timer(0.2, cancel.set).start()
         assert reply.status == "interrupted" and reply.stats.stop_reason == "cancelled"
+        assert scripted.stalled == 1  # ended while the server still held the stream, not by it
         assert store.active_branch(reply.conversation_id)[-1].content == "Hello there"
 
 

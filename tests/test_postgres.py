@@ -228,3 +228,19 @@ def test_the_skip_reason_is_one_line_naming_what_is_missing(monkeypatch):
     monkeypatch.setattr(postgres_server, "_bin_dir", lambda: None)
     reason = postgres_server.why_not()
     assert reason is not None and "\n" not in reason and "make postgres" in reason
+
+
+def test_memory_recall_and_forget_work_on_postgresql(pg_url):
+    from chatbot.store.recall import Scope
+
+    with Store.open(pg_url) as store:
+        c = store.new_conversation("memory", "m")
+        leaf = None
+        for text in ("my dog is called Rex", "I like green tea", "the weather is grey"):
+            _, leaf = store.add_turn(c, text, leaf, None, {}, 1, "m")
+            store.finish_reply(leaf, f"noted: {text}", "complete", {})
+        hits = store.recall_candidates('"dog"', ["dog"], Scope(c, leaf, "all", None))
+        assert {h.content for h in hits} == {"my dog is called Rex", "noted: my dog is called Rex"}
+        first = store.active_branch(c)[0].id
+        store.forget_message(first)
+        assert [h.message_id for h in store.search("Rex")] == [first + 1]  # the index follows the erase

@@ -13,6 +13,7 @@ line (UserError) raised from the stream: the session then stores the partial rep
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ SOFT_PROMPT_REFUSED = (
     "then CHATBOT_REMOTE_PROMPT_EMBEDS=1); {url} was not declared so: choose a control-code persona"
 )
 FINISH_REASONS = {"stop": "eos", "length": "max_new_tokens"}
+POLL_S = 0.05  # how often a waiting reply looks at the caller's cancel flag
 
 
 def messages_for(persona, history: list[Turn], context) -> list[dict]:
@@ -90,25 +92,31 @@ class OpenAIEngine(StreamingEngine):
 
     def _consume(self, generation: Generation, open_stream: Callable, text_of: Callable, cancel) -> Iterator[str]:
         """Stream the answer's text, keeping TTFT, tokens/s and the stop reason as the local
-        engine does. Cancel closes the stream (the server sees the connection go)."""
+        engine does. The stream is read by a thread of its own, so a cancel ends the reply at
+        once even while a read waits on a stalled server; the stream is then closed (the server
+        sees the connection go) and the thread left to end with it."""
         stats = generation.stats
         started = time.perf_counter()
         first_at = last_at = None
         pieces = 0
         usage = None
         finish = None
-        stream = None
-        done = threading.Event()
+        reader = StreamReader(open_stream)
         try:
-            stream = open_stream()
-            if cancel is not None:  # a stalled stream sends no chunk to notice the cancel at
-                threading.Thread(target=_close_on_cancel, args=(stream, cancel, done), daemon=True).start()
-            for chunk in stream:
+            while True:
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
                     break
-                usage = getattr(chunk, "usage", None) or usage
-                for choice in chunk.choices:
+                try:
+                    kind, value = reader.events.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise UserError(self.explain(value)) from value
+                usage = getattr(value, "usage", None) or usage
+                for choice in value.choices:
                     text = text_of(choice)
                     if text:
                         last_at = time.perf_counter()
@@ -118,16 +126,8 @@ class OpenAIEngine(StreamingEngine):
                         pieces += 1
                         yield text
                     finish = choice.finish_reason or finish
-        except UserError:
-            raise
-        except Exception as exc:  # the openai client's errors, and the HTTP library's under a stream
-            if cancel is None or not cancel.is_set():
-                raise UserError(self.explain(exc)) from exc
-            finish = "cancelled"  # the stream was closed under the read by the cancel
         finally:
-            done.set()
-            if stream is not None:
-                stream.close()
+            reader.stop()
         stats.stop_reason = "cancelled" if finish == "cancelled" else FINISH_REASONS.get(finish, "eos")
         stats.new_tokens = int(getattr(usage, "completion_tokens", 0) or pieces)
         if usage is not None and getattr(usage, "prompt_tokens", None):
@@ -155,13 +155,40 @@ class OpenAIEngine(StreamingEngine):
             raise UserError(self.explain(exc)) from exc
 
 
-def _close_on_cancel(stream, cancel: threading.Event, done: threading.Event) -> None:
-    """Close the stream as soon as the reply is cancelled, even while a read waits on the server."""
-    while not done.is_set():
-        if cancel.wait(0.05):
-            if not done.is_set():
+class StreamReader:
+    """Reads an opened stream's chunks into `events` ("chunk", then "end" or "error") on a daemon
+    thread. `stop()` closes the stream; a read blocked on the server then ends with it."""
+
+    def __init__(self, open_stream: Callable):
+        self.events: queue.Queue = queue.Queue()
+        self._stream = None
+        self._stopped = threading.Event()
+        threading.Thread(target=self._read, args=(open_stream,), name="openai-stream", daemon=True).start()
+
+    def _read(self, open_stream: Callable) -> None:
+        try:
+            self._stream = open_stream()
+            for chunk in self._stream:
+                if self._stopped.is_set():
+                    break
+                self.events.put(("chunk", chunk))
+            self.events.put(("end", None))
+        except Exception as exc:  # the openai client's errors, and the HTTP library's under a stream
+            self.events.put(("error", exc))
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._close()
+
+    def _close(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            try:
                 stream.close()
-            return
+            except Exception:  # closing from another thread mid-read: the read fails instead
+                pass
 
 
 def _sampling(params: SamplingParams) -> dict:
