@@ -146,3 +146,20 @@ def run_cli(args, monkeypatch, capsys, engine: FakeEngine | None = None, stdin: 
         code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err, bool(loads)
+
+
+def run_together(target, args_list: list[tuple], timeout_s: float = 300) -> tuple[list[str], list[int]]:
+    """Start one forkserver process per args (each called as `target(*args, start, errors)`), let
+    them go at once, wait for all: (errors they put, exit codes)."""
+    ctx = forkserver()
+    start, errors = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, start, errors)) for args in args_list]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(timeout_s)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    return found, [p.exitcode for p in procs]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import postgres_server
-from reliability_helpers import forkserver
+from reliability_helpers import run_together
 
 from chatbot.store import Store
 
@@ -131,18 +131,8 @@ def _write_turns(url: str, tag: str, shared: int, start, errors) -> None:
 def test_six_writers_thirty_turns_each_with_no_error_and_no_fork(pg_url):
     with Store.open(pg_url) as store:
         shared = store.new_conversation("shared", "m")
-    ctx = forkserver()
-    start, errors = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_write_turns, args=(pg_url, f"w{n}", shared, start, errors)) for n in range(WRITERS)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(300)
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
-    assert found == [] and [p.exitcode for p in procs] == [0] * WRITERS, found
+    found, exit_codes = run_together(_write_turns, [(pg_url, f"w{n}", shared) for n in range(WRITERS)])
+    assert found == [] and exit_codes == [0] * WRITERS, found
     with Store.open(pg_url) as store:
         rows = {c.title: c for c in store.list_conversations()}
         for n in range(WRITERS):
