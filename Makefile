@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench venv clean postgres
+.PHONY: run test bench bench-serve venv clean postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: venv postgres
 
 bench: venv
 	$(BIN)/python -m benchmarks.decode
+
+# chatbot serve under 1/4/8 clients, and llama.cpp's server beside it where installed; then the
+# openai engine against llama.cpp's server (tests/test_serve_llama_cpp.py skips without it).
+bench-serve: venv
+	$(BIN)/python -m benchmarks.serve
+	$(BIN)/python -m pytest -q -rs tests/test_serve_llama_cpp.py
 	$(BIN)/python -m benchmarks.native
 
 clean:

@@ -101,12 +101,15 @@ def start_chatbot_serve(port: int, folder: Path) -> subprocess.Popen:
 def start_llama_cpp_server(port: int) -> subprocess.Popen | None:
     import importlib.util
 
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
+    try:
+        if any(importlib.util.find_spec(m) is None for m in ("llama_cpp", "llama_cpp.server", "sse_starlette")):
+            return None
+    except ModuleNotFoundError:
         return None
     from chatbot.engine.loading import bundled_gguf
 
     return subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
