@@ -41,13 +41,13 @@ test: venv postgres
 
 bench: venv
 	$(BIN)/python -m benchmarks.decode
+	$(BIN)/python -m benchmarks.native
 
 # chatbot serve under 1/4/8 clients, and llama.cpp's server beside it where installed; then the
 # openai engine against llama.cpp's server (tests/test_serve_llama_cpp.py skips without it).
 bench-serve: venv
 	$(BIN)/python -m benchmarks.serve
 	$(BIN)/python -m pytest -q -rs tests/test_serve_llama_cpp.py
-	$(BIN)/python -m benchmarks.native
 
 clean:
 	rm -rf $(VENV)
