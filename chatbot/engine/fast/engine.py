@@ -19,6 +19,7 @@ from chatbot.engine.fast import loader
 from chatbot.engine.fast.gguf_weights import GGUFWeights
 from chatbot.engine.fast.model import FastLlama, KVCache
 from chatbot.engine.loading import LoadedModel
+from chatbot.errors import UserError
 
 
 class FastEngine(Engine):
@@ -118,7 +119,11 @@ def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
     gguf_path = Path(source.location)
     cache_path = loading.converted_dir(gguf_path, cache_dir)
     if not loader.is_cached(fast_folder(cache_path)):
-        GGUFWeights(gguf_path).check()
+        try:
+            weights = GGUFWeights(gguf_path)
+        except (ValueError, OSError) as exc:  # not a GGUF, cut short, unreadable: name the file
+            raise UserError(f"cannot read {gguf_path.name}: {loading._one_line(exc)}") from exc
+        weights.check()
     metadata_path = loading.metadata_folder(gguf_path, cache_path, progress)
     tokenizer, config, generation_config = loading.open_tokenizer_and_config(metadata_path)
     if getattr(config, "model_type", "") not in loader.FAST_HF_ARCHITECTURES.values():
