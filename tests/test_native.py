@@ -182,8 +182,13 @@ def test_portable_c_computes_what_the_best_instruction_set_computes(fast_engine,
     fast_engine.native = NativeDecoder(fast_engine.model, fast_engine.native.weights,
                                        Kernels(fast_engine.native.kernels.lib, runnable()[-1]))
     generic, best = steps.values()
-    # the same integer sums, float sums in another order: far below anything the guard could see
-    assert (generic - best).abs().max().item() < 1e-2
+    # The same integer sums, float sums in another order; last-bit differences then flip a few bf16
+    # roundings of K/V and int8 roundings of activations along 30 layers (measured: 0.019 at most
+    # on the ten likeliest tokens, which are re-scored in fp32; the rest are the int8 head's bf16
+    # outputs). A kernel reading a block wrongly moves logits by whole units.
+    top = best.topk(10, dim=-1).indices
+    assert torch.equal(generic.argmax(-1), best.argmax(-1))
+    assert (generic.gather(-1, top) - best.gather(-1, top)).abs().max().item() < 0.1
 
 
 @pytest.mark.slow
@@ -206,6 +211,34 @@ def test_native_steps_and_torch_prefill_share_the_cache(fast_engine, bundled_fp3
         fast_engine.native = native
     assert (reused.softmax(-1) - fresh.softmax(-1)).abs().max() < 0.05
     assert reused.topk(3).indices.tolist() == fresh.topk(3).indices.tolist() or reused.argmax() == fresh.argmax()
+
+
+@pytest.mark.slow
+def test_native_steps_after_a_soft_prompt_prefix(fast_engine, bundled_fp32):
+    """A soft prompt's KV (computed by torch from its embeddings) and then native steps: the same
+    next-token distributions as torch alone over the same prefix."""
+    from chatbot.engine.decoding import Prefix
+
+    tokenizer = bundled_fp32.tokenizer
+    embeddings = fast_engine.model.embedding_rows(torch.tensor(tokenizer.encode("You are a pirate."))).clone()
+    prefix = Prefix("pirate-test", embeddings)
+    ids = ContextBuilder(tokenizer).build(Persona(name="assistant"), [], "Who are you?").prompt_ids
+
+    def steps(native) -> torch.Tensor:
+        fast_engine.native = native
+        fast_engine.reset()
+        seq, out = list(ids), []
+        for _ in range(6):
+            out.append(fast_engine.next_token_logits(seq, prefix=prefix).softmax(-1))
+            seq.append(int(out[-1].argmax()))
+        return torch.stack(out)
+
+    native = fast_engine.native
+    try:
+        ours, torch_only = steps(native), steps(None)
+    finally:
+        fast_engine.native = native
+    assert (ours - torch_only).abs().max().item() < 0.05
 
 
 # -- without the kernels -------------------------------------------------------------------------
