@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.native [--new-tokens 128] [--repeats 3]
 
 Greedy decode tok/s (128 tokens, the bundled Q4_1 model, the engines' own decode-only counts) of:
-the native kernels (both activation passes, the default; and one int8 pass), the torch fast path,
+the native kernels (the default, and the other choices of which matmul inputs get the second int8
+pass), the torch fast path,
 transformers `generate` in bf16, and llama.cpp on the same Q4_1 file and on a Q4_0 re-quantization
 of it (llama-cpp-python's own quantizer; both only with the optional `bench` extra). Then TTFT at
 turns 1 and 20, cold start to the first token and peak RSS of `chatbot ask` with the kernels on
@@ -52,14 +53,15 @@ def _own_jiffies() -> int:
 class LoadGate:
     """Measures what share of the machine other processes used while a block ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_wait_s: float = 60.0, tries: int = 3) -> None:
+        self.idle_wait_s, self.tries = idle_wait_s, tries
         self.discarded = 0
         self.kept_under_load = 0  # the last try still had neighbours: kept, and counted here
         self.waited_s = 0.0
 
-    def wait_idle(self, limit_s: float = 60.0) -> None:
+    def wait_idle(self) -> None:
         started = time.perf_counter()
-        while time.perf_counter() - started < limit_s:
+        while time.perf_counter() - started < self.idle_wait_s:
             busy0, total0 = _busy_jiffies()
             own0 = _own_jiffies()
             time.sleep(1.0)
@@ -68,10 +70,10 @@ class LoadGate:
                 break
         self.waited_s += time.perf_counter() - started
 
-    def run(self, fn, tries: int = 3):
+    def run(self, fn):
         """fn() under the gate: repeated while neighbours took more than the limit (the last try's
         result is kept anyway, and counted in `kept_under_load`)."""
-        for attempt in range(tries):
+        for _ in range(self.tries):
             self.wait_idle()
             busy0, total0 = _busy_jiffies()
             own0 = _own_jiffies()
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reply-tokens", type=int, default=32)
     parser.add_argument("--cold-runs", type=int, default=2)
+    parser.add_argument("--idle-wait", type=float, default=60.0, help="seconds to wait for quiet CPUs before a run")
+    parser.add_argument("--tries", type=int, default=3, help="runs of one figure before one under load is kept")
     args = parser.parse_args()
 
     from chatbot.engine.fast.engine import build_fast_engine, load_fast
@@ -119,13 +123,16 @@ def main() -> None:
     from chatbot.engine.native.decoder import NativeDecoder
 
     settings = Settings()
-    gate = LoadGate()
+    gate = LoadGate(args.idle_wait, args.tries)
     fast_loaded = load_fast("", settings.cache_dir)
     native = build_fast_engine(fast_loaded)
     if native.native is None:
         raise SystemExit("the native kernels are not available here (see the note above): nothing to compare")
     default_decoder = native.native
-    single_pass = NativeDecoder(native.model, default_decoder.weights, default_decoder.kernels, precise=0)
+    # which matmul inputs get the second int8 pass (decoder.PRECISE_*): the default, and the others
+    variants = {"one int8 pass": 0, "second pass on Q/K/V and gate/up": 0b0101, "second pass everywhere": 0b1111}
+    decoders = {label: NativeDecoder(native.model, default_decoder.weights, default_decoder.kernels, precise=mask)
+                for label, mask in variants.items() if mask != default_decoder.precise}
     reference = load_model("", settings.cache_dir, dtype="bfloat16")
     ids = ContextBuilder(fast_loaded.tokenizer).build(decodebench.PLAIN, [], decodebench.PROMPT).prompt_ids
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
@@ -159,8 +166,9 @@ def main() -> None:
     else:
         print(fastbench.LLAMA_CPP_NOTE)
 
-    runs = {"native": lambda: fast_rate(default_decoder), "native, one int8 pass": lambda: fast_rate(single_pass),
-            "torch fast path": lambda: fast_rate(None), "transformers generate bf16": generate_rate}
+    runs = {"native": lambda: fast_rate(default_decoder)}
+    runs.update({f"native, {label}": (lambda d=d: fast_rate(d)) for label, d in decoders.items()})
+    runs.update({"torch fast path": lambda: fast_rate(None), "transformers generate bf16": generate_rate})
     runs.update({f"llama.cpp {kind}": (lambda llm=llm: llm.decode(ids, args.new_tokens)) for kind, llm in llamas.items()})
     for fn in runs.values():
         fn()  # warm-up

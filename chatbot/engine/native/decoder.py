@@ -28,7 +28,7 @@ class NativeDecoder:
         from chatbot.engine.fast.model import rope_tables
 
         s = model.shape
-        self.model, self.kernels, self.weights = model, chosen, weights
+        self.model, self.kernels, self.weights, self.precise = model, chosen, weights, precise
         self.cos, self.sin = (t.contiguous() for t in rope_tables(s, torch.float32))
         self._norms = []  # fp32 copies the struct points at (kept alive here)
         layers = (LayerWeights * s.n_layers)()
