@@ -33,7 +33,8 @@ def _chat_until_killed(tmp: str, round_: int, reports: str) -> None:
     from tui_fakes import FakeEngine
 
     chatbot.session.FLUSH_EVERY_S = 0.01  # flush often: more moments to be killed in
-    settings = settings_for(Path(tmp))
+    # memory off: the fake engine echoes the latest message, which recall would prefix with passages
+    settings = settings_for(Path(tmp)).model_copy(update={"memory": "off"})
     store = Store.open(settings.database_url())  # recovers what the previous child left
     report(reports, "ready", round_)
     session = session_for(store, settings, FakeEngine(reply_for=_reply_for, delay_s=0.002), store.latest_conversation_id())
