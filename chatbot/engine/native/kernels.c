@@ -78,14 +78,16 @@ static inline uint32_t fp32_to_bits(float f) {
 
 /* IEEE half to single, exact for every input (subnormals, infinities, NaN) and branch-free: the
  * exponent is rebiased by a multiply, subnormals come out of a magic-number subtraction. */
-static inline float fp16_to_fp32(uint16_t h) {
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float fp16_to_fp32(uint16_t h) {
     const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
     const float normalized = bits_to_fp32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
     const float denormalized = bits_to_fp32((two_w >> 17) | (126u << 23)) - 0.5f;
     return bits_to_fp32(sign | (two_w < (1u << 27) ? fp32_to_bits(denormalized) : fp32_to_bits(normalized)));
 }
 
-static inline float half_at(const uint8_t *p) {
+INLINE float half_at(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
     return fp16_to_fp32(h);
@@ -155,7 +157,7 @@ typedef struct {
     float scale[2], offset[2];
 } block_view;
 
-static inline void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
+INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     if (j < 4) {
         *sc = sm[j] & 63;
         *mn = sm[j + 4] & 63;
@@ -165,7 +167,7 @@ static inline void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     }
 }
 
-static inline block_view view_of(const uint8_t *row, int type, int b) {
+INLINE block_view view_of(const uint8_t *row, int type, int b) {
     block_view v = {0};
     v.shift = -1;
     if (type == T_Q4_K || type == T_Q5_K) {
@@ -209,7 +211,7 @@ static inline block_view view_of(const uint8_t *row, int type, int b) {
 }
 
 /* Weight i (0..31) of a block as its unsigned integer u (Q8_0: signed). */
-static inline int integer_at(const block_view *v, int type, int i) {
+INLINE int integer_at(const block_view *v, int type, int i) {
     if (type == T_Q8_0) return ((const int8_t *)v->q)[i];
     int u = v->shift < 0 ? (i < QH ? v->q[i] & 0x0f : v->q[i - QH] >> 4) : (v->q[i] >> v->shift) & 0x0f;
     if (type == T_Q6_K) u |= ((v->qh[i] >> v->hshift) & 3) << 4;
@@ -245,11 +247,11 @@ __attribute__((target("avx2,fma,f16c"))) static inline float hsum256(__m256 v) {
 }
 
 /* The products' scales: lanes 0-3 hold the first half's sums, lanes 4-7 the second's. */
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 half_scales(const float *scale, const float *xd) {
+__attribute__((target("avx2,fma,f16c"))) INLINE __m256 half_scales(const float *scale, const float *xd) {
     return _mm256_set_m128(_mm_set1_ps(scale[1] * xd[1]), _mm_set1_ps(scale[0] * xd[0]));
 }
 
-__attribute__((target("avx2,fma,f16c"))) static inline __m256i nibbles32(const uint8_t *qs) {
+__attribute__((target("avx2,fma,f16c"))) INLINE __m256i nibbles32(const uint8_t *qs) {
     const __m128i raw = _mm_loadu_si128((const __m128i *)qs), low = _mm_set1_epi8(0x0f);
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
 }
@@ -259,7 +261,7 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i nibbles32(const u
  * only difference between the two instruction sets is the u8 x s8 dot of 4 bytes into int32:
  * maddubs + madd on AVX2 (int16 pair sums: at most 2 * 127 * 127, no saturation), vpdpbusd on VNNI. */
 /* Q5's 32 fifth bits as 32 bytes of 0 or 16, byte i from bit i. */
-__attribute__((target("avx2,fma,f16c"))) static inline __m256i fifth_bits(const uint8_t *qh) {
+__attribute__((target("avx2,fma,f16c"))) INLINE __m256i fifth_bits(const uint8_t *qh) {
     uint32_t bits;
     memcpy(&bits, qh, 4);
     const __m256i byte_of_bit = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
@@ -270,7 +272,7 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i fifth_bits(const 
 }
 
 /* The block's integers as 32 unsigned bytes (Q8_0: |w|, its sign then moved onto the activation). */
-__attribute__((target("avx2,fma,f16c"))) static inline __m256i unsigned_operand(const block_view *v, int type, __m256i *wq) {
+__attribute__((target("avx2,fma,f16c"))) INLINE __m256i unsigned_operand(const block_view *v, int type, __m256i *wq) {
     if (type == T_Q8_0) {
         *wq = _mm256_loadu_si256((const __m256i *)v->q);
         return _mm256_sign_epi8(*wq, *wq);
@@ -295,7 +297,7 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i unsigned_operand(
 /* The unsigned operand is built once per block and multiplied with each pass of the activation.
  * The instruction sets differ only in the u8 x s8 dot of 4 bytes into int32: maddubs + madd on
  * AVX2 (int16 pair sums: at most 2 x 127 x 127, no saturation), vpdpbusd on VNNI. */
-#define DOT_BODY(U8S8_DOT)                                                                          \
+#define DOT_LOOP(U8S8_DOT, type)                                                                    \
     __m256 acc = _mm256_setzero_ps(), acc_rest = _mm256_setzero_ps();                               \
     float offsets = 0.0f;                                                                           \
     const int q8 = type == T_Q8_0;                                                                  \
@@ -317,12 +319,25 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i unsigned_operand(
     }                                                                                               \
     return hsum256(_mm256_add_ps(acc, acc_rest)) + offsets;
 
-__attribute__((target("avx2,fma,f16c"))) static inline __m256i u8s8_avx2(__m256i u, __m256i s) {
+/* One loop per type, the type a constant in it: the per-block branches on it fold away. */
+#define DOT_BODY(U8S8_DOT)                                                                          \
+    switch (type) {                                                                                 \
+    case T_Q4_0: { DOT_LOOP(U8S8_DOT, T_Q4_0) }                                                     \
+    case T_Q4_1: { DOT_LOOP(U8S8_DOT, T_Q4_1) }                                                     \
+    case T_Q5_0: { DOT_LOOP(U8S8_DOT, T_Q5_0) }                                                     \
+    case T_Q5_1: { DOT_LOOP(U8S8_DOT, T_Q5_1) }                                                     \
+    case T_Q8_0: { DOT_LOOP(U8S8_DOT, T_Q8_0) }                                                     \
+    case T_Q4_K: { DOT_LOOP(U8S8_DOT, T_Q4_K) }                                                     \
+    case T_Q5_K: { DOT_LOOP(U8S8_DOT, T_Q5_K) }                                                     \
+    default: { DOT_LOOP(U8S8_DOT, T_Q6_K) }                                                         \
+    }
+
+__attribute__((target("avx2,fma,f16c"))) INLINE __m256i u8s8_avx2(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-static inline __m256i u8s8_vnni(__m256i u, __m256i s) {
+INLINE __m256i u8s8_vnni(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
 
