@@ -167,48 +167,53 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     }
 }
 
-INLINE block_view view_of(const uint8_t *row, int type, int b) {
-    block_view v = {0};
-    v.shift = -1;
-    if (type == T_Q4_K || type == T_Q5_K) {
-        const int five = type == T_Q5_K;
-        const uint8_t *sb = row + (size_t)(b / 8) * (five ? 176 : 144);
-        const int j = b % 8;
-        int sc, mn;
-        k4_scale_min(j, sb + 4, &sc, &mn);
-        v.q = sb + 16 + 32 * five + 32 * (j / 2);
-        v.qh = five ? sb + 16 : NULL;
-        v.hshift = j;
-        v.shift = 4 * (j & 1);
-        v.scale[0] = v.scale[1] = half_at(sb) * (float)sc;
-        v.offset[0] = v.offset[1] = -half_at(sb + 2) * (float)mn;
-        return v;
-    }
-    if (type == T_Q6_K) {
-        const uint8_t *sb = row + (size_t)(b / 8) * 210;
-        const int j = b % 8, n = j / 4, g = j % 4;
-        const int8_t *sc = (const int8_t *)(sb + 192) + n * 8 + 2 * g;
-        const float d = half_at(sb + 208);
-        v.q = sb + n * 64 + (g & 1) * 32;
-        v.shift = g < 2 ? 0 : 4;
-        v.qh = sb + 128 + n * 32;
-        v.hshift = 2 * g;
-        for (int h = 0; h < 2; h++) {
-            v.scale[h] = d * (float)sc[h];
-            v.offset[h] = -32.0f * v.scale[h];
-        }
-        return v;
-    }
-    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34};
-    const uint8_t *blk = row + b * bytes[type];
-    const float d = half_at(blk);
-    const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;
-    v.qh = five ? blk + (has_min ? 4 : 2) : NULL;
-    v.q = blk + 2 + 2 * has_min + 4 * five;
-    v.scale[0] = v.scale[1] = d;
-    v.offset[0] = v.offset[1] = has_min ? half_at(blk + 2) : type == T_Q4_0 ? -8.0f * d : type == T_Q5_0 ? -16.0f * d : 0.0f;
-    return v;
+/* A block's view, with HALF converting its fp16 fields: software on the portable path, F16C on
+ * the AVX paths (the same values: all 65536 checked). */
+#define VIEW_OF_BODY(HALF) \
+{                                                                                                                           \
+    block_view v = {0};                                                                                                     \
+    v.shift = -1;                                                                                                           \
+    if (type == T_Q4_K || type == T_Q5_K) {                                                                                 \
+        const int five = type == T_Q5_K;                                                                                    \
+        const uint8_t *sb = row + (size_t)(b / 8) * (five ? 176 : 144);                                                     \
+        const int j = b % 8;                                                                                                \
+        int sc, mn;                                                                                                         \
+        k4_scale_min(j, sb + 4, &sc, &mn);                                                                                  \
+        v.q = sb + 16 + 32 * five + 32 * (j / 2);                                                                           \
+        v.qh = five ? sb + 16 : NULL;                                                                                       \
+        v.hshift = j;                                                                                                       \
+        v.shift = 4 * (j & 1);                                                                                              \
+        v.scale[0] = v.scale[1] = HALF(sb) * (float)sc;                                                                     \
+        v.offset[0] = v.offset[1] = -HALF(sb + 2) * (float)mn;                                                              \
+        return v;                                                                                                           \
+    }                                                                                                                       \
+    if (type == T_Q6_K) {                                                                                                   \
+        const uint8_t *sb = row + (size_t)(b / 8) * 210;                                                                    \
+        const int j = b % 8, n = j / 4, g = j % 4;                                                                          \
+        const int8_t *sc = (const int8_t *)(sb + 192) + n * 8 + 2 * g;                                                      \
+        const float d = HALF(sb + 208);                                                                                     \
+        v.q = sb + n * 64 + (g & 1) * 32;                                                                                   \
+        v.shift = g < 2 ? 0 : 4;                                                                                            \
+        v.qh = sb + 128 + n * 32;                                                                                           \
+        v.hshift = 2 * g;                                                                                                   \
+        for (int h = 0; h < 2; h++) {                                                                                       \
+            v.scale[h] = d * (float)sc[h];                                                                                  \
+            v.offset[h] = -32.0f * v.scale[h];                                                                              \
+        }                                                                                                                   \
+        return v;                                                                                                           \
+    }                                                                                                                       \
+    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34};            \
+    const uint8_t *blk = row + b * bytes[type];                                                                             \
+    const float d = HALF(blk);                                                                                              \
+    const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;                          \
+    v.qh = five ? blk + (has_min ? 4 : 2) : NULL;                                                                           \
+    v.q = blk + 2 + 2 * has_min + 4 * five;                                                                                 \
+    v.scale[0] = v.scale[1] = d;                                                                                            \
+    v.offset[0] = v.offset[1] = has_min ? HALF(blk + 2) : type == T_Q4_0 ? -8.0f * d : type == T_Q5_0 ? -16.0f * d : 0.0f;  \
+    return v;                                                                                                               \
 }
+
+INLINE block_view view_of(const uint8_t *row, int type, int b) VIEW_OF_BODY(half_at)
 
 /* Weight i (0..31) of a block as its unsigned integer u (Q8_0: signed). */
 INLINE int integer_at(const block_view *v, int type, int i) {
@@ -245,6 +250,15 @@ __attribute__((target("avx2,fma,f16c"))) static inline float hsum256(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+
+__attribute__((target("avx2,fma,f16c"))) INLINE float half_f16c(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+__attribute__((target("avx2,fma,f16c"))) INLINE block_view view_of_f16c(const uint8_t *row, int type, int b)
+VIEW_OF_BODY(half_f16c)
 
 /* The products' scales: lanes 0-3 hold the first half's sums, lanes 4-7 the second's. */
 __attribute__((target("avx2,fma,f16c"))) INLINE __m256 half_scales(const float *scale, const float *xd) {
@@ -302,7 +316,7 @@ __attribute__((target("avx2,fma,f16c"))) INLINE __m256i unsigned_operand(const b
     float offsets = 0.0f;                                                                           \
     const int q8 = type == T_Q8_0;                                                                  \
     for (int b = 0; b < nb; b++) {                                                                  \
-        const block_view v = view_of(row, type, b);                                                 \
+        const block_view v = view_of_f16c(row, type, b);                                            \
         __m256i wq = _mm256_setzero_si256();                                                        \
         const __m256i wu = unsigned_operand(&v, type, &wq);                                         \
         for (int h = 0; h < 2; h++)                                                                 \
