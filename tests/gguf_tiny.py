@@ -184,3 +184,16 @@ def write_tiny_gguf(path: Path, arch: str = "llama", kind: str = "Q4_K", seed: i
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def stepped_and_prefilled(engine, ids: list[int]):
+    """The engine's logits for `ids` fed one token at a time (decode steps, through whatever runs a
+    step) and from one prefill of them all: `[len(ids), vocab]` each, float32."""
+    import torch
+
+    with torch.inference_mode():
+        engine.reset()
+        stepped = torch.stack([engine.next_token_logits(ids[: p + 1]).float().view(-1) for p in range(len(ids))])
+        engine.model.cache.length = 0
+        prefilled = engine.model(torch.tensor(ids), logits="all").float()
+    return stepped, prefilled

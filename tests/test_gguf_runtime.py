@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from cli_invoke import invoke_main
-from gguf_tiny import vocabulary, write_tiny_gguf
+from gguf_tiny import stepped_and_prefilled, vocabulary, write_tiny_gguf
 
 from chatbot.config import Settings
 from chatbot.memory.context import ContextBuilder
@@ -80,16 +80,9 @@ def test_decode_steps_compute_what_the_prefill_computes(arch, tmp_path):
     """Whatever runs a one-token step (the torch forward, or native kernels where they are
     chosen), it computes the architecture's own parts (Qwen2's QKV bias, Qwen3's Q/K norm): step
     by step, the logits of a prefill. Q4_0: a type every decode path takes."""
-    import torch
-
     path = write_tiny_gguf(tmp_path / f"{arch}.gguf", arch, "Q4_0", seed=2)
     engine = open_runtime(Settings(model=str(path), cache_dir=tmp_path / "cache")).engine
-    ids = [5, 70, 100, 33, 200, 9]
-    with torch.inference_mode():
-        engine.reset()
-        stepped = torch.stack([engine.next_token_logits(ids[: p + 1]).float().view(-1) for p in range(len(ids))])
-        engine.model.cache.length = 0
-        prefilled = engine.model(torch.tensor(ids), logits="all").float()
+    stepped, prefilled = stepped_and_prefilled(engine, [5, 70, 100, 33, 200, 9])
     # measured: the torch step 2e-6 apart; native kernels on a Llama 0.016 (their bf16 rounding);
     # native kernels that leave Qwen2's bias or Qwen3's Q/K norm out: 0.13-0.14
     assert (stepped - prefilled).abs().max().item() < 0.05
