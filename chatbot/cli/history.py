@@ -102,8 +102,10 @@ def list_(
         show_text(f"{r.id:>5}  {when(r.updated_at)}  {r.message_count:>4} msgs  {title_of(r.title)}\n")
 
 
-def _stats_line(m: MessageRecord) -> str:
+def _stats_line(m: MessageRecord, conversation_model: str) -> str:
     parts = [persona_label(m.persona), m.status]
+    if m.model and m.model != conversation_model:  # written after a model switch
+        parts.append(f"by {m.model}")
     s = m.stats
     if "new_tokens" in s:
         parts.append(f"{s['new_tokens']} tokens")
@@ -150,7 +152,7 @@ def show(ctx: typer.Context, conversation: str = ConversationId, leaf: int | Non
             continue
         head = f"[#{item.id}] {item.role} · {when(item.created_at)}"
         if item.role == "assistant":
-            head += f" · {_stats_line(item)}"
+            head += f" · {_stats_line(item, c.model)}"
         show_text(head + "\n" + item.content + "\n")
         out(_branch_marker(c, item) or "")
 

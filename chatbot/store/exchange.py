@@ -203,6 +203,8 @@ def render_markdown(doc: ExportDocument, branch: list[MessageRecord]) -> str:
             continue
         if item.role == "assistant":
             head = f"## Assistant · {persona_label(item.persona)}"
+            if item.model and item.model != c.model:  # written after a model switch
+                head += f" · by `{item.model}`"
             if item.status != "complete":
                 head += f" · {item.status}"
         else:

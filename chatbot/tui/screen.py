@@ -165,6 +165,8 @@ class ChatScreen(Screen):
             return
         self.status.model_loading = False
         self.status.model = runtime.model_name
+        for view in self.log_view.messages:  # replies by another model (after a switch) say which
+            view.note_model(runtime.model_name)
         for event in self.log_view.query(".event.-loading"):
             event.remove()
         self._preview_context()
@@ -193,6 +195,8 @@ class ChatScreen(Screen):
     def _message_view(self, m, siblings=(1, 1)) -> MessageView:
         view = self._new_message_view(m, siblings)
         view.rating = getattr(m, "rating", None)  # shown in its header
+        view.model = getattr(m, "model", None) if m.role == "assistant" else None
+        view.note_model(self.controller.model_name)
         return view
 
     def _new_message_view(self, m, siblings=(1, 1)) -> MessageView:
@@ -273,7 +277,8 @@ class ChatScreen(Screen):
             user_view = log.add_message(MessageView("user", text, parent_id=self.controller.leaf_id))
         persona = self.controller.persona.persona
         view = MessageView(
-            "assistant", label=persona.title, color=persona.color, status="streaming", markdown=self.app.prefs.markdown
+            "assistant", label=persona.title, color=persona.color, status="streaming", markdown=self.app.prefs.markdown,
+            model=self.controller.model_name,
         )
         log.add_message(view)
         view.start_stream()

@@ -41,6 +41,7 @@ class MessageView(Vertical):
         pending: bool = False,
         rating: str | None = None,
         markdown: bool = False,
+        model: str | None = None,
     ):
         super().__init__(classes=f"message -{role}")
         self.role = role
@@ -54,6 +55,8 @@ class MessageView(Vertical):
         self.pending = pending
         self.rating = rating  # a reply's "good" / "bad" (history rate, alt+g / alt+b)
         self.markdown = markdown and role == "assistant"  # what you typed is always shown as typed
+        self.model = model  # the model that wrote this reply (messages.model)
+        self.model_note: str | None = None  # that model's name in the header (see note_model)
         self._chunks: list[str] = []  # deltas from the decoding thread, drained by the repaint timer
         self._chunks_lock = threading.Lock()
         self._timer = None
@@ -91,6 +94,8 @@ class MessageView(Vertical):
             header.append("  ✓ good", style="green")
         elif self.rating == "bad":
             header.append("  ✗ bad", style="red")
+        if self.model_note:
+            header.append(f"  · {clean(self.model_note)}", style="italic dim")
         if self.pending:
             header.append("  waiting for the model…", style="italic dim")
         elif self.status == "streaming":
@@ -98,6 +103,14 @@ class MessageView(Vertical):
         elif self.status in ("interrupted", "error"):
             header.append(f"  [{self.status}]", style="bold red" if self.status == "error" else "bold yellow")
         return header
+
+    def note_model(self, current: str | None) -> None:
+        """Name the model that wrote this reply in its header when it is not the one loaded now
+        (the status bar names that one); nothing while no model is loaded."""
+        note = self.model if self.model and current and self.model != current else None
+        if note != self.model_note:
+            self.model_note = note
+            self.refresh_header()
 
     def refresh_header(self) -> None:
         if self.is_mounted:
