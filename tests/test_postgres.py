@@ -234,3 +234,64 @@ def test_memory_recall_and_forget_work_on_postgresql(pg_url):
         first = store.active_branch(c)[0].id
         store.forget_message(first)
         assert [h.message_id for h in store.search("Rex")] == [first + 1]  # the index follows the erase
+
+
+def _conversation(store, turns, persona_version=None) -> int:
+    conversation = store.new_conversation(None, "m")
+    leaf = None
+    for user, reply in turns:
+        _, leaf = store.add_turn(conversation, user, leaf, persona_version, {}, None, "m")
+        store.finish_reply(leaf, reply, "complete", {})
+    return conversation
+
+
+def test_recall_uses_the_tsvector_index_ranks_any_word_and_keeps_the_scopes(pg_url, smol_tokenizer):
+    """Memory recall through the real context builder on PostgreSQL: a dropped fact comes back,
+    words are prefixes (a light stem) ranked by ts_rank, never tsquery syntax, and the scopes
+    hold as on SQLite (tests/test_memory_recall.py)."""
+    from sqlalchemy import text
+
+    from chatbot.memory.context import ContextBuilder
+    from chatbot.memory.recall import sources_for
+    from chatbot.personas.schema import Persona
+    from chatbot.session import turns_from_messages
+    from chatbot.store import recall_postgres
+    from chatbot.store.recall import Scope
+
+    filler = [(f"Tell me about topic {i}.", f"Topic {i} is this: " + "more words " * 12) for i in range(30)]
+
+    def build(store, conversation, message, scope, persona):
+        history = turns_from_messages(store.active_branch(conversation)) if conversation else []
+        return ContextBuilder(smol_tokenizer, 384).build(
+            Persona(name=persona), history, message, memory=sources_for(store, scope, persona),
+            conversation_id=conversation)
+
+    with Store.open(pg_url) as store:
+        pirate = store.persona_version("pirate", "control_code", {"name": "pirate"})
+        robot = store.persona_version("robot", "control_code", {"name": "robot"})
+        a = _conversation(store, [("My name is Talvoren and I live in Brisquella.", "Arr.")] + filler, pirate)
+        b = _conversation(store, filler[:40], robot)
+        fact = store.active_branch(a)[0]
+        context = build(store, a, "What is my name?", "conversation", "pirate")
+        assert context.dropped_turns > 0 and [p.message_id for p in context.recalled] == [fact.id]
+        assert '"My name is Talvoren and I live in Brisquella."' in context.text
+        assert build(store, a, "Where do I live? Which lives?", "conversation", "pirate").recalled[0].message_id == fact.id
+        for scope, persona in (("off", "robot"), ("conversation", "robot"), ("persona", "robot")):
+            assert "Talvoren" not in build(store, b, "What is my name?", scope, persona).text
+        for scope, persona in (("persona", "pirate"), ("all", "robot")):
+            recalled = build(store, b, "What is my name?", scope, persona).recalled
+            assert [(p.message_id, p.conversation_id) for p in recalled if "Talvoren" in p.text] == [(fact.id, a)]
+        # ranked: the message with both words first; words are text, never tsquery syntax
+        hits = store.recall_candidates("", ["talvoren", "brisquell", "'|!:*&"], Scope(a, fact.id + 1))
+        assert [h.message_id for h in hits] == [fact.id]
+        other = store.active_branch(_conversation(store, [("a name only", "ok")]))[0].id
+        hits = store.recall_candidates("", ["name", "talvoren"], Scope(None, None, "all"))
+        assert [h.message_id for h in hits] == [fact.id, other] and hits[0].score > hits[1].score > 0
+        assert store.recall_candidates("", ["!(", ":*"], Scope(None, None, "all")) == []
+        assert store.recall_candidates("", ["quella"], Scope(None, None, "all")) == []  # lexemes, not LIKE
+        with store._engine.connect() as connection:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+            sql = recall_postgres._CANDIDATES.format(document=recall_postgres.PG_DOCUMENT,
+                                                     query=recall_postgres._QUERY, where="1 = 1")
+            plan = connection.execute(text("EXPLAIN " + sql), {"words": ["talvoren"], "limit": 8}).scalars()
+            assert "messages_content_tsv" in "\n".join(plan)

@@ -1,6 +1,7 @@
 """Store-side queries for memory recall: ranked candidate messages, what a reply recalled, forgetting.
 
-On SQLite, candidates come from the FTS5 index of migration 0002, ranked by bm25; elsewhere from a
+On SQLite, candidates come from the FTS5 index of migration 0002, ranked by bm25; on PostgreSQL
+from the tsvector index of migration 0004, ranked by ts_rank (recall_postgres.py); elsewhere from a
 LIKE search ranked by how many of the query's words a message holds. The caller (memory/recall.py)
 builds the FTS5 expression from the user's words (quoted, so never query syntax).
 
@@ -19,6 +20,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from chatbot.errors import NotFoundError, UsageError
+from chatbot.store import recall_postgres
 from chatbot.store.models import Conversation, Message, PersonaVersion, utcnow
 
 CANDIDATES = 64
@@ -94,8 +96,13 @@ def _scope_filter(scope: Scope):
 
 def candidates(session: Session, match: str, words: list[str], scope: Scope, limit: int = CANDIDATES) -> list[RecallHit]:
     """The best-ranked messages in scope for an FTS5 expression `match` (on SQLite) or for any of
-    `words` (elsewhere), best first."""
-    if session.get_bind().dialect.name != "sqlite":
+    `words` (elsewhere, each a prefix on PostgreSQL), best first."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        where, params = _scope_sql(scope)
+        rows = recall_postgres.candidates(session, words, where, params, limit)
+        return [RecallHit(r.id, r.conversation_id, r.title, r.role, r.content, float(r.rank)) for r in rows]
+    if dialect != "sqlite":
         return _candidates_like(session, words, scope, limit)
     where, params = _scope_sql(scope)
     rows = session.execute(text(_FTS.format(where=where)), {"query": match, "limit": limit, **params})

@@ -335,7 +335,8 @@ class Store:
     # --- memory recall (chatbot/store/recall.py) -----------------------------------------------
 
     def recall_candidates(self, match: str, words: list[str], scope: recall.Scope, limit: int = recall.CANDIDATES):
-        """Messages in `scope` for a recall query, best first (FTS5 bm25 on SQLite, LIKE elsewhere)."""
+        """Messages in `scope` for a recall query, best first (FTS5 bm25 on SQLite, the
+        tsvector index by ts_rank on PostgreSQL, LIKE elsewhere)."""
         return self._read(lambda s: recall.candidates(s, match, words, scope, limit))
 
     def recall_messages(self, ids: list[int]) -> dict[int, recall.RecallHit]:
