@@ -119,6 +119,7 @@ class ChatSession:
         self.history: list[Turn] = []
         self.leaf_id: int | None = None
         self._branching = False  # the next send is an edit: a sibling of a stored message
+        self.opening = 0  # which of the persona's opening messages a new conversation follows (the TUI picks)
         if store is not None and conversation_id is not None:
             self.load_branch()
 
@@ -207,7 +208,7 @@ class ChatSession:
     def _answer(self, message: str, user_id: int | None, params: SamplingParams, cancel) -> Reply:
         openings = self.persona.persona.first_messages
         if self.conversation_id is None and not self.history and openings:
-            self.history = [Turn("", openings[0])]  # a new conversation opens with the persona's first message
+            self.history = [Turn("", openings[self._opening_index()])]  # a new conversation opens with the persona's first message
         prefix = self.prefix()
         context = self.context_for(message, prefix, params)
         params = params.model_copy(update={"stop": tuple(params.stop) + context.stops})
@@ -307,7 +308,7 @@ class ChatSession:
             if openings and self.leaf_id is None:  # the first, then the alternates as its siblings
                 ids = self.store.add_openings(self.conversation_id, list(openings), self._persona_version_id(),
                                               self.runtime.model_name)
-                self.leaf_id = ids[0]
+                self.leaf_id = ids[self._opening_index()]
         user_id, reply_id = self.store.add_turn(
             self.conversation_id,
             message,
@@ -321,6 +322,9 @@ class ChatSession:
         self._branching = False
         self.leaf_id = user_id
         return user_id, reply_id
+
+    def _opening_index(self) -> int:
+        return min(max(self.opening, 0), len(self.persona.persona.first_messages) - 1)
 
     def _persona_version_id(self) -> int | None:
         if self.store is None:

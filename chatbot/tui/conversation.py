@@ -39,6 +39,7 @@ class ChatController:
         self.conversation_id: int | None = None
         self.leaf_id: int | None = None
         self._persona_pending = False
+        self.opening = 0  # a new conversation: which of a card's opening messages is shown (and kept)
         self.lock = threading.Lock()  # one reply at a time
         # The open conversation's own settings (the settings panel); a new conversation's are
         # stored with it once its first turn is.
@@ -103,6 +104,7 @@ class ChatController:
 
     def new(self) -> None:
         self.conversation_id, self.leaf_id = None, None
+        self.opening = 0
         self.conversation_settings = {}
         self._sync_session()
 
@@ -153,6 +155,7 @@ class ChatController:
         return resolve_sampling(session.settings, session.persona, conversation=self.conversation_settings)
 
     def send(self, text: str, cancel: threading.Event):
+        self.session.opening = self.opening  # a new conversation keeps the opening shown
         return self.session.send(text, self.params(), cancel)
 
     def regenerate(self, user_message_id: int, cancel: threading.Event):
@@ -197,6 +200,7 @@ class ChatController:
     def switch_persona(self, name: str) -> InstalledPersona:
         installed = self.personas[name]
         self.persona = installed
+        self.opening = 0
         if self.session is not None:
             self.session.switch_persona(installed)
         else:

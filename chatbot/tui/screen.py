@@ -219,9 +219,8 @@ class ChatScreen(Screen):
                 widgets.append(EventLine(f"── persona: {self._label(item.after.name)} ──", "italic"))
             else:
                 widgets.append(self._message_view(item, view.siblings.get(item.id, (1, 1))))
-        persona = self.controller.persona.persona
-        if not view.items and persona.greeting:
-            widgets.append(EventLine(f"{persona.title}: {persona.greeting}", "italic"))
+        if not view.items:
+            widgets += self._opening_widgets()
         if keep_notice and not self.controller.ready:
             widgets.append(EventLine(LOADING, "italic"))
             widgets[-1].add_class("-loading")
@@ -234,6 +233,20 @@ class ChatScreen(Screen):
             self.call_after_refresh(log.select_id, select_id)
         self._show_persona()
         self.app.sub_title = title_of(view.title, view.conversation_id) if view.conversation_id else "new conversation"
+
+    def _opening_widgets(self) -> list:
+        """A new conversation: a card's opening message, shown at once as the persona's first reply
+        (its alternates as siblings, stored with the first turn); other personas' greeting is a line
+        the model never sees."""
+        persona = self.controller.persona.persona
+        openings = persona.first_messages
+        if self.controller.conversation_id is None and openings:
+            index = min(self.controller.opening, len(openings) - 1)
+            return [MessageView("assistant", openings[index], label=persona.title, color=persona.color,
+                                siblings=(index + 1, len(openings)), markdown=self.app.prefs.markdown)]
+        if persona.greeting:
+            return [EventLine(f"{persona.title}: {persona.greeting}", "italic")]
+        return []
 
     def _show_persona(self) -> None:
         p = self.controller.persona.persona
@@ -342,7 +355,10 @@ class ChatScreen(Screen):
 
     async def _turn_done(self, kind: str, reply, view: MessageView) -> None:
         await view.end_stream(reply.status, reply.text)
+        started = self.controller.conversation_id is None
         self.controller.finished(reply)
+        if started and self.controller.persona.persona.first_messages:
+            await self._render_view()  # the opening shown is a stored message now (rate it, its siblings)
         stats = reply.stats
         self.status.speed = (stats.ttft_ms, stats.tokens_per_s)
         if reply.save_error:  # the reply stays on screen as streamed; the store could not keep it
@@ -413,6 +429,9 @@ class ChatScreen(Screen):
             self.notify("A reply is streaming: Esc stops it first.")
             return
         view = self.log_view.selected
+        if view is not None and view.role == "assistant" and view.message_id is None and self.controller.conversation_id is None:
+            await self._step_opening(step)
+            return
         if view is None or view.message_id is None or self.controller.store is None:
             return
         if view.sibling_pos[1] < 2:
@@ -425,6 +444,18 @@ class ChatScreen(Screen):
             messages = self.log_view.messages
             if index < len(messages):
                 self.call_after_refresh(self.log_view.select, messages[index])
+
+    async def _step_opening(self, step: int) -> None:
+        """Before the first turn: show another of the card's opening messages (the one shown is kept)."""
+        count = len(self.controller.persona.persona.first_messages)
+        index = self.controller.opening + step
+        if count < 2 or not 0 <= index < count:
+            return
+        self.controller.opening = index
+        await self._render_view()
+        messages = self.log_view.messages
+        if messages:
+            self.call_after_refresh(self.log_view.select, messages[0])
 
     def action_rate(self, rating: str) -> None:
         """Rate the selected (or last) reply; the same rating again clears it."""
@@ -523,12 +554,16 @@ class ChatScreen(Screen):
     def switch_persona(self, name: str) -> None:
         if name == self.controller.persona.persona.name:
             return
+        had_openings = self.controller.persona.persona.first_messages
         try:
             installed = self.controller.switch_persona(name)
         except Exception as exc:  # noqa: BLE001 - e.g. the database refused the write
             self.notify(f"cannot switch persona: {exc}", severity="error")
             return
-        self.log_view.add_event(f"── persona: {installed.persona.title} ──")
+        if self.controller.conversation_id is None and (had_openings or installed.persona.first_messages):
+            self.call_later(self._render_view)  # a new conversation opens with this persona's opening
+        else:
+            self.log_view.add_event(f"── persona: {installed.persona.title} ──")
         self._show_persona()
 
     # -- the conversation's own settings ----------------------------------------------------------
