@@ -66,15 +66,38 @@ def check(values: dict[str, Any], settings: Settings, persona) -> dict[str, Any]
     except ValidationError as exc:
         raise ValueError(_first_error(exc)) from None
     for key in SESSION_KEYS:  # by the global setting's own type and bounds
-        field = Settings.model_fields.get(key)
-        if key not in values or field is None:
-            continue
-        try:
-            kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
-            TypeAdapter(kind).validate_python(values[key])
-        except ValidationError as exc:
-            raise ValueError(f"{BY_KEY[key].label}: {exc.errors()[0]['msg'].lower()}") from None
+        if key in values and key in Settings.model_fields:
+            wrong = _field_problem(key, values[key])
+            if wrong is not None:
+                raise ValueError(wrong)
     return values
+
+
+def _field_problem(key: str, value: Any, strict: bool = False) -> str | None:
+    """The value against the global setting of that name (the same type and bounds as
+    `SamplingParams`' for the sampling fields, without importing torch), or None."""
+    field = Settings.model_fields[key]
+    kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    try:
+        TypeAdapter(kind).validate_python(value, strict=strict)
+    except ValidationError as exc:
+        return f"{BY_KEY[key].label}: {exc.errors()[0]['msg'].lower()}"
+    return None
+
+
+def stored_problem(values: Any) -> str | None:
+    """What is wrong with settings about to be stored (an imported conversation's, a store
+    write), or None: an object of known fields only, each of its own type (strictly: `"0.5"` is
+    not a number, `true` not an integer) and within the bounds the panel and `ask` apply."""
+    if not isinstance(values, dict):
+        return "must be an object"
+    for key, value in values.items():
+        if key not in BY_KEY or key not in Settings.model_fields:
+            return f"'{key}' is not a conversation setting (known: {', '.join(BY_KEY)})"
+        wrong = _field_problem(key, value, strict=True)
+        if wrong is not None:
+            return wrong
+    return None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -4,6 +4,8 @@ bar, refused in one line when out of bounds. Pilot over the fake model and a rea
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from textual.widgets import Input, Select
 from tui_fakes import FakeEngine, FakeRuntime, idle, make_app, make_settings, seed_conversation, wait_for
@@ -155,3 +157,59 @@ def test_the_session_gets_the_budget_and_memory_scope_and_the_status_bar_a_summa
     assert mine.memory == "off" and base.memory == "conversation"
     assert session_settings(base, {"temperature": 0.2}) is base
     assert summary({"temperature": 0.25, "max_new_tokens": 64, "memory": "off"}) == "temp 0.25 · max 64 · memory off"
+
+
+def _cli(settings, capsys, *args):
+    from cli_invoke import invoke_main
+
+    return invoke_main(capsys, "--db", settings.database_url(), *args)
+
+
+def test_export_and_import_carry_the_settings(tmp_path, capsys):
+    settings = make_settings(tmp_path)
+    cid = seed_conversation(settings, [("Hello", "Hi there")])
+    own = {"temperature": 0.3, "top_k": 7, "max_new_tokens": 64, "context_budget": 300, "memory": "off"}
+    with Store.open(settings.database_url()) as store:
+        store.set_conversation_settings(cid, own)
+    exported = tmp_path / "c.json"
+    assert _cli(settings, capsys, "history", "export", str(cid), "--format", "json", "-o", str(exported))[0] == 0
+    assert json.loads(exported.read_text())["conversation"]["settings"] == own
+    code, out, _ = _cli(settings, capsys, "history", "import", str(exported))
+    with Store.open(settings.database_url()) as store:
+        assert code == 0 and store.conversation_settings(int(out)) == own
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ({"temperature": -1}, "conversation.settings: Temperature (0 = greedy): input should be greater than or equal to 0"),
+        ({"top_p": "0.5"}, "conversation.settings: Top-p"),  # a string is not a number, even one that reads as one
+        ({"max_new_tokens": True}, "conversation.settings: Max new tokens"),
+        ({"memory": "everything"}, "conversation.settings: Memory scope"),
+        ({"seed": 3}, "conversation.settings: 'seed' is not a conversation setting"),
+        ([1, 2], "conversation.settings: Input should be an object"),
+    ],
+    ids=["out of bounds", "a string", "a boolean", "an unknown scope", "an unknown key", "not an object"],
+)
+def test_an_import_with_bad_settings_is_one_line_and_writes_nothing(tmp_path, capsys, bad, expected):
+    settings = make_settings(tmp_path)
+    cid = seed_conversation(settings, [("Hello", "Hi there")])
+    data = json.loads(_cli(settings, capsys, "history", "export", str(cid), "--format", "json")[1])
+    data["conversation"]["settings"] = bad
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    code, out, err = _cli(settings, capsys, "history", "import", str(path))
+    assert code == 1 and out == "" and err.count("\n") == 1 and expected in err and "nothing imported" in err, err
+    with Store.open(settings.database_url()) as store:
+        assert [c.id for c in store.list_conversations()] == [cid]
+
+
+def test_the_store_keeps_only_settings_an_import_takes_back(tmp_path):
+    from chatbot.errors import UsageError
+
+    settings = make_settings(tmp_path)
+    cid = seed_conversation(settings, [("Hello", "Hi there")])
+    with Store.open(settings.database_url()) as store:
+        with pytest.raises(UsageError, match="'seed' is not a conversation setting.*nothing was saved"):
+            store.set_conversation_settings(cid, {"temperature": 0.5, "seed": 3})
+        assert store.conversation_settings(cid) == {}

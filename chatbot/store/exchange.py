@@ -4,7 +4,8 @@ The JSON document is `{"format": "persona-chatbot.conversation", "version": 1, "
 "conversation": <ConversationRecord: the whole message tree, persona switches>, "personas": [the
 full definition of every persona version referred to]}`. Importing it gives an identical
 conversation with new ids; a malformed document is refused with its first problem named, as is
-one holding a NaN or an infinity, or a text beyond `limits.py` (nothing is written).
+one holding a NaN or an infinity, a text beyond `limits.py`, or conversation settings the settings
+panel would refuse (nothing is written).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import ValidationError, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chatbot.conversation_settings import stored_problem
 from chatbot.errors import NotFoundError, UserError
 from chatbot.store import limits, repository
 from chatbot.store.models import Conversation, Message, PersonaSwitch, utcnow
@@ -72,6 +74,8 @@ def _storage_problems(doc: ExportDocument):
     c = doc.conversation
     yield limits.too_long("conversation.title", c.title, limits.TITLE_MAX_CHARS)
     yield limits.too_long("conversation.model", c.model, limits.MODEL_NAME_MAX_CHARS)
+    yield limits.non_finite("conversation.settings", c.settings)
+    yield settings_problem("conversation.settings", c.settings)
     for i, m in enumerate(c.messages):
         where = f"conversation.messages.{i}"
         yield limits.too_long(f"{where}.content", m.content, limits.MESSAGE_MAX_CHARS)
@@ -84,6 +88,11 @@ def _storage_problems(doc: ExportDocument):
         # (a persona's hash is of its canonical JSON, which has no NaN: a mismatch is also refused)
         yield limits.non_finite(f"personas.{i}.definition", p.definition)
         yield limits.json_too_long(f"personas.{i}.definition", p.definition, limits.PERSONA_DEFINITION_MAX_CHARS)
+
+
+def settings_problem(where: str, settings: dict) -> str | None:
+    problem = stored_problem(settings)
+    return None if problem is None else f"{where}: {problem}"
 
 
 def export_document(session: Session, conversation_id: int) -> ExportDocument:
@@ -107,7 +116,8 @@ def import_document(session: Session, doc: ExportDocument) -> int:
     }
     c = doc.conversation
     row = Conversation(
-        title=c.title, model=c.model, archived=c.archived, created_at=c.created_at, updated_at=c.updated_at
+        title=c.title, model=c.model, archived=c.archived, created_at=c.created_at, updated_at=c.updated_at,
+        settings=dict(c.settings) or None,
     )
     session.add(row)
     session.flush()

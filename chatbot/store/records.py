@@ -77,6 +77,8 @@ class ConversationRecord(Record):
     updated_at: datetime
     model: str
     archived: bool = False
+    # the conversation's own settings (conversation_settings.py: the TUI's settings panel)
+    settings: dict[str, Any] = {}
     # every message of the tree, oldest first (a parent always before its children)
     messages: list[MessageRecord] = []
     persona_switches: list[PersonaSwitchRecord] = []

@@ -139,6 +139,7 @@ def load_conversation(session: Session, conversation_id: int) -> ConversationRec
     ).all()
     return ConversationRecord(
         **_conversation_fields(c),
+        settings=dict(c.settings or {}),
         messages=[to_record(m) for m in messages],
         persona_switches=[
             PersonaSwitchRecord(

@@ -211,6 +211,7 @@ class Store:
         """Replace the conversation's settings (an empty dict clears them)."""
         _refuse(limits.non_finite("the settings", settings))
         _refuse(limits.json_too_long("the settings", settings, limits.SETTINGS_MAX_CHARS))
+        _refuse(exchange.settings_problem("the settings", settings))  # only what an import takes back
 
         def write(session: Session) -> None:
             repository.get_conversation(session, conversation_id).settings = dict(settings) or None
