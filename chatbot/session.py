@@ -120,6 +120,10 @@ class ChatSession:
         self.leaf_id: int | None = None
         self._branching = False  # the next send is an edit: a sibling of a stored message
         self.opening = 0  # which of the persona's opening messages a new conversation follows (the TUI picks)
+        # Interactive sessions (chat, the TUI) prefill the next turn's stable prefix once a reply
+        # is finished, so a memory block costs only itself at the next send (memory/warm.py).
+        self.warm_between_turns = False
+        self.warmer = None
         if store is not None and conversation_id is not None:
             self.load_branch()
 
@@ -296,6 +300,15 @@ class ChatSession:
             except UserError as exc:  # the reply stays with the reader; what was stored before is intact
                 reply.save_error = reply.save_error or str(exc)
             self.leaf_id = reply.message_id
+        if self.warm_between_turns:
+            from chatbot.memory.warm import warm_next_turn
+
+            self.warmer = warm_next_turn(self)
+
+    def settle(self) -> None:
+        """Wait for the background prefill of the next turn's prefix, if one is running."""
+        if self.warmer is not None:
+            self.warmer.wait()
 
     def _store_turn(self, message: str, params: SamplingParams) -> tuple[int | None, int | None]:
         """The user's message and its `streaming` reply, in one transaction. Refused (one line,

@@ -59,6 +59,7 @@ def run_plain_chat(state: AppState, persona: str | None, store, conversation_id,
     own = store.conversation_settings(conversation_id) if store is not None and conversation_id is not None else {}
     params = options.sampling_params(state.settings, installed, own, **overrides)
     session = ChatSession(state.runtime(), session_settings(state.settings, own), installed, store, conversation_id)
+    session.warm_between_turns = True  # the next turn's prefix is prefilled while the user types
     interactive = sys.stdin.isatty()
     reconfigure = getattr(sys.stdin, "reconfigure", None)
     if reconfigure is not None:  # a line that is not UTF-8 is refused on its own (see chatbot.text)

@@ -121,6 +121,17 @@ class ContextBuilder:
             return context  # the window keeps its memory-sized budget: it moves no more than it must
         return self._with_block(persona, history, context, block)
 
+    def stable_prefix(self, context: Context) -> list[int]:
+        """The ids before the latest message's content: the persona, the kept window and the
+        template's opening of the latest turn, which the next prompt shares whatever the message
+        and its memory block (memory/warm.py). Pieces are encoded one by one, so these ids are
+        a prefix of `context.prompt_ids`."""
+        latest = max((i for i, piece in enumerate(context.pieces) if piece.content), default=None)
+        if latest is None:
+            return []
+        count = sum(len(self._piece_ids(piece.text, piece.content)) for piece in context.pieces[:latest])
+        return context.prompt_ids[:count]
+
     def _passages(self, memory, history, message, dropped: int, conversation_id) -> list[MemoryPassage]:
         request = MemoryRequest(message, history[:dropped], history[dropped:], conversation_id)
         return [p for source in memory for p in source.passages(request)]

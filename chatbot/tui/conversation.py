@@ -63,6 +63,7 @@ class ChatController:
 
         self.runtime = runtime
         session = ChatSession(runtime, self.settings, self.persona, self.store, None)
+        session.warm_between_turns = True  # the next turn's prefix is prefilled while the user types
         self.session = session
         self._sync_session()
         if self._persona_pending:
