@@ -226,3 +226,31 @@ def test_memory_never_cuts_the_latest_message(store, smol_tokenizer):
     long_question = "What is my name? " + "Please answer at length. " * 40  # ~80% of the budget
     context = build(smol_tokenizer, store, conversation, long_question, budget=256)
     assert context.message_cut_to is None and context.recalled == [] and context.message == long_question
+
+
+def test_export_and_import_carry_what_each_reply_recalled_with_the_ids_remapped(store):
+    from chatbot.store import exchange
+
+    other = stored(store, [("My name is Talvoren.", "Nice to meet you.")])
+    conversation = stored(store, [("I live in Brisquella.", "Lovely."), ("Where do I live?", "In Brisquella.")])
+    other_id = store.active_branch(other)[0].id
+    fact, _, _, reply = [m.id for m in store.active_branch(conversation)]
+    store.record_recalled(reply, [
+        {"source": "recall", "message_id": fact, "conversation_id": conversation},
+        {"source": "recall", "message_id": other_id, "conversation_id": other},  # the "all" scope's
+        {"source": "lorebook", "message_id": None, "conversation_id": None, "text": "Brisquella is by the sea."},
+    ])
+    text = exchange.to_json(store.export_conversation(conversation))
+    assert "Talvoren" not in text and f'"message_id": {other_id}' not in text
+    imported = store.import_conversation(exchange.parse_document(text, "x.json"))
+    new_fact, _, _, new_reply = [m.id for m in store.active_branch(imported)]
+    assert store.recalled_of(new_reply) == [
+        {"source": "recall", "message_id": new_fact, "conversation_id": imported},
+        {"source": "lorebook", "message_id": None, "conversation_id": None, "text": "Brisquella is by the sea."},
+    ]
+    assert store.recalled_of(new_fact) is None  # a question (memory never recorded anything for it)
+    # a hand-made file whose ids point outside it: left out on import
+    doc = json.loads(text)
+    doc["conversation"]["messages"][3]["recalled"] = [{"source": "recall", "message_id": other_id, "conversation_id": other}]
+    again = store.import_conversation(exchange.parse_document(json.dumps(doc), "y.json"))
+    assert store.recalled_of(store.active_branch(again)[-1].id) == []

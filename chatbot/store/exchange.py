@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from chatbot.conversation_settings import stored_problem
 from chatbot.errors import NotFoundError, UserError
-from chatbot.store import limits, repository
+from chatbot.store import limits, recall, repository
 from chatbot.store.models import Conversation, Message, PersonaSwitch, utcnow
 from chatbot.store.records import ConversationRecord, MessageRecord, PersonaRef, PersonaVersionRecord, Record
 from chatbot.store.replay import Switch, timeline
@@ -80,6 +80,9 @@ def _storage_problems(doc: ExportDocument):
         where = f"conversation.messages.{i}"
         yield limits.too_long(f"{where}.content", m.content, limits.MESSAGE_MAX_CHARS)
         yield limits.too_long(f"{where}.model", m.model, limits.MODEL_NAME_MAX_CHARS)
+        for j, item in enumerate(m.recalled or []):
+            yield limits.too_long(f"{where}.recalled.{j}.text", item.text, limits.MESSAGE_MAX_CHARS)
+            yield limits.too_long(f"{where}.recalled.{j}.heading", item.heading, limits.TITLE_MAX_CHARS)
         for field in ("settings", "stats"):
             value = getattr(m, field)
             yield limits.non_finite(f"{where}.{field}", value)
@@ -97,6 +100,10 @@ def settings_problem(where: str, settings: dict) -> str | None:
 
 def export_document(session: Session, conversation_id: int) -> ExportDocument:
     record = repository.load_conversation(session, conversation_id)
+    own = {m.id: m.id for m in record.messages}
+    record = record.model_copy(update={"messages": [
+        m.model_copy(update={"recalled": recall.own_recalled(m.recalled, own, record.id)}) for m in record.messages
+    ]})
     used = select(Message.persona_version_id).where(Message.conversation_id == conversation_id).union(
         select(PersonaSwitch.persona_version_id).where(PersonaSwitch.conversation_id == conversation_id)
     )
@@ -122,6 +129,7 @@ def import_document(session: Session, doc: ExportDocument) -> int:
     session.add(row)
     session.flush()
     new_ids: dict[int, int] = {}
+    recalled: list[tuple[Message, list | None]] = []
     for m in c.messages:
         message = Message(
             conversation_id=row.id,
@@ -142,6 +150,11 @@ def import_document(session: Session, doc: ExportDocument) -> int:
         session.add(message)
         session.flush()
         new_ids[m.id] = message.id
+        recalled.append((message, m.recalled))
+    for message, items in recalled:  # once every message has its new id
+        message.recalled = None if items is None else [
+            i.stored() for i in recall.own_recalled(items, new_ids, row.id)
+        ]
     for s in c.persona_switches:
         session.add(
             PersonaSwitch(

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from chatbot.errors import NotFoundError, UsageError
 from chatbot.store import recall_postgres
 from chatbot.store.models import Conversation, Message, PersonaVersion, utcnow
+from chatbot.store.records import RecalledItem
 
 CANDIDATES = 64
 
@@ -166,3 +167,32 @@ def forget(session: Session, message_id: int) -> int:
     row.updated_at = utcnow()
     return row.conversation_id
 
+
+
+def recalled_records(raw: Any) -> list[RecalledItem] | None:
+    """`messages.recalled` as records (None: memory was off); an item that is not one is left out."""
+    if raw is None:
+        return None
+    items = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            items.append(RecalledItem.model_validate({k: item.get(k) for k in RecalledItem.model_fields if k in item}))
+        except (AttributeError, ValueError):
+            continue
+    return items
+
+
+def own_recalled(items: list[RecalledItem] | None, message_ids: dict[int, int], conversation_id: int):
+    """The items of a conversation's export or import: a passage of another conversation is left
+    out (an export never carries another conversation's text, nor ids that mean nothing elsewhere);
+    a message of this one gets its id in `message_ids` (old -> new) and `conversation_id`."""
+    if items is None:
+        return None
+    kept = []
+    for item in items:
+        if item.message_id is None:
+            kept.append(item)
+        elif item.message_id in message_ids:
+            kept.append(item.model_copy(update={"message_id": message_ids[item.message_id],
+                                                "conversation_id": conversation_id}))
+    return kept

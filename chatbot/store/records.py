@@ -28,6 +28,21 @@ class PersonaRef(Record):
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class RecalledItem(Record):
+    """One passage a reply recalled: a stored message by its ids, any other passage with its text
+    (`MemoryPassage.stored()`)."""
+
+    source: str = Field(min_length=1, max_length=64)
+    message_id: SqliteInt | None = None
+    conversation_id: SqliteInt | None = None
+    text: str | None = None
+    heading: str | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """As `messages.recalled` keeps it (the ids always, text and heading where there are)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None or k.endswith("_id")}
+
+
 class MessageRecord(Record):
     id: int
     parent_id: int | None
@@ -46,6 +61,8 @@ class MessageRecord(Record):
     finished_at: datetime | None = None
     # the user's rating of a reply (`history rate`, the TUI): "good", "bad", or None
     rating: Literal["good", "bad"] | None = None
+    # what memory recalled into this reply's prompt (`messages.recalled`; None: memory was off)
+    recalled: list[RecalledItem] | None = None
 
     @field_validator("stats")
     @classmethod

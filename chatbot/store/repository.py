@@ -24,6 +24,7 @@ from chatbot.store.models import (
     PersonaVersion,
     utcnow,
 )
+from chatbot.store.recall import recalled_records
 from chatbot.store.records import (
     ConversationRecord,
     ConversationSummary,
@@ -187,6 +188,7 @@ def to_record(m: Message) -> MessageRecord:
         created_at=m.created_at,
         finished_at=m.finished_at,
         rating=m.rating,
+        recalled=recalled_records(m.recalled),
     )
 
 
