@@ -47,7 +47,7 @@ bench: venv
 # openai engine against llama.cpp's server (tests/test_serve_llama_cpp.py skips without it).
 bench-serve: venv
 	$(BIN)/python -m benchmarks.serve
-	$(BIN)/python -m pytest -q -rs tests/test_serve_llama_cpp.py
+	CHATBOT_INTEGRATION=1 $(BIN)/python -m pytest -q -rs tests/test_serve_llama_cpp.py
 
 clean:
 	rm -rf $(VENV)

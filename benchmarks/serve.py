@@ -57,14 +57,21 @@ def one_client(url: str, model: str, requests: int, max_tokens: int, seed: int, 
     for i in range(requests):
         started = time.perf_counter()
         first = None
+        pieces = 0  # streamed text chunks: one a token on both servers
+        finish = None
         try:
             stream = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": PROMPTS[(seed + i) % len(PROMPTS)]}],
                 max_tokens=max_tokens, temperature=0.7, seed=seed * 100 + i, stream=True)
             for chunk in stream:
-                if first is None and chunk.choices and chunk.choices[0].delta.content:
-                    first = time.perf_counter()
-            results.append((first or time.perf_counter()) - started)
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces += 1
+                    first = first or time.perf_counter()
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+            if finish is None:
+                raise RuntimeError("the stream ended with no finish_reason (the reply was cut)")
+            results.append(((first or time.perf_counter()) - started, pieces))
         except Exception as exc:  # counted, and named in the report
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -80,11 +87,13 @@ def load(url: str, model: str, clients: int, requests: int, max_tokens: int) -> 
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    ttft = sorted(results)
+    ttft = sorted(t for t, _ in results)
     return {
         "clients": clients,
         "requests": clients * requests,
         "requests_per_s": len(results) / wall,
+        "tokens_per_s": sum(p for _, p in results) / wall,
+        "tokens_per_request": sum(p for _, p in results) / len(results) if results else None,
         "ttft_p50_ms": 1000 * statistics.median(ttft) if ttft else None,
         "ttft_p95_ms": 1000 * ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if ttft else None,
         "errors": len(errors),
@@ -98,18 +107,33 @@ def start_chatbot_serve(port: int, folder: Path) -> subprocess.Popen:
                             env=env, stderr=subprocess.DEVNULL)
 
 
-def start_llama_cpp_server(port: int) -> subprocess.Popen | None:
+LLAMA_CPP_SERVER_MODULES = ("llama_cpp", "llama_cpp.server", "sse_starlette", "starlette_context")
+
+
+def llama_cpp_missing() -> str | None:
+    """The first module llama.cpp's server needs that is not installed; None when all are."""
     import importlib.util
 
-    try:
-        if any(importlib.util.find_spec(m) is None for m in ("llama_cpp", "llama_cpp.server", "sse_starlette")):
-            return None
-    except ModuleNotFoundError:
+    for name in LLAMA_CPP_SERVER_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ModuleNotFoundError:
+            return name
+    return None
+
+
+def start_llama_cpp_server(port: int) -> subprocess.Popen | None:
+    """llama-cpp-python's OpenAI-compatible server on the bundled GGUF (model "smollm2"), on
+    127.0.0.1; None where it is not installed."""
+    if llama_cpp_missing() is not None:
         return None
     from chatbot.engine.loading import bundled_gguf
 
     return subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()),
-                             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                             # its default cuts a streaming reply short when a newer request comes in
+                             "--interrupt_requests", "False"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -139,7 +163,7 @@ def main() -> None:
     if llama is not None:
         runs += measure("llama.cpp server", llama, f"http://127.0.0.1:{port}/v1", "smollm2", args)
     rows = [(f"{r['server']}, {r['clients']} client(s)",
-             f"{r['requests_per_s']:.2f} req/s",
+             f"{r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.1f} tok/s",
              f"TTFT p50 {r['ttft_p50_ms']:.0f} ms, p95 {r['ttft_p95_ms']:.0f} ms, errors {r['errors']}")
             for r in runs if r["ttft_p50_ms"] is not None]
     rows += [(f"{r['server']}, {r['clients']} client(s)", "failed", r["first_error"] or "")

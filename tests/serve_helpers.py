@@ -105,8 +105,8 @@ def write_soft_persona(data_dir, name: str, hidden: int, tokens: int = 4, seed: 
 
 class ScriptedServer:
     """An OpenAI-compatible server that answers as told: `mode` is "ok" (streams `chunks`),
-    "status" (answers `status` with an error body) or "stall" (streams `chunks`, then sends
-    nothing until the test ends). Request bodies are kept in `bodies`."""
+    "status" (answers `status` with an error body), "stall" (streams `chunks`, then sends
+    nothing until the test ends) or "cut" (streams `chunks`, then [DONE] with no finish_reason). Request bodies are kept in `bodies`."""
 
     def __init__(self):
         self.mode = "ok"
@@ -145,6 +145,9 @@ class ScriptedServer:
                     scripted.stalled += 1
                     scripted.hold.wait(120)
                     scripted.stalled -= 1
+                    return
+                if scripted.mode == "cut":
+                    self.wfile.write(b"data: [DONE]\n\n")
                     return
                 done = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
                 self._event({"id": "x", "object": "chunk", "created": 0, "model": "scripted",

@@ -1,6 +1,6 @@
 """The openai engine (`--engine openai`): against our own `chatbot serve` (real HTTP and SSE on
 127.0.0.1, a tiny random Llama behind it), and against a scripted server that fails on purpose
-(down, 4xx/5xx, a stalled stream)."""
+(down, 4xx/5xx, a stalled stream, a stream cut short)."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_a_soft_prompt_persona_is_refused_in_one_line_before_anything_is_stored(
     assert store.list_conversations() == []
 
 
-@pytest.mark.parametrize("failure", ["down", "status 500", "status 401", "stall"])
+@pytest.mark.parametrize("failure", ["down", "status 500", "status 401", "stall", "cut"])
 def test_server_failures_are_one_line_with_the_message_kept_and_the_partial_reply_marked(
     failure, smol_tokenizer, tmp_path
 ):
@@ -122,7 +122,7 @@ def test_server_failures_are_one_line_with_the_message_kept_and_the_partial_repl
         elif failure.startswith("status"):
             scripted.mode, scripted.status = "status", int(failure.split()[1])
         else:
-            scripted.mode = "stall"
+            scripted.mode = failure
         session, store = open_session(remote_runtime(url, smol_tokenizer, timeout_s=1.0), tmp_path)
         reply = session.send("my precious question", session.sampling_params(seed=1))
         with pytest.raises(UserError) as raised:
@@ -130,12 +130,13 @@ def test_server_failures_are_one_line_with_the_message_kept_and_the_partial_repl
     message = str(raised.value)
     assert "\n" not in message and url in message
     expected = {"down": "cannot reach", "status 500": "answered 500: boom from the test server",
-                "status 401": "answered 401", "stall": "sent nothing for 1 s"}[failure]
+                "status 401": "answered 401", "stall": "sent nothing for 1 s",
+                "cut": "ended the stream without finishing the reply"}[failure]
     assert expected in message
     user, assistant = store.active_branch(reply.conversation_id)
     assert user.content == "my precious question"
     assert assistant.status == "error"
-    assert assistant.content == ("Hello there" if failure == "stall" else "")
+    assert assistant.content == ("Hello there" if failure in ("stall", "cut") else "")
 
 
 def test_the_cli_says_one_line_when_the_server_is_down_and_keeps_the_message(tmp_path, monkeypatch, capsys):

@@ -7,8 +7,8 @@ model's tokenizer; this engine sends the messages that context renders to, to
 A soft-prompt persona cannot be a message: it goes to `/v1/completions` as `prompt_embeds` where
 the server takes them (`prompt_embeds.py`), and is refused with one line elsewhere.
 
-Any failure of the server (down, a 4xx/5xx answer, a stream that stalls past the timeout) is one
-line (UserError) raised from the stream: the session then stores the partial reply as `error`.
+Any failure of the server (down, a 4xx/5xx answer, a stream that stalls past the timeout or ends
+with no finish_reason) is one line (UserError) raised from the stream: the session then stores the partial reply as `error`.
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ class OpenAIEngine(StreamingEngine):
             stats.prompt_tokens = int(usage.prompt_tokens)
         if stats.new_tokens > 1 and first_at is not None and last_at > first_at:
             stats.tokens_per_s = (stats.new_tokens - 1) / (last_at - first_at)
+        if finish is None:  # e.g. llama.cpp's server ends a stream early for a newer request
+            raise UserError(f"the model server at {self.base_url} ended the stream without finishing the "
+                            "reply (no finish_reason): reply cut")
 
     def explain(self, exc: Exception) -> str:
         """One line for what went wrong with the server."""
@@ -198,7 +201,8 @@ def _sampling(params: SamplingParams) -> dict:
         "temperature": params.temperature,
         "top_p": params.top_p,
         "max_tokens": params.max_new_tokens,
-        "extra_body": {"top_k": params.top_k, "repetition_penalty": params.repetition_penalty},
+        "extra_body": {"top_k": params.top_k, "repetition_penalty": params.repetition_penalty,
+                       "repeat_penalty": params.repetition_penalty, "min_p": 0.0},
     }
     if params.seed is not None:
         values["seed"] = params.seed
