@@ -142,6 +142,20 @@ def test_an_imported_card_distills_into_a_soft_prompt(tmp_path, data_dir, tiny_d
     assert run_cli([*model, "persona", "eval", "mara-soft", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert None not in (result["nll_none"], result["nll_control_code"], result["nll_soft_prompt"])
+    # the training card carries the same figures, attribution without the card itself
+    ev = record["evaluation"]
+    assert (ev["nll_none"], ev["nll_teacher_text"], ev["nll_soft_prompt"]) == pytest.approx(
+        (result["nll_none"], result["nll_control_code"], result["nll_soft_prompt"]), abs=1e-3)
+    assert ev["soft_vs_text"] == pytest.approx(ev["nll_soft_prompt"] / ev["nll_teacher_text"] - 1, abs=1e-3)
+    assert ev["attribution_leaves_out"] == "mara" and "mara" not in ev["attribution_candidates"]
+    assert "mara-soft" in ev["attribution_candidates"] and sum(ev["attributed_to"].values()) == ev["n_heldout_replies"]
+    assert ev["teacher_prompt_tokens"] == record["prompt_tokens_saved"] + 4 and ev["fewer_prompt_tokens"] > 0.95
+    # --resume after a finished run: the teacher's replies again, the training afresh
+    data = (soft.folder / "data.jsonl").read_text()
+    assert run_cli([*model, "persona", "distill", "mara", "--resume", "--limit", "4", "--steps", "1",
+                    "--virtual-tokens", "4", "--batch-size", "2"]) == 0, capsys.readouterr().err
+    again = json.loads((soft.folder / "soft_prompt" / "training.json").read_text())
+    assert again["teacher_seconds"] is None and again["best_step"] <= 1 and (soft.folder / "data.jsonl").read_text() == data
 
 
 def test_the_lorebook_reaches_a_turn_and_history_context(tmp_path, data_dir, isolated_settings, tiny_runtime, capsys):

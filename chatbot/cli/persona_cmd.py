@@ -105,7 +105,7 @@ def show_cmd(
             record = json.loads(record_path.read_text())
             info["training"] = {k: record.get(k) for k in (
                 "best_step", "heldout_loss_init", "heldout_loss_best", "n_train_replies",
-                "n_heldout_replies", "seconds", "seconds_per_step", "distilled_from", "prompt_tokens_saved")}
+                "n_heldout_replies", "seconds", "seconds_per_step", "distilled_from", "prompt_tokens_saved", "evaluation")}
     if as_json:
         print(json.dumps(info, indent=1, ensure_ascii=False))
         return
@@ -237,7 +237,7 @@ class _TrainProgress:
                   file=sys.stderr, flush=True)
 
 
-def _finish_training(record: dict, folder: Path) -> None:
+def _finish_training(record: dict, folder: Path, note: str | None = None) -> None:
     from chatbot.personas.curve import plot
 
     console = _stderr_console()
@@ -245,6 +245,8 @@ def _finish_training(record: dict, folder: Path) -> None:
     init, best = record["heldout_loss_init"], record["heldout_loss_best"]
     if best is not None and init is not None:
         console.print(f"held-out NLL {init:.3f} at init -> {best:.3f} at step {record['best_step']} (kept)", markup=False)
+    if note:
+        console.print(note, markup=False)
     console.print(f"{record['seconds']:.0f} s ({record['seconds_per_step']:.2f} s/step); soft prompt in {folder / 'soft_prompt'}",
                   markup=False)
     print(str(folder))
@@ -367,7 +369,7 @@ def distill_cmd(
     init: str = typer.Option("text", "--init", help="text (the teacher's control code), vocab or random."),
     seed: int = typer.Option(0, "--seed"),
     heldout: float = typer.Option(0.2, "--heldout"),
-    resume: bool = typer.Option(False, "--resume", help="Reuse the teacher replies and the last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the teacher replies (and the last checkpoint, if any)."),
 ) -> None:
     """Context distillation: the model answers prompts under the control code (greedy), then a
     soft prompt learns to give those replies without it."""
@@ -411,7 +413,12 @@ def distill_cmd(
 
         record = distill_into(loaded, engine, teacher, folder, prompts, config, max_new_tokens,
                               settings.context_budget, resume, on_reply, progress)
-    _finish_training(record, folder)
+    from chatbot.personas.distill_report import record_evaluation, summary_line
+    from chatbot.personas.registry import scan
+
+    echo_progress("scoring the held-out replies (none / teacher text / soft prompt, attribution)...")
+    evaluation = record_evaluation(loaded, folder, scan(settings.data_dir)[0], settings.context_budget)
+    _finish_training(record, folder, summary_line(evaluation) if evaluation else None)
 
 
 # -- eval ------------------------------------------------------------------------------------------------

@@ -310,6 +310,8 @@ def distill_into(
              "teacher_seconds": generated_s, "teacher_max_new_tokens": max_new_tokens,
              "prompt_tokens_saved": prompt_tokens_saved(loaded.tokenizer, teacher.persona, persona,
                                                         config.virtual_tokens, budget)}
+    # --resume with the replies but no checkpoint (a finished run): train afresh on those replies
+    resume_training = resume and (folder / CHECKPOINT_DIR / "checkpoint.json").is_file()
     return train_into(loaded, folder, persona, data_path, config, teacher.persona.control_code,
-                      resume=resume, budget=budget, on_step=on_step, extra_record=extra)
+                      resume=resume_training, budget=budget, on_step=on_step, extra_record=extra)
 
