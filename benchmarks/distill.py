@@ -19,9 +19,10 @@ Learning from use, after a run kept with `--work DIR`:
     PYTHONPATH=. .venv/bin/python -m benchmarks.distill --work DIR --learn-from-use [--steps 20]
 
 chats with the distilled persona (a conversation per question list of `USE_CONVERSATIONS`, its
-opening first, sampled with the persona's settings and a fixed seed), a scripted user rates each
+opening first, sampled with the persona's settings and a fixed seed; kept in the work dir, so a
+second run rates the same replies again instead of chatting anew), a scripted user rates each
 reply (good when it stays in character: an *action* in asterisks, as the card's examples do, or one
-of the card's signature words, `IN_CHARACTER`; bad otherwise), then
+of the card's sayings or things of Granny's world, `IN_CHARACTER`; bad otherwise), then
 `persona train granny-soft --from-history` continues the soft prompt on the liked replies and
 reports their held-out NLL before and after.
 """
@@ -59,8 +60,12 @@ USE_CONVERSATIONS = (
     ("I can't stop coughing.", "Is honey good for it?", "What about at night?"),
     ("What do you think of the new chemist?", "Are his pills bad?", "Should I go to him?"),
 )
+# Granny's sayings and her world (the card's herbs, cat, shop, town): a reply that uses none of
+# them is one any persona could have given.
 IN_CHARACTER = ("petal", "my duck", "aye", "reckon", "mind you", "happen", "chamomile", "lavender", "yarrow",
-                "nettle", "elderflower", "thyme", "feverfew", "peppermint", "kettle", "sorrel", "brackenford", "herb")
+                "nettle", "elderflower", "thyme", "feverfew", "peppermint", "kettle", "sorrel", "brackenford", "herb",
+                "tabby", "cat", "river", "town", "shop", "tea", "remedy", "honey", "garden", "grandmother", "sweetie",
+                "tonic", "brew", "shawl", "love")
 
 
 def cli(env: dict, *args: str) -> str:
@@ -87,18 +92,21 @@ def learn_from_use(work: Path, env: dict, steps: int, as_json: bool) -> None:
     persona = find(STUDENT, settings.data_dir)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    runtime = open_runtime(settings)
     ratings = {"good": 0, "bad": 0}
     with Store.open(settings.database_url()) as store:
-        for n, questions in enumerate(USE_CONVERSATIONS):
-            session = ChatSession(runtime, settings, persona, store)
-            for m, question in enumerate(questions):
-                params = resolve_sampling(settings, persona).model_copy(update={"seed": 1000 * n + m, "max_new_tokens": 48})
-                reply = session.send(question, params)
-                text = reply.run()
-                rating = "good" if in_character(text) else "bad"
-                store.rate(reply.message_id, rating)
-                ratings[rating] += 1
+        if not store.list_conversations():
+            runtime = open_runtime(settings)
+            for n, questions in enumerate(USE_CONVERSATIONS):
+                session = ChatSession(runtime, settings, persona, store)
+                for m, question in enumerate(questions):
+                    params = resolve_sampling(settings, persona).model_copy(update={"seed": 1000 * n + m, "max_new_tokens": 48})
+                    session.send(question, params).run()
+        for summary in store.list_conversations():
+            for message in store.conversation(summary.id).messages:
+                if message.role == "assistant" and message.parent_id is not None:  # a reply, not an opening
+                    rating = "good" if in_character(message.content) else "bad"
+                    store.rate(message.id, rating)
+                    ratings[rating] += 1
     chat_seconds = time.perf_counter() - started
     cli(env, "persona", "train", STUDENT, "--from-history", "--steps", str(steps), "--heldout", "0.25")
     record = json.loads((work / "data" / "personas" / STUDENT / "soft_prompt" / "training.json").read_text())
@@ -190,24 +198,28 @@ def main() -> None:
     if args.json:
         print(json.dumps(payload, indent=1))
     else:
-        soft_ok = ev["soft_vs_text"] is not None and ev["soft_vs_text"] <= 0.05
-        fewer_ok = ev["fewer_prompt_tokens"] is not None and ev["fewer_prompt_tokens"] >= 0.9
-        rows = [
-            ("prompt tokens per turn: card as text", str(ev["teacher_prompt_tokens"]), ""),
-            ("prompt tokens per turn: soft prompt", str(ev["soft_prompt_tokens"]),
-             f"{ev['fewer_prompt_tokens']:.1%} fewer (target >= 90%: {'met' if fewer_ok else 'missed'})"),
-            (f"held-out NLL, no persona ({ev['n_heldout_replies']} replies)", f"{ev['nll_none']:.3f}", ""),
-            ("held-out NLL, card as text", f"{ev['nll_teacher_text']:.3f}", ""),
-            ("held-out NLL, soft prompt", f"{ev['nll_soft_prompt']:.3f}",
-             f"{ev['soft_vs_text']:+.1%} against the card (target <= +5%: {'met' if soft_ok else 'missed'})"),
-            (f"attribution ({len(ev['attribution_candidates'])} personas, the card left out)",
-             f"{ev['attribution_accuracy']:.0%}", ", ".join(f"{k} {v}" for k, v in ev["attributed_to"].items())),
-            ("teacher replies / training", f"{record.get('teacher_seconds') or 0:.0f} s / {record['seconds']:.0f} s",
-             f"{record['seconds_per_step']:.1f} s/step, best step {record['best_step']}, load {load_before[0]:.1f}"),
-        ]
-        report("persona distill of a ~1,000-token character card", rows, payload)
+        report("persona distill of a ~1,000-token character card", distill_rows(record, load_before[0]), payload)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def distill_rows(record: dict, load: float) -> list[tuple[str, str, str]]:
+    ev = record["evaluation"]
+    soft_ok = ev["soft_vs_text"] is not None and ev["soft_vs_text"] <= 0.05
+    fewer_ok = ev["fewer_prompt_tokens"] is not None and ev["fewer_prompt_tokens"] >= 0.9
+    return [
+        ("prompt tokens per turn: card as text", str(ev["teacher_prompt_tokens"]), ""),
+        ("prompt tokens per turn: soft prompt", str(ev["soft_prompt_tokens"]),
+         f"{ev['fewer_prompt_tokens']:.1%} fewer (target >= 90%: {'met' if fewer_ok else 'missed'})"),
+        (f"held-out NLL, no persona ({ev['n_heldout_replies']} replies)", f"{ev['nll_none']:.3f}", ""),
+        ("held-out NLL, card as text", f"{ev['nll_teacher_text']:.3f}", ""),
+        ("held-out NLL, soft prompt", f"{ev['nll_soft_prompt']:.3f}",
+         f"{ev['soft_vs_text']:+.1%} against the card (target <= +5%: {'met' if soft_ok else 'missed'})"),
+        (f"attribution ({len(ev['attribution_candidates'])} personas, the card left out)",
+         f"{ev['attribution_accuracy']:.0%}", ", ".join(f"{k} {v}" for k, v in ev["attributed_to"].items())),
+        ("teacher replies / training", f"{record.get('teacher_seconds') or 0:.0f} s / {record['seconds']:.0f} s",
+         f"{record['seconds_per_step']:.1f} s/step, best step {record['best_step']}, load {load:.1f}"),
+    ]
 
 
 if __name__ == "__main__":
