@@ -13,6 +13,7 @@ from gguf_tiny import LLAMA3_ROPE, random_blocks, vocabulary, write_tiny_gguf
 
 from chatbot.engine.fast import loader
 from chatbot.engine.fast import quantize as qz
+from chatbot.engine.fast.file_rows import FileEmbedding
 from chatbot.engine.fast.gguf_weights import INT4_PLANES, GGUFWeights, NotOnFastPath, RawTensor, planes_to_dense
 from chatbot.engine.fast.model import Layout
 
@@ -155,7 +156,7 @@ def test_a_mixed_file_keeps_each_tensor_in_its_own_form_and_caches(files, tmp_pa
         "Int4Linear", "Int4Linear", "UninitLinear"]
     assert [p.planes for p in block.wqkv.parts[:2]] == [2, 1]  # Q5_0: two planes; Q4_K: one
     assert isinstance(block.w13, qz.SplitLinear) and isinstance(block.w2, torch.nn.Linear)
-    assert isinstance(built.tok_embeddings, qz.Q8Embedding)
+    assert isinstance(built.tok_embeddings, FileEmbedding)
     cached = loader.load_or_build(path, tmp_path / "fast")
     assert cached is not built and isinstance(cached.layers[0].wqkv, qz.SplitLinear)
     with torch.inference_mode():
@@ -164,6 +165,26 @@ def test_a_mixed_file_keeps_each_tensor_in_its_own_form_and_caches(files, tmp_pa
         assert torch.equal(cached(IDS, logits="all"), first)
         want = reference(path)(IDS[None]).logits[0]
     assert (first.float() - want).abs().max().item() <= TOLERANCE["Q6_K"]
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "Q6_K", "F16", "BF16"])
+def test_the_embedding_is_read_from_the_file_exactly_and_kept_nowhere_else(files, tmp_path, kind):
+    """One copy of the tied embedding in memory (the int8 head's): lookups and the exact
+    re-scoring read rows from the GGUF file, each equal to gguf's dequantize of the file's blocks;
+    the cache holds no embedding tensor."""
+    path = write_tiny_gguf(files / f"embed-{kind}.gguf", "llama", "Q4_0", seed=9, kinds={"token_embd": kind})
+    model = loader.load_or_build(path, tmp_path / kind)
+    want = GGUFWeights(path).embedding().dequantize()
+    ids = torch.tensor([0, 5, 5, model.shape.vocab_size - 1, 17])
+    assert isinstance(model.tok_embeddings, FileEmbedding)
+    assert torch.equal(model.embedding_rows(ids), want[ids])
+    assert torch.equal(model.embed(ids), want[ids].to(model.dtype))
+    with pytest.raises(IndexError):
+        model.embedding_rows(torch.tensor([model.shape.vocab_size]))
+    (cache_file,) = (tmp_path / kind).glob("fast-v*-file-dp.safetensors")
+    stored, _ = loader.read_safetensors(cache_file)
+    assert not [name for name in stored if name.startswith("tok_embeddings")]
+    assert isinstance(model.output, qz.Int8Linear)
 
 
 def test_what_the_fast_path_cannot_take_is_named(files):

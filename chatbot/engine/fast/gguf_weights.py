@@ -335,6 +335,14 @@ class GGUFWeights:
     def embedding(self) -> RawTensor:
         return self.raw("token_embd.weight")
 
+    def embedding_at(self):
+        """Where the token embedding's rows are in the file (file_rows.RowsAt)."""
+        from chatbot.engine.fast.file_rows import RowsAt
+
+        t = self.tensors["token_embd.weight"]
+        cols = int(t.shape[0])
+        return RowsAt(int(t.data_offset), t.tensor_type.name, int(t.n_elements // cols), cols)
+
     def output(self) -> RawTensor:
         return self.raw("output.weight" if "output.weight" in self.tensors else "token_embd.weight")
 

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 from chatbot.engine.fast import quantize as qz
+from chatbot.engine.fast.file_rows import FileEmbedding, RowsAt
 from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape, NotOnFastPath
 from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
 
 # bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors;
 # 5: packed int4 weights in a file of their own, per CPU kernel path). A FORMAT 5 cache without a
 # "modules" entry is the uniform layout of then (all int4 or all dense), read as such.
-FORMAT = 5
+# 6: the embedding read from the GGUF file, not kept in the cache (layout embedding "file").
+FORMAT = 6
 # transformers classes the fast model runs, with their model_type
 FAST_HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                          "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
@@ -120,7 +122,9 @@ def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Lay
             block.q_norm, block.k_norm = vector(i, "attn_q_norm"), vector(i, "attn_k_norm")
     model.norm = weights.output_norm().dequantize().to(dtype)
     embed = weights.embedding()
-    if layout.embedding == "q8" and embed.kind == "Q8_0":
+    if layout.embedding == "file":
+        model.tok_embeddings = FileEmbedding(path, weights.embedding_at(), dtype)
+    elif layout.embedding == "q8" and embed.kind == "Q8_0":
         model.tok_embeddings = qz.q8_embedding(*embed.q8_0(), dtype)
     elif layout.embedding == "q8":
         model.layout = layout = replace(layout, embedding="dense")
@@ -133,7 +137,7 @@ def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Lay
 def from_hf(hf_model, dtype: torch.dtype | None = None, layout: Layout = Layout("dense", "dense", "dense", False)) -> FastLlama:
     """The same weights as a transformers Llama (for exact comparisons, and for Llama checkpoints
     that are not GGUF); `layout.linear == "int4"` quantizes them (min/max, groups of 32)."""
-    if layout.embedding == "q8":
+    if layout.embedding != "dense":  # no GGUF file, no Q8_0 rows: the checkpoint's own
         layout = Layout(layout.linear, layout.head, "dense", layout.dense_prefill)
     dtype = dtype or hf_model.dtype
     rotary = getattr(hf_model.model, "rotary_emb", None)
@@ -215,6 +219,8 @@ def _skeleton(shape: LlamaShape, dtype: torch.dtype, layout: Layout, modules: di
                 setattr(block, attr, UninitLinear(k, n, bias=False, dtype=dtype, device="meta"))
     if layout.embedding == "q8":
         model.tok_embeddings = qz.Q8Embedding(s.vocab_size, s.dim, dtype)
+    elif layout.embedding == "file":
+        model.tok_embeddings = None  # attached by load, from the GGUF file
     else:
         model.tok_embeddings = UninitEmbedding(s.vocab_size, s.dim, dtype=dtype, device="meta")
     if layout.head.startswith("int8"):
@@ -289,6 +295,8 @@ def save(model: FastLlama, folder: Path, key: str) -> None:
     meta = {"shape": json.dumps(model.shape.__dict__), "layout": json.dumps(model.layout.as_dict()),
             "dtype": str(model.dtype).removeprefix("torch."), "modules": json.dumps(modules),
             "stop_token_ids": json.dumps(sorted(getattr(model, "stop_token_ids", ()) or ()))}
+    if isinstance(model.tok_embeddings, FileEmbedding):
+        meta["embedding_at"] = json.dumps(model.tok_embeddings.at.as_dict())
     _write_safetensors(state, path, meta)
 
 
@@ -324,7 +332,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, meta
 
 
-def load(path: Path) -> FastLlama:
+def load(path: Path, gguf_path: Path | None = None) -> FastLlama:
+    """The cached model at `path`; `gguf_path`: the file it was built from (a layout whose
+    embedding is read from the file needs it)."""
     state, meta = read_safetensors(path)
     shape = json.loads(meta["shape"])
     if shape.get("rope_freq_factors"):
@@ -334,6 +344,10 @@ def load(path: Path) -> FastLlama:
     dtype = getattr(torch, meta["dtype"])
     model = _skeleton(shape, dtype, layout, json.loads(meta["modules"]) if "modules" in meta else None)
     model.stop_token_ids = set(json.loads(meta.get("stop_token_ids", "[]")))
+    if layout.embedding == "file":
+        if gguf_path is None:
+            raise ValueError(f"{path.name}: its embedding is read from the GGUF file, and none was given")
+        model.tok_embeddings = FileEmbedding(gguf_path, RowsAt(**json.loads(meta["embedding_at"])), dtype)
     if _packed_names(model):
         packed, stamp = read_safetensors(_packed_path(path))
         if stamp != _packing_stamp():
@@ -365,7 +379,7 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     path = folder / f"{key}.safetensors"
     if path.is_file():
         try:
-            return load(path)
+            return load(path, gguf_path)
         except Exception:  # a file missing (another kernel path: none packed for this one), damaged or foreign
             pass  # rebuilt below: every file is replaced whole
     if progress:
@@ -376,14 +390,16 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     # The built model holds its dense prefill copies in memory (bf16: ~4x an int4 layer); read
     # back, they are memory-mapped and cost RSS only once a long prefill touches them.
     del model
-    return load(path)
+    return load(path, gguf_path)
 
 
 def _remove_stale(folder: Path) -> None:
     """Files of an older format, and int4 weights packed by another torch build. Those of another
-    kernel path of this build stay: a cache shared between machines keeps one packing for each."""
+    kernel path of this build stay: a cache shared between machines keeps one packing for each;
+    so do those of a newer format (a newer version of this program sharing the cache)."""
     for stale in folder.glob("fast-v*"):
-        other_format = not stale.name.startswith(f"fast-v{FORMAT}-")
+        version = stale.name.removeprefix("fast-v").split("-", 1)[0]
+        other_format = not version.isdigit() or int(version) < FORMAT
         other_torch = ".int4-" in stale.name and not stale.name.endswith(f"-torch{torch.__version__}.safetensors")
         if other_format or other_torch:
             stale.unlink(missing_ok=True)

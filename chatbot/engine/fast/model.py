@@ -27,12 +27,13 @@ RESCORED_CANDIDATES = 64
 @dataclass(frozen=True)
 class Layout:
     """How the weights are stored. linear: "dense" | "int4"; head: "dense" | "int8" | "int4", optionally
-    "+exact" (the top candidates' logits re-scored exactly from the tied embedding rows); embedding: "dense" | "q8"; dense_prefill: int4 layers also keep
-    a dense copy for prefill."""
+    "+exact" (the top candidates' logits re-scored exactly from the tied embedding rows); embedding:
+    "dense" | "q8" (Q8_0 rows in memory) | "file" (rows read from the GGUF file, exact, none in
+    memory: file_rows.py); dense_prefill: int4 layers also keep a dense copy for prefill."""
 
     linear: str = "int4"
     head: str = "int8+exact"
-    embedding: str = "q8"
+    embedding: str = "file"
     dense_prefill: bool = True
 
     def as_dict(self) -> dict:
