@@ -146,3 +146,38 @@ async def test_raw_text_toggle_is_remembered(tmp_path):
 def test_code_blocks_are_taken_exactly():
     text = "a\n\n```sh\nrm -rf /tmp/x  # two spaces\n```\n\n    indented\n"
     assert code_blocks(text) == ["rm -rf /tmp/x  # two spaces\n", "indented\n"]
+
+
+def _rooms(view) -> list:
+    body = view.query_one(".body")
+    return [w for w in (body, *body.query("*")) if w.styles.min_height is not None]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("markdown", [True, False], ids=["markdown", "raw"])
+async def test_a_streaming_reply_grows_into_room_and_gives_it_back(tmp_path, markdown):
+    """While a reply streams its body keeps room below the text: a line more moves nothing else
+    (the log does not scroll, a Markdown reply's other blocks stay put); at its end the room goes."""
+    words = " ".join(f"word{i}" for i in range(60))
+    engine = FakeEngine(reply_for=lambda p: f"# Title\n\n{words}", gate=threading.Event(), gate_after=30)
+    prefs = Preferences(tmp_path / "tui.toml")
+    prefs.markdown = markdown
+    app = make_app(tmp_path, engine, prefs=prefs)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await send(pilot, "go")
+        await wait_for(pilot, lambda: last_reply(app).content.endswith("word27"), what="half a reply")
+        await pilot.pause(0.5)  # flushed and laid out
+        view, log = last_reply(app), chat(app).log_view
+        assert _rooms(view), "no room kept while streaming"
+        before = (log.virtual_size.height, view.region, [b.region for b in view.query(".body > *")][:-1])
+        view.push(" " + "more " * 25)  # a line and a half more
+        await view.flush()
+        await pilot.pause(0.3)
+        assert (log.virtual_size.height, view.region, [b.region for b in view.query(".body > *")][:-1]) == before
+        engine.gate.set()
+        await wait_for(pilot, lambda: idle(app), what="reply end")
+        await pilot.pause(0.2)
+        assert _rooms(last_reply(app)) == []
+        assert "word59" in screen_text(app) and "more more" not in screen_text(app)  # the reply as generated
+    assert stored_branch(app)[-1].content == f"# Title\n\n{words}"

@@ -12,11 +12,16 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
+from chatbot.tui.widgets.room import free_room, keep_room
 from chatbot.tui.widgets.text import clean, color_style, literal
 
 # Repaint a streaming reply at most this often: each frame costs the decoder CPU, and most frames
 # that add a line lay the whole screen out again (tens of ms of CPU a frame at 120x40).
 STREAM_REPAINT_S = 1 / 4
+# While a reply streams its body keeps room below the text (`room.py`), grown in steps: the log,
+# anchored to the bottom, scrolls (a repaint of all of it) once a step rather than at every line.
+STREAM_ROOM_LINES = 12
+STREAM_ROOM_MARGIN = 2  # grow the room once the text comes this close to its end
 
 
 class MessageView(Vertical):
@@ -142,17 +147,28 @@ class MessageView(Vertical):
             await self._show_body(grow=True)
 
     async def _show_body(self, grow: bool = False) -> None:
-        """Repaint the text; lay the screen out again only when its height changes (a layout
-        of the whole log costs far more than a repaint, and most tokens do not add a line).
-        Markdown re-renders only its last block while it grows."""
+        """Repaint the text; lay the screen out again only when it needs more lines than it has
+        (a layout of the whole log costs far more than a repaint, and most tokens do not add a
+        line). Markdown re-renders only its last block while it grows."""
         body = self.query_one(".body")
+        streaming = self._timer is not None
         if not isinstance(body, Static):  # a ReplyMarkdown (its type is imported with the first one)
+            body.streaming = streaming
+            if streaming:
+                keep_room(body, body.text_height(), STREAM_ROOM_LINES, STREAM_ROOM_MARGIN)
             await (body.grow(self.content) if grow else body.show(self.content))
             return
         content = Content(clean(self.content))
         width = body.content_region.width
-        grows = width <= 0 or content.get_height(body.styles, width) != body.content_region.height
-        body.update(content, layout=grows)
+        if width <= 0:
+            body.update(content)
+            return
+        height = content.get_height(body.styles, width)
+        if streaming:
+            layout = keep_room(body, height, STREAM_ROOM_LINES, STREAM_ROOM_MARGIN)
+        else:
+            layout = height != body.content_region.height
+        body.update(content, layout=layout)
 
     async def end_stream(self, status: str, text: str | None = None) -> None:
         if self._timer is not None:
@@ -162,6 +178,10 @@ class MessageView(Vertical):
         if text is not None and text != self.content:
             self.content = text
             await self._show_body()
+        body = self.query_one(".body")
+        if not isinstance(body, Static):
+            body.end_stream()
+        free_room(body)
         self.set_status(status)
 
     def on_click(self, event: events.Click) -> None:

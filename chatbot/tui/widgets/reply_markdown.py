@@ -19,6 +19,7 @@ from textual.widgets import Label, Markdown
 from textual.widgets._markdown import MarkdownParagraph  # not exported; subclassed as Textual's docs do blocks
 from textual.widgets.markdown import MarkdownBlock, MarkdownFence
 
+from chatbot.tui.widgets.room import free_room, keep_room
 from chatbot.tui.widgets.text import clean
 
 
@@ -57,18 +58,26 @@ def code_blocks(text: str) -> list[str]:
     return [t.content for t in reply_parser().parse(text) if t.type in ("fence", "code_block")]
 
 
-def _height_changes(widget: Widget, content: Content) -> bool:
-    """Whether showing `content` changes the widget's height (unknown: yes). A layout of the
-    whole screen costs far more than a repaint, and most tokens of a growing paragraph or code
-    block do not add a line: the same rule as a raw reply's (`chat_log.MessageView._show_body`)."""
+BLOCK_ROOM_LINES = 2  # room below a growing paragraph or code block while the reply streams
+
+
+def _layout_for(widget: Widget, content: Content, markdown: Markdown) -> bool:
+    """Whether showing `content` needs a layout (unknown: yes). A layout of the whole screen
+    costs far more than a repaint, and most tokens of a growing paragraph or code block do not
+    add a line; while the reply streams, the block keeps room for a few more (`room.py`)."""
     width = widget.content_region.width
-    return width <= 0 or content.get_height(widget.styles, width) != widget.content_region.height
+    if width <= 0:
+        return True
+    height = content.get_height(widget.styles, width)
+    if isinstance(markdown, ReplyMarkdown) and markdown.streaming:
+        return markdown.room_for(widget, height)
+    return height != widget.content_region.height
 
 
 class _Paragraph(MarkdownParagraph):
     def update(self, content="", *, layout: bool = True) -> None:
         if layout and isinstance(content, Content) and self.is_mounted:
-            layout = _height_changes(self, content)
+            layout = _layout_for(self, content, self._markdown)
         super().update(content, layout=layout)
 
 
@@ -77,7 +86,7 @@ class _Fence(MarkdownFence):
         self._content = content
         with suppress(NoMatches):
             label = self.query_one("#code-content", Label)
-            label.update(content, layout=_height_changes(label, content))
+            label.update(content, layout=_layout_for(label, content, self._markdown))
 
 
 class ReplyMarkdown(Markdown):
@@ -86,6 +95,9 @@ class ReplyMarkdown(Markdown):
 
     def __init__(self, text: str = "", **kwargs):
         self.shown = clean(text)
+        self.streaming = False  # set by the message view while the reply streams
+        self.growing: Widget | None = None  # the block last given room
+        self._roomy: set[Widget] = set()
         super().__init__(self.shown, parser_factory=reply_parser, open_links=False, **kwargs)
 
     def get_block_class(self, block_name: str) -> type[MarkdownBlock]:
@@ -93,16 +105,47 @@ class ReplyMarkdown(Markdown):
         steady = {"paragraph_open": _Paragraph, "fence": _Fence, "code_block": _Fence}
         return steady.get(block_name) or super().get_block_class(block_name)
 
+    def text_height(self) -> int:
+        """The lines its blocks take, as last laid out (margins included; -1, its own margin)."""
+        return sum(block.outer_size.height + block.styles.margin.bottom for block in self.children) - 1
+
     async def grow(self, text: str) -> None:
         cleaned = clean(text)
         if cleaned.startswith(self.shown):
             added, self.shown = cleaned[len(self.shown):], cleaned
             if added:
                 await self.append(added)
+                self._free_room(keep=self._last_growing())
         else:  # e.g. a CR that a later LF made a line break: render it all again
             await self.show(text)
 
+    def room_for(self, block: Widget, height: int) -> bool:
+        """Room below the growing block (`keep_room`); whether a layout follows."""
+        self.growing = block
+        grew = keep_room(block, height, BLOCK_ROOM_LINES)
+        self._roomy.add(block)
+        return grew
+
+    def _last_growing(self) -> Widget | None:
+        """The block given room, if it is (in) the last block: one that a new block follows
+        gives its room back at once, not a frame later, which would leave a gap."""
+        last, growing = (self.children[-1] if self.children else None), self.growing
+        if last is None or growing is None or not (growing is last or last in growing.ancestors):
+            return None
+        return growing
+
+    def _free_room(self, keep: Widget | None = None) -> None:
+        """Only the block that grows keeps room (one that a new block follows gives it back)."""
+        for block in self._roomy - {keep}:
+            free_room(block)
+        self._roomy &= {keep}
+
+    def end_stream(self) -> None:
+        self.streaming, self.growing = False, None
+        self._free_room()
+
     async def show(self, text: str) -> None:
+        self._free_room()  # (every block is made again)
         self.shown = clean(text)
         await self.update(self.shown)
 
