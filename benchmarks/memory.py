@@ -1,6 +1,6 @@
 """Memory beyond the window: are facts stated early still answered once they left the window?
 
-    .venv/bin/python -m benchmarks.memory [--conversations 30] [--budgets 512 2048] [--modes off conversation]
+    .venv/bin/python -m benchmarks.memory [--conversations 30] [--budgets 512 2048] [--modes off conversation summary]
 
 Built here, with random values (seeded): each conversation plants three facts in its first turns
 (a name, a number, a place: random made-up words and digits, in a few phrasings), then filler turns
@@ -14,6 +14,8 @@ own path). Reported per budget and memory mode:
 - leaks: a value planted in another conversation in a prompt or reply, with the default scope
   (must be 0);
 - extra prompt tokens: the memory block's tokens per question;
+- mode `summary`: recall with the rolling summary (memory/summary.py) written first, before the
+  questions; how many planted values it kept, and the seconds it took;
 - TTFT of turn 1 and of the last turn of one live conversation (every turn generated, so the
   engine's prefix reuse works as in use), memory on.
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 from benchmarks.common import report
 from chatbot.config import Settings
 from chatbot.engine.sampling import SamplingParams
+from chatbot.memory.summary import message_ids, update_summary
 from chatbot.personas.registry import find
 from chatbot.runtime import open_runtime
 from chatbot.session import ChatSession
@@ -103,6 +106,8 @@ class Outcome:
     block_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     misses: list[str] = field(default_factory=list)
+    in_summary: int = 0  # planted values the rolling summary kept (mode summary)
+    summary_s: list[float] = field(default_factory=list)
 
 
 def ask(session: ChatSession, question: str, params):
@@ -120,7 +125,9 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
              sequential: bool = False) -> Outcome:
     """Each conversation's three questions, each from the end of its filler (a branch of its own),
     or with `sequential` one after another (each sees the answers before it)."""
-    settings = base.model_copy(update={"context_budget": budget, "memory": mode})
+    summary = mode == "summary"  # recall with the rolling summary first in the block
+    settings = base.model_copy(update={"context_budget": budget, "memory": "conversation" if summary else mode,
+                                       "memory_summary": summary})
     outcome = Outcome()
     with tempfile.TemporaryDirectory() as folder:
         store = Store.open(str(Path(folder) / "memory.db"))
@@ -130,6 +137,14 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
         for conversation, p in stored:
             session = ChatSession(runtime, settings, persona, store, conversation)
             filler_leaf = session.leaf_id
+            if summary:  # written before the questions (in use: between turns, as turns are dropped)
+                started = time.perf_counter()
+                update_summary(session)
+                outcome.summary_s.append(time.perf_counter() - started)
+                found = store.memory_summary(conversation, message_ids(session.history))
+                text = found[1].lower() if found else ""
+                outcome.in_summary += sum(1 for v in p.facts.values() if v.lower() in text)
+                progress(budget=budget, mode=mode, summary=text[:160], seconds=round(outcome.summary_s[-1], 1))
             others = every_value - set(p.facts.values())
             for kind, value in p.facts.items():
                 if not sequential:  # each question from the end of the filler, on a branch of its own
@@ -233,6 +248,10 @@ def main() -> None:
             share = o.correct / o.asked if o.asked else 0.0
             target = ">= 90%" if budget == 512 and mode != "off" else ""
             rows.append((f"{budget} tok, memory {mode}: facts answered", f"{o.correct}/{o.asked} ({share:.0%})", target))
+            if mode == "summary":
+                rows.append((f"{budget} tok, memory summary: planted values kept by the summary", f"{o.in_summary}/{o.asked}", ""))
+                rows.append((f"{budget} tok, memory summary: seconds to write it / conversation",
+                             f"{statistics.mean(o.summary_s):.1f}", "between turns, in use"))
             if mode != "off":
                 rows.append((f"{budget} tok, memory {mode}: fact in the block (retrieved)", f"{o.retrieved}/{o.asked}", ""))
                 rows.append((f"{budget} tok, memory {mode}: negative-control hits", str(o.negative_hits), "must be 0"))
@@ -244,6 +263,8 @@ def main() -> None:
                                        "negative_control_hits": o.negative_hits, "leaks": o.leaks,
                                        "mean_block_tokens": round(statistics.mean(o.block_tokens), 1),
                                        "mean_prompt_tokens": round(statistics.mean(o.prompt_tokens), 1),
+                                       "in_summary": o.in_summary if mode == "summary" else None,
+                                       "mean_summary_s": round(statistics.mean(o.summary_s), 1) if o.summary_s else None,
                                        "misses": o.misses[:10]})
     if args.ttft_turns:
         budget = min(args.budgets)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # into a block with this share of the budget.
     memory: Literal["off", "conversation", "persona", "all"] = "conversation"
     memory_share: float = Field(default=0.25, ge=0.05, le=0.5)
+    # A rolling summary of the dropped turns, written by the model between turns, first in the
+    # memory block. Off by default: on the bundled 135M model it did not pay (docs/design.md, Memory).
+    memory_summary: bool = False
     # Who `{{user}}` is in an imported character card (`persona import`).
     user_name: str = Field(default="User", min_length=1, max_length=100)
     # The openai engine (docs/scale-out.md): an OpenAI-compatible server. The API key is read from

@@ -171,7 +171,7 @@ class ChatSession:
         from chatbot.personas.lorebook import lorebook_sources  # the persona's own world info first
 
         return lorebook_sources(self.persona, self.runtime.tokenizer) + sources_for(
-            self.store, self.settings.memory, self.persona.persona.name
+            self.store, self.settings.memory, self.persona.persona.name, summary=self.settings.memory_summary
         )
 
     def prefix(self) -> Prefix | None:
@@ -300,10 +300,9 @@ class ChatSession:
             except UserError as exc:  # the reply stays with the reader; what was stored before is intact
                 reply.save_error = reply.save_error or str(exc)
             self.leaf_id = reply.message_id
-        if self.warm_between_turns:
-            from chatbot.memory.warm import warm_next_turn
+        from chatbot.memory.warm import warm_next_turn
 
-            self.warmer = warm_next_turn(self)
+        self.warmer = warm_next_turn(self)
 
     def settle(self) -> None:
         """Wait for the background prefill of the next turn's prefix, if one is running."""

@@ -64,7 +64,9 @@ def context(
     if reply is None:
         from chatbot.personas.lorebook import lorebook_sources
 
-        sources = lorebook_sources(installed, tokenizer) + sources_for(store, state.settings.memory, installed.persona.name)
+        sources = lorebook_sources(installed, tokenizer) + sources_for(
+            store, state.settings.memory, installed.persona.name, summary=state.settings.memory_summary
+        )
     else:  # what was recalled for it, as stored (the scope then decided it; None: memory was off)
         items = store.recalled_of(reply)
         sources = [] if items is None else [StoredPassages(store, items)]

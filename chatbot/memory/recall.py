@@ -115,22 +115,21 @@ class StoredPassages:
         return passages
 
 
-def sources_for(store, scope: str, persona: str | None) -> list:
-    """The memory sources of a turn: recall in `scope` (none without a store or with scope off)."""
+def sources_for(store, scope: str, persona: str | None, summary: bool = False) -> list:
+    """The memory sources of a turn: the rolling summary where it is on (memory/summary.py), then
+    recall in `scope` (none without a store or with scope off)."""
     if store is None or scope == "off":
         return []
-    return [RecallSource(store, scope, persona)]
+    from chatbot.memory.summary import SummarySource
+
+    return ([SummarySource(store)] if summary else []) + [RecallSource(store, scope, persona)]
 
 
 def _ids(turns: Sequence[Turn]) -> set[int]:
     """The stored messages of turns the model could see (an empty reply it never does)."""
-    ids: set[int] = set()
-    for turn in turns:
-        if turn.user_id is not None and turn.user.strip():
-            ids.add(turn.user_id)
-        if turn.reply_id is not None and turn.answered:
-            ids.add(turn.reply_id)
-    return ids
+    from chatbot.memory.summary import message_ids
+
+    return set(message_ids(turns))
 
 
 def _last_exchange_words(kept: Sequence[Turn]) -> list[str]:

@@ -28,21 +28,34 @@ PLACEHOLDER = "?"  # the stand-in before the first message
 
 
 class PrefixWarmer:
-    """One background prefill of `ids` through `warm(ids, prefix)` (the engine's
-    `next_token_logits`, which keeps its KV cache). `wait()` joins it."""
+    """The work between two turns, on a thread of its own: first the rolling summary's update
+    where it is on (memory/summary.py), then the prefill of the next turn's stable prefix through
+    the engine's `next_token_logits` (which keeps its KV cache). `wait()` joins it."""
 
-    def __init__(self, warm, ids: list[int], prefix=None):
-        self.ids = ids
+    def __init__(self, session, warm, summarize: bool):
+        self.ids: list[int] = []
         self.error: str | None = None
         self.seconds: float | None = None
-        self._thread = threading.Thread(target=self._run, args=(warm, prefix), name="prefix-warmer")
+        self.summarized = False
+        self._thread = threading.Thread(target=self._run, args=(session, warm, summarize), name="between-turns")
         self._thread.start()
 
-    def _run(self, warm, prefix) -> None:
+    def _run(self, session, warm, summarize: bool) -> None:
+        from chatbot.errors import UserError
+
         started = time.perf_counter()
-        try:
-            warm(self.ids, prefix)
-        except Exception as exc:  # an optimisation only: the next turn prefills what it needs
+        try:  # an optimisation and a summary: a failure here costs the next turn only time
+            if summarize:
+                from chatbot.memory.summary import update_summary
+
+                self.summarized = update_summary(session)
+            if warm is not None:
+                prefix = session.prefix()
+                stand_in = next((t.user for t in reversed(session.history) if t.user.strip()), PLACEHOLDER)
+                self.ids = session.builder.stable_prefix(session.context_for(stand_in, prefix))
+                if self.ids:
+                    warm(self.ids, prefix)
+        except (UserError, ValueError, RuntimeError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
         self.seconds = time.perf_counter() - started
 
@@ -51,18 +64,14 @@ class PrefixWarmer:
 
 
 def warm_next_turn(session) -> PrefixWarmer | None:
-    """Start prefilling the stable part of `session`'s next prompt (None where the engine keeps
-    no cache of its own: the openai and remote engines)."""
+    """Start the work between turns: the summary's update (setting `memory_summary`) and, for an
+    interactive session, the prefill of the next prompt's stable part (where the engine keeps a
+    cache of its own: not the openai and remote engines). None: nothing to do."""
     engine = session.runtime.engine
-    warm = getattr(engine, "next_token_logits", None)
-    if warm is None or getattr(engine, "takes_messages", False):
+    warm = getattr(engine, "next_token_logits", None) if session.warm_between_turns else None
+    if getattr(engine, "takes_messages", False):
+        warm = None
+    summarize = bool(session.settings.memory_summary and session.settings.memory != "off" and session.store)
+    if warm is None and not summarize:
         return None
-    from chatbot.errors import UserError
-
-    try:
-        prefix = session.prefix()
-        stand_in = next((t.user for t in reversed(session.history) if t.user.strip()), PLACEHOLDER)
-        ids = session.builder.stable_prefix(session.context_for(stand_in, prefix))
-    except (UserError, ValueError):
-        return None  # the next turn will say what is wrong
-    return PrefixWarmer(warm, ids, prefix) if ids else None
+    return PrefixWarmer(session, warm, summarize)

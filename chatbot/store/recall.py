@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from chatbot.errors import NotFoundError, UsageError
 from chatbot.store import recall_postgres
-from chatbot.store.models import Conversation, Message, PersonaVersion, utcnow
+from chatbot.store.models import Conversation, MemorySummary, Message, PersonaVersion, utcnow
 from chatbot.store.records import RecalledItem
 
 CANDIDATES = 64
@@ -164,6 +164,7 @@ def forget(session: Session, message_id: int) -> int:
         raise UsageError(f"message {message_id} is still being written: forget it once it is finished")
     row.content = ""
     row.stats_extra = {**(row.stats_extra or {}), "forgotten": True}
+    _drop_summaries(session, row.conversation_id)
     row.updated_at = utcnow()
     return row.conversation_id
 
@@ -196,3 +197,36 @@ def own_recalled(items: list[RecalledItem] | None, message_ids: dict[int, int], 
             kept.append(item.model_copy(update={"message_id": message_ids[item.message_id],
                                                 "conversation_id": conversation_id}))
     return kept
+
+
+# -- the rolling summary (memory/summary.py) -----------------------------------------------------
+
+
+def summary_for(session: Session, conversation_id: int, message_ids: list[int]) -> tuple[int, str] | None:
+    """The newest summary of the conversation written through one of `message_ids` (a branch's
+    dropped messages): (through_message_id, content), or None."""
+    if not message_ids:
+        return None
+    row = session.scalars(
+        select(MemorySummary)
+        .where(MemorySummary.conversation_id == conversation_id, MemorySummary.through_message_id.in_(set(message_ids)))
+        .order_by(MemorySummary.through_message_id.desc(), MemorySummary.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row.through_message_id, row.content)
+
+
+def save_summary(session: Session, conversation_id: int, through_message_id: int, content: str, model: str | None) -> None:
+    session.add(MemorySummary(conversation_id=conversation_id, through_message_id=through_message_id,
+                              content=content, model=model))
+
+
+def _drop_summaries(session: Session, conversation_id: int) -> None:
+    """A forgotten message may be in any summary of its conversation, and in what replies recalled of
+    them: both go (the summary is written again from what is left)."""
+    session.execute(delete(MemorySummary).where(MemorySummary.conversation_id == conversation_id))
+    rows = session.scalars(select(Message).where(Message.conversation_id == conversation_id, Message.recalled.is_not(None)))
+    for message in rows:
+        kept = [i for i in message.recalled if not (isinstance(i, dict) and i.get("source") == "summary")]
+        if len(kept) != len(message.recalled):
+            message.recalled = kept

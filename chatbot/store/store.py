@@ -352,6 +352,13 @@ class Store:
         """A reply's recalled passages (maybe none) when memory was on for it; None when off."""
         return self._read(lambda s: recall.recalled_of(s, message_id))
 
+    def memory_summary(self, conversation_id: int, message_ids: list[int]) -> tuple[int, str] | None:
+        """The newest rolling summary written through one of `message_ids`: (through id, text)."""
+        return self._read(lambda s: recall.summary_for(s, conversation_id, message_ids))
+
+    def save_memory_summary(self, conversation_id: int, through_message_id: int, content: str, model: str | None) -> None:
+        self._write(lambda s: recall.save_summary(s, conversation_id, through_message_id, content, model))
+
     def forget_message(self, message_id: int) -> int:
         """Erase a message's text from memory, search and every view; returns its conversation."""
         return self._write(lambda s: recall.forget(s, message_id))
