@@ -2,7 +2,8 @@
 
 Prefill, soft-prompt prefixes and prefix reuse stay on the torch path (batched kernels); both
 write the same bf16 cache, so a step here continues what torch prefilled and the other way round.
-The output head stays the torch path's (int8 nominates, the top candidates re-scored exactly).
+A tied head over a Q8_0 embedding (the bundled model's) is part of the native step, reading the
+embedding's own int8 rows and scales; any other head stays the torch path's.
 """
 
 from __future__ import annotations
@@ -13,22 +14,15 @@ from pathlib import Path
 import torch
 
 from chatbot.engine.native import weights as native_weights
-from chatbot.engine.native.library import Kernels, LayerWeights, ModelWeights, QMat, kernels
-
-
-# Bits of the kernels' `precise` (PRECISE_QKV, _O, _GATE_UP, _DOWN): which matmul inputs also get a
-# second int8 pass for what the first one's rounding lost. One int8 pass (a scale per 16 values)
-# measured a mean top-two margin error of 0.069 against the fp32 reference, at the guard's limit
-# (0.07; the torch int4 path: 0.044); both passes on every matmul 0.026 (docs/fast.md).
-PRECISE_ALL = 0b1111
+from chatbot.engine.native.library import Kernels, LayerWeights, ModelWeights, Q8Rows, QMat, kernels
 
 
 class NativeDecoder:
-    def __init__(self, model, weights: native_weights.NativeWeights, chosen: Kernels, precise: int = PRECISE_ALL):
+    def __init__(self, model, weights: native_weights.NativeWeights, chosen: Kernels, native_head: bool = True):
         from chatbot.engine.fast.model import rope_tables
 
         s = model.shape
-        self.model, self.kernels, self.weights, self.precise = model, chosen, weights, precise
+        self.model, self.kernels, self.weights = model, chosen, weights
         self.cos, self.sin = (t.contiguous() for t in rope_tables(s, torch.float32))
         self._norms = []  # fp32 copies the struct points at (kept alive here)
         layers = (LayerWeights * s.n_layers)()
@@ -45,8 +39,23 @@ class NativeDecoder:
             layers[i].q_norm = self._keep(getattr(block, "q_norm", None))
             layers[i].k_norm = self._keep(getattr(block, "k_norm", None))
         self._layers = layers
+        head = self._head(model) if native_head else None
+        self.has_native_head = head is not None
         self.struct = ModelWeights(s.n_layers, s.dim, s.n_heads, s.n_kv_heads, s.head_dim, s.hidden_dim,
-                                   s.norm_eps, layers, self._keep(model.norm), precise)
+                                   s.norm_eps, layers, self._keep(model.norm), head or Q8Rows())
+
+    @staticmethod
+    def _head(model) -> Q8Rows | None:
+        """The tied head over the embedding's Q8_0 rows (in place), or None where the torch head stays."""
+        from chatbot.engine.fast.quantize import Q8Embedding
+
+        emb = model.tok_embeddings
+        if not (model.shape.tie_embeddings and isinstance(emb, Q8Embedding)):
+            return None
+        if emb.weight.dtype != torch.int8 or emb.scales.dtype != torch.float32 or not (
+                emb.weight.is_contiguous() and emb.scales.is_contiguous()):
+            return None
+        return Q8Rows(emb.weight.data_ptr(), emb.scales.data_ptr(), emb.weight.shape[0], emb.weight.shape[1])
 
     def _keep(self, tensor: torch.Tensor | None) -> int | None:
         if tensor is None:
@@ -65,14 +74,16 @@ class NativeDecoder:
         pos = cache.length
         cache.reserve(pos + 1)
         x = model.embedding_rows(torch.tensor([token_id])).reshape(-1).float().contiguous()
+        logits = torch.empty(1, model.shape.vocab_size) if self.has_native_head else None
         rc = self.kernels.lib.nd_decode(
-            ctypes.byref(self.struct), x.data_ptr(), pos, cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity,
-            self.cos[pos].data_ptr(), self.sin[pos].data_ptr(), torch.get_num_threads(), self.kernels.isa_id,
+            ctypes.byref(self.struct), x.data_ptr(), logits.data_ptr() if logits is not None else None, pos,
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity, self.cos[pos].data_ptr(), self.sin[pos].data_ptr(),
+            torch.get_num_threads(), self.kernels.isa_id,
         )
         if rc != 0:
             raise RuntimeError(f"native decode step failed ({rc})")
         cache.length = pos + 1
-        return model.logits(x[None])
+        return logits if logits is not None else model.logits(x[None])
 
 
 def decoder_for(model, gguf_path: Path | None, folder: Path | None, progress=None) -> NativeDecoder | None:

@@ -1,7 +1,8 @@
 /* Native one-token decode for the fast engine: GEMV kernels over GGUF's own quantized blocks
- * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) with an int8-quantized activation (a scale per 16 values), and a
- * whole decoder step (every layer: RMSNorm, QKV, RoPE, KV write, attention, O, SiLU MLP, then the
- * final norm) in one call, so a token costs one dispatch instead of ~1300 torch ops.
+ * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) with an int16-quantized activation (a scale per
+ * 32 values), and a whole decoder step (every layer: RMSNorm, QKV, RoPE, KV write, attention, O,
+ * SiLU MLP, then the final norm and the output head) in one call, so a token costs one dispatch
+ * instead of ~1300 torch ops.
  *
  * Weights stay the file's exact block bytes; the activation is quantized once per matmul. Each
  * kernel exists per instruction set (AVX-512 VNNI, AVX2, portable C), chosen at run time; rows are
@@ -25,6 +26,12 @@ typedef struct {
 } qmat;
 
 typedef struct {
+    const int8_t *q; /* [rows, cols]: Q8_0 integers */
+    const float *d;  /* [rows, cols / 32]: their scales */
+    int32_t rows, cols;
+} q8_rows;
+
+typedef struct {
     qmat q, k, v, o, gate, up, down; /* each of its own type (a Q4_K_M file mixes them) */
     const float *attn_norm, *ffn_norm;
     const float *qkv_bias;       /* Qwen2; NULL elsewhere */
@@ -36,18 +43,16 @@ typedef struct {
     float eps;
     const layer_weights *layers;
     const float *final_norm;
-    int32_t precise; /* a bit per matrix (PRECISE_*): its input also gets its rounding error as a second int8 pass */
+    q8_rows head; /* head.q NULL: no logits here (the caller's head reads the normed state) */
 } model_weights;
 
-enum { PRECISE_QKV = 1, PRECISE_O = 2, PRECISE_GATE_UP = 4, PRECISE_DOWN = 8 };
-
-/* An activation quantized to int8 in halves of a weight block (16 values, each with its own scale:
- * measured closer to fp32 than one scale per 32, at one extra multiply per block): q, the scales
- * d[2 b], d[2 b + 1] of block b, and s[2 b], s[2 b + 1] = each half's sum of d * q (for the weights'
- * offsets). */
+/* An activation quantized to int16 in blocks of 32 (one weight block): q, the scale d[b] of block b
+ * and s[b] = d[b] * sum(q) over it (for the offsets of the types with a minimum). About 15 bits:
+ * one int8 pass (llama.cpp's Q8_1 form) measured at the quality guard's limit, and int16 costs
+ * nothing more on AVX2 (vpmaddwd instead of vpmaddubsw + vpmaddwd). */
 #define QH (QK / 2)
 typedef struct {
-    int8_t *q;
+    int16_t *q;
     float *d, *s;
 } qvec;
 
@@ -110,33 +115,33 @@ static inline uint16_t fp32_to_bf16(float f) { /* round to nearest even, as torc
 
 /* ---- activation quantization ------------------------------------------------------------- */
 
+/* x in runs of 32 (one weight block), each rounded to int16 with the scale amax / 32767. */
 static void quantize_row(const float *x, int n, qvec out) {
     for (int b = 0; b < n / QK; b++) {
-        for (int half = 0; half < 2; half++) {
-            const int at = b * QK + half * QH;
-            float amax = 0.0f;
-            for (int i = 0; i < QH; i++) amax = fmaxf(amax, fabsf(x[at + i]));
-            const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
-            int sum = 0;
-            for (int i = 0; i < QH; i++) {
-                const int v = (int)lrintf(x[at + i] * inv);
-                out.q[at + i] = (int8_t)v;
-                sum += v;
-            }
-            out.d[2 * b + half] = d;
-            out.s[2 * b + half] = d * (float)sum;
+        const float *xb = x + b * QK;
+        float amax = 0.0f;
+        for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        const float d = amax / 32767.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < QK; i++) {
+            long v = lrintf(xb[i] * inv);
+            v = v > 32767 ? 32767 : v < -32767 ? -32767 : v; /* float rounding of amax * inv, never more */
+            out.q[b * QK + i] = (int16_t)v;
+            sum += (int)v;
         }
+        out.d[b] = d;
+        out.s[b] = d * (float)sum;
     }
 }
 
-/* ---- one row's dot product, per instruction set ------------------------------------------- */
-/* Every type is read as 32-weight blocks, each half (16 weights) w = scale * u + offset, u its
- * integers (unsigned: 4 bits, 5 with Q5's fifth bits, 6 with Q6_K's two high bits; Q8_0: signed,
- * offset 0), so a block's dot with x is the sum over its halves of
- * scale * dx * sum(u qx) + offset * sx.
+/* ---- blocks -------------------------------------------------------------------------------- */
+/* Every type is read as 32-weight blocks: w = scale * (u - centre) + offset, u its integers
+ * (4 bits, 5 with Q5's fifth bits, 6 with Q6_K's two high bits; Q8_0: signed, centre 0), with one
+ * scale per block except Q6_K (one per 16 weights), and an offset only in the types with a minimum
+ * (Q4_1, Q5_1, Q4_K, Q5_K). A block's dot with x is then scale * dx * sum((u - centre) qx) + offset * sx.
  *   Q4_0: fp16 d, 16 bytes; u in the "split" order (byte j: low nibble = weight j, high = j + 16);
- *         scale d, offset -8 d.         Q4_1: fp16 d, fp16 m, 16 bytes split; scale d, offset m.
- *   Q5_0: fp16 d, 32 fifth bits (bit j: weight j), 16 bytes split; scale d, offset -16 d.
+ *         scale d, centre 8.               Q4_1: fp16 d, fp16 m, 16 bytes split; scale d, offset m.
+ *   Q5_0: fp16 d, 32 fifth bits (bit j: weight j), 16 bytes split; scale d, centre 16.
  *   Q5_1: fp16 d, fp16 m, 32 fifth bits, 16 bytes split; scale d, offset m.
  *   Q8_0: fp16 d, 32 int8; scale d.
  *   Q4_K: super-blocks of 256 (fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins for its eight
@@ -146,16 +151,19 @@ static void quantize_row(const float *x, int n, qvec out) {
  *         176 bytes.
  *   Q6_K: super-blocks of 256 (128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, fp16 d),
  *         as two 128-weight halves; in a half, block g (0..3) takes the low (g < 2) or high nibbles
- *         of 32 bytes at (g & 1) * 32 and bits 2g..2g+1 of 32 high bytes; a scale per 16 weights:
- *         scale d * sc, offset -32 d * sc. */
+ *         of 32 bytes at (g & 1) * 32 and bits 2g..2g+1 of 32 high bytes; centre 32 and a scale
+ *         d * sc per 16 weights. */
 typedef struct {
     const uint8_t *q;  /* the block's low bits (Q8_0: its int8) */
     const uint8_t *qh; /* Q5_0/Q5_1: 4 bytes of fifth bits; Q5_K: 32 bytes, one bit each at hshift;
                           Q6_K: 32 bytes, two bits each at hshift; else NULL */
     int shift;         /* -1: the split order; 0 or 4: which nibble of each of 32 bytes */
-    int hshift;
-    float scale[2], offset[2];
+    int hshift, centre;
+    float scale[2], offset; /* scale[1] differs from scale[0] only in Q6_K */
 } block_view;
+
+#define TWO_SCALES(type) ((type) == T_Q6_K)
+#define HAS_OFFSET(type) ((type) == T_Q4_1 || (type) == T_Q5_1 || (type) == T_Q4_K || (type) == T_Q5_K)
 
 INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     if (j < 4) {
@@ -169,7 +177,7 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
 
 /* A block's view, with HALF converting its fp16 fields: software on the portable path, F16C on
  * the AVX paths (the same values: all 65536 checked). */
-#define VIEW_OF_BODY(HALF) \
+#define VIEW_OF_BODY(HALF)                                                                                                  \
 {                                                                                                                           \
     block_view v = {0};                                                                                                     \
     v.shift = -1;                                                                                                           \
@@ -184,7 +192,7 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
         v.hshift = j;                                                                                                       \
         v.shift = 4 * (j & 1);                                                                                              \
         v.scale[0] = v.scale[1] = HALF(sb) * (float)sc;                                                                     \
-        v.offset[0] = v.offset[1] = -HALF(sb + 2) * (float)mn;                                                              \
+        v.offset = -HALF(sb + 2) * (float)mn;                                                                               \
         return v;                                                                                                           \
     }                                                                                                                       \
     if (type == T_Q6_K) {                                                                                                   \
@@ -196,20 +204,19 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
         v.shift = g < 2 ? 0 : 4;                                                                                            \
         v.qh = sb + 128 + n * 32;                                                                                           \
         v.hshift = 2 * g;                                                                                                   \
-        for (int h = 0; h < 2; h++) {                                                                                       \
-            v.scale[h] = d * (float)sc[h];                                                                                  \
-            v.offset[h] = -32.0f * v.scale[h];                                                                              \
-        }                                                                                                                   \
+        v.centre = 32;                                                                                                      \
+        v.scale[0] = d * (float)sc[0];                                                                                      \
+        v.scale[1] = d * (float)sc[1];                                                                                      \
         return v;                                                                                                           \
     }                                                                                                                       \
     static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34};            \
     const uint8_t *blk = row + b * bytes[type];                                                                             \
-    const float d = HALF(blk);                                                                                              \
     const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;                          \
     v.qh = five ? blk + (has_min ? 4 : 2) : NULL;                                                                           \
     v.q = blk + 2 + 2 * has_min + 4 * five;                                                                                 \
-    v.scale[0] = v.scale[1] = d;                                                                                            \
-    v.offset[0] = v.offset[1] = has_min ? HALF(blk + 2) : type == T_Q4_0 ? -8.0f * d : type == T_Q5_0 ? -16.0f * d : 0.0f;  \
+    v.scale[0] = v.scale[1] = HALF(blk);                                                                                    \
+    v.offset = has_min ? HALF(blk + 2) : 0.0f;                                                                              \
+    v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;                                                                \
     return v;                                                                                                               \
 }
 
@@ -225,57 +232,48 @@ INLINE int integer_at(const block_view *v, int type, int i) {
     return u;
 }
 
-static float dot_generic_pass(const uint8_t *row, int type, int nb, qvec x) {
+/* ---- rows' dot products, per instruction set ----------------------------------------------- */
+/* A GEMV takes ROWS rows at a time: the activation's block is loaded once for all of them. */
+#define ROWS 4
+
+static float dot_generic(const uint8_t *row, int type, int nb, qvec x) {
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
         const block_view v = view_of(row, type, b);
-        const int8_t *xq = x.q + b * QK;
-        for (int h = 0; h < 2; h++) {
-            int acc = 0;
-            for (int i = h * QH; i < (h + 1) * QH; i++) acc += integer_at(&v, type, i) * xq[i];
-            sum += v.scale[h] * x.d[2 * b + h] * (float)acc + v.offset[h] * x.s[2 * b + h];
-        }
+        const int16_t *xq = x.q + b * QK;
+        int acc[2] = {0, 0}; /* |each| <= 16 x 127 x 32767: int32 */
+        for (int i = 0; i < QK; i++) acc[i / QH] += (integer_at(&v, type, i) - v.centre) * xq[i];
+        const float ints = TWO_SCALES(type) ? v.scale[0] * (float)acc[0] + v.scale[1] * (float)acc[1]
+                                            : v.scale[0] * (float)(acc[0] + acc[1]);
+        sum += x.d[b] * ints + v.offset * x.s[b];
     }
     return sum;
 }
 
-/* A row's dot with x, plus with `rest` (x's rounding error) when given. */
-static float dot_generic(const uint8_t *row, int type, int nb, qvec x, const qvec *rest) {
-    return dot_generic_pass(row, type, nb, x) + (rest ? dot_generic_pass(row, type, nb, *rest) : 0.0f);
+static void rows_generic(const uint8_t *w, size_t stride, int type, int n, int nb, qvec x, float *y) {
+    for (int r = 0; r < n; r++) y[r] = dot_generic(w + r * stride, type, nb, x);
 }
 
-__attribute__((target("avx2,fma,f16c"))) static inline float hsum256(__m256 v) {
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+AVX2 static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma,f16c"))) INLINE float half_f16c(const uint8_t *p) {
+AVX2 INLINE float half_f16c(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
     return _cvtsh_ss(h);
 }
 
-__attribute__((target("avx2,fma,f16c"))) INLINE block_view view_of_f16c(const uint8_t *row, int type, int b)
-VIEW_OF_BODY(half_f16c)
+AVX2 INLINE block_view view_of_f16c(const uint8_t *row, int type, int b) VIEW_OF_BODY(half_f16c)
 
-/* The products' scales: lanes 0-3 hold the first half's sums, lanes 4-7 the second's. */
-__attribute__((target("avx2,fma,f16c"))) INLINE __m256 half_scales(const float *scale, const float *xd) {
-    return _mm256_set_m128(_mm_set1_ps(scale[1] * xd[1]), _mm_set1_ps(scale[0] * xd[0]));
-}
-
-__attribute__((target("avx2,fma,f16c"))) INLINE __m256i nibbles32(const uint8_t *qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)qs), low = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
-}
-
-/* Per block, the weights are unpacked once into an unsigned operand `wu` (Q4: the nibbles; Q8_0:
- * |w|, its sign moved onto the activation), then multiplied with each pass of the activation. The
- * only difference between the two instruction sets is the u8 x s8 dot of 4 bytes into int32:
- * maddubs + madd on AVX2 (int16 pair sums: at most 2 * 127 * 127, no saturation), vpdpbusd on VNNI. */
 /* Q5's 32 fifth bits as 32 bytes of 0 or 16, byte i from bit i. */
-__attribute__((target("avx2,fma,f16c"))) INLINE __m256i fifth_bits(const uint8_t *qh) {
+AVX2 INLINE __m256i fifth_bits(const uint8_t *qh) {
     uint32_t bits;
     memcpy(&bits, qh, 4);
     const __m256i byte_of_bit = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
@@ -285,131 +283,263 @@ __attribute__((target("avx2,fma,f16c"))) INLINE __m256i fifth_bits(const uint8_t
     return _mm256_and_si256(_mm256_cmpeq_epi8(spread, bit), _mm256_set1_epi8(16));
 }
 
-/* The block's integers as 32 unsigned bytes (Q8_0: |w|, its sign then moved onto the activation). */
-__attribute__((target("avx2,fma,f16c"))) INLINE __m256i unsigned_operand(const block_view *v, int type, __m256i *wq) {
+/* The block's 32 integers as 16-bit lanes, weights 0-15 in *lo and 16-31 in *hi, centred. */
+AVX2 INLINE void weights16(const block_view *v, int type, __m256i *lo, __m256i *hi) {
+    const __m128i low4 = _mm_set1_epi8(0x0f);
     if (type == T_Q8_0) {
-        *wq = _mm256_loadu_si256((const __m256i *)v->q);
-        return _mm256_sign_epi8(*wq, *wq);
+        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)v->q));
+        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(v->q + QH)));
+        return;
     }
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256i u = v->shift < 0 ? nibbles32(v->q)
-                             : _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v->q), v->shift), low4);
+    if (type == T_Q4_0 || type == T_Q4_1) { /* the split order: each byte widened holds weights j and j + 16 */
+        const __m256i both = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)v->q));
+        *lo = _mm256_and_si256(both, _mm256_set1_epi16(0x0f));
+        *hi = _mm256_srli_epi16(both, 4);
+    } else if (type == T_Q4_K) { /* one nibble of each of 32 bytes, widened first */
+        const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)v->q));
+        const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(v->q + QH)));
+        if (v->shift) {
+            *lo = _mm256_srli_epi16(a, 4);
+            *hi = _mm256_srli_epi16(b, 4);
+        } else {
+            *lo = _mm256_and_si256(a, _mm256_set1_epi16(0x0f));
+            *hi = _mm256_and_si256(b, _mm256_set1_epi16(0x0f));
+        }
+    } else {
+        __m256i u;
+        if (v->shift < 0) { /* Q5_0, Q5_1: split nibbles and the fifth bits */
+            const __m128i raw = _mm_loadu_si128((const __m128i *)v->q);
+            u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low4), _mm_and_si128(raw, low4));
+            u = _mm256_or_si256(u, fifth_bits(v->qh));
+        } else {
+            u = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v->q), v->shift),
+                                 _mm256_set1_epi8(0x0f));
+            const __m256i high = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v->qh), v->hshift);
+            if (type == T_Q6_K) /* each byte <= 3 before the shift: nothing crosses into the next */
+                u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(high, _mm256_set1_epi8(3)), 4));
+            else if (type == T_Q5_K)
+                u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(high, _mm256_set1_epi8(1)), 4));
+        }
+        *lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
+        *hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1));
+    }
+    if (v->centre) {
+        const __m256i centre = _mm256_set1_epi16((short)v->centre);
+        *lo = _mm256_sub_epi16(*lo, centre);
+        *hi = _mm256_sub_epi16(*hi, centre);
+    }
+}
+
+/* The 16-bit dot of 16 weights with 16 activations into 8 int32 lanes: vpmaddwd on AVX2, vpdpwssd
+ * on VNNI (|each lane| <= 4 x 128 x 32767: no overflow). */
+#define MADD_AVX2(acc, w, x) _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
+#define MADD_VNNI(acc, w, x) _mm256_dpwssd_epi32(acc, w, x)
+
+/* Block b of a K-quant row: where its bits are (its scales: super_block_scales). */
+INLINE block_view k_view(const uint8_t *row, int type, int b) {
+    block_view v = {0};
+    const int j = b % 8;
     if (type == T_Q6_K) {
-        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)v->qh), v->hshift),
-                                              _mm256_set1_epi8(3));
-        u = _mm256_or_si256(u, _mm256_slli_epi16(high, 4)); /* each byte <= 3 before: nothing crosses into the next */
-    } else if (type == T_Q5_K) {
-        const __m256i bit = _mm256_set1_epi8((char)(1 << v->hshift));
-        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)v->qh), bit), bit);
-        u = _mm256_or_si256(u, _mm256_and_si256(set, _mm256_set1_epi8(16)));
-    } else if (v->qh) {
-        u = _mm256_or_si256(u, fifth_bits(v->qh));
+        const uint8_t *sb = row + (size_t)(b / 8) * 210;
+        const int n = j / 4, g = j % 4;
+        v.q = sb + n * 64 + (g & 1) * 32;
+        v.shift = g < 2 ? 0 : 4;
+        v.qh = sb + 128 + n * 32;
+        v.hshift = 2 * g;
+        v.centre = 32;
+        return v;
     }
-    return u;
+    const int five = type == T_Q5_K;
+    const uint8_t *sb = row + (size_t)(b / 8) * (five ? 176 : 144);
+    v.q = sb + 16 + 32 * five + 32 * (j / 2);
+    v.qh = five ? sb + 16 : NULL;
+    v.hshift = j;
+    v.shift = 4 * (j & 1);
+    return v;
 }
 
-/* The unsigned operand is built once per block and multiplied with each pass of the activation.
- * The instruction sets differ only in the u8 x s8 dot of 4 bytes into int32: maddubs + madd on
- * AVX2 (int16 pair sums: at most 2 x 127 x 127, no saturation), vpdpbusd on VNNI. */
-#define DOT_LOOP(U8S8_DOT, type)                                                                    \
-    __m256 acc = _mm256_setzero_ps(), acc_rest = _mm256_setzero_ps();                               \
-    float offsets = 0.0f;                                                                           \
-    const int q8 = type == T_Q8_0;                                                                  \
-    for (int b = 0; b < nb; b++) {                                                                  \
-        const block_view v = view_of_f16c(row, type, b);                                            \
-        __m256i wq = _mm256_setzero_si256();                                                        \
-        const __m256i wu = unsigned_operand(&v, type, &wq);                                         \
-        for (int h = 0; h < 2; h++)                                                                 \
-            offsets += v.offset[h] * (x.s[2 * b + h] + (rest ? rest->s[2 * b + h] : 0.0f));         \
-        __m256i xq = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                           \
-        if (q8) xq = _mm256_sign_epi8(xq, wq);                                                      \
-        acc = _mm256_fmadd_ps(half_scales(v.scale, x.d + 2 * b), _mm256_cvtepi32_ps(U8S8_DOT(wu, xq)), acc); \
-        if (rest) {                                                                                 \
-            __m256i rq = _mm256_loadu_si256((const __m256i *)(rest->q + b * QK));                   \
-            if (q8) rq = _mm256_sign_epi8(rq, wq);                                                  \
-            acc_rest = _mm256_fmadd_ps(half_scales(v.scale, rest->d + 2 * b),                       \
-                                       _mm256_cvtepi32_ps(U8S8_DOT(wu, rq)), acc_rest);            \
-        }                                                                                           \
-    }                                                                                               \
-    return hsum256(_mm256_add_ps(acc, acc_rest)) + offsets;
+/* Super-block `sb` of a K-quant row: the scale of each 16 weights and the offset of each block. */
+AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float *scale, float *offset) {
+    if (type == T_Q6_K) {
+        const uint8_t *at = row + (size_t)sb * 210;
+        const float d = half_f16c(at + 208);
+        const int8_t *sc = (const int8_t *)(at + 192);
+        for (int i = 0; i < 16; i++) scale[i] = d * (float)sc[i];
+        return;
+    }
+    const uint8_t *at = row + (size_t)sb * (type == T_Q5_K ? 176 : 144);
+    const float d = half_f16c(at), dmin = half_f16c(at + 2);
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        k4_scale_min(j, at + 4, &sc, &mn);
+        scale[2 * j] = scale[2 * j + 1] = d * (float)sc;
+        offset[j] = -dmin * (float)mn;
+    }
+}
 
-/* One loop per type, the type a constant in it: the per-block branches on it fold away. */
-#define DOT_BODY(U8S8_DOT)                                                                          \
-    switch (type) {                                                                                 \
-    case T_Q4_0: { DOT_LOOP(U8S8_DOT, T_Q4_0) }                                                     \
-    case T_Q4_1: { DOT_LOOP(U8S8_DOT, T_Q4_1) }                                                     \
-    case T_Q5_0: { DOT_LOOP(U8S8_DOT, T_Q5_0) }                                                     \
-    case T_Q5_1: { DOT_LOOP(U8S8_DOT, T_Q5_1) }                                                     \
-    case T_Q8_0: { DOT_LOOP(U8S8_DOT, T_Q8_0) }                                                     \
-    case T_Q4_K: { DOT_LOOP(U8S8_DOT, T_Q4_K) }                                                     \
-    case T_Q5_K: { DOT_LOOP(U8S8_DOT, T_Q5_K) }                                                     \
-    default: { DOT_LOOP(U8S8_DOT, T_Q6_K) }                                                         \
+/* n (<= ROWS) rows, `stride` bytes apart, of one type, dotted with x into y. The simple types
+ * (a block: fp16 d, for Q4_1/Q5_1 then fp16 m, then its integers) read d and m with one vector
+ * conversion and scale them by the activation's (d, s) in one multiply; the K-quants go through
+ * their block view. */
+#define SIMPLE(type) ((type) == T_Q4_0 || (type) == T_Q4_1 || (type) == T_Q5_0 || (type) == T_Q5_1 || (type) == T_Q8_0)
+#define ROWS_BODY(MADD)                                                                                          \
+    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34}; \
+    __m256 acc[ROWS];                                                                                            \
+    __m128 off[ROWS]; /* lane 1: the sum of offset * s (lane 0 is not read) */                                  \
+    float kscale[ROWS][16], koffset[ROWS][8]; /* K-quants: the current super-block's, per 16 weights / per block */ \
+    for (int r = 0; r < n; r++) {                                                                                \
+        acc[r] = _mm256_setzero_ps();                                                                            \
+        off[r] = _mm_setzero_ps();                                                                               \
+    }                                                                                                            \
+    const __m256i zero = _mm256_setzero_si256();                                                                 \
+    for (int b = 0; b < nb; b++) {                                                                               \
+        if (!SIMPLE(type) && b % 8 == 0) /* a K-quant's super-block scales, decoded once at its first block */   \
+            for (int r = 0; r < n; r++) super_block_scales(w + r * stride, type, b / 8, kscale[r], koffset[r]);  \
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                                  \
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK + QH));                             \
+        const float xd = x.d[b], xs = x.s[b];                                                                    \
+        const __m128 xds = _mm_setr_ps(xd, xs, 0.0f, 0.0f);                                                      \
+        for (int r = 0; r < n; r++) {                                                                            \
+            __m256i lo, hi;                                                                                      \
+            if (SIMPLE(type)) {                                                                                  \
+                const uint8_t *blk = w + r * stride + b * bytes[type];                                           \
+                int32_t fields;                                                                                  \
+                memcpy(&fields, blk, 4);                                                                         \
+                /* (d, m) for Q4_1/Q5_1; elsewhere lane 1 is the next bytes, never read */                      \
+                const __m128 scaled = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(fields)), xds);                  \
+                block_view v = {0};                                                                              \
+                const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;   \
+                v.shift = -1;                                                                                    \
+                v.qh = five ? blk + 2 + 2 * has_min : NULL;                                                      \
+                v.q = blk + 2 + 2 * has_min + 4 * five;                                                          \
+                v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;                                         \
+                weights16(&v, type, &lo, &hi);                                                                   \
+                const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_broadcastss_ps(scaled), acc[r]);       \
+                if (has_min) off[r] = _mm_add_ps(off[r], scaled);                                                \
+                continue;                                                                                        \
+            }                                                                                                    \
+            const int j = b % 8;                                                                                 \
+            const block_view v = k_view(w + r * stride, type, b);                                                \
+            weights16(&v, type, &lo, &hi);                                                                       \
+            if (TWO_SCALES(type)) {                                                                              \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(zero, lo, x0)), _mm256_set1_ps(kscale[r][2 * j] * xd), acc[r]); \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(zero, hi, x1)), _mm256_set1_ps(kscale[r][2 * j + 1] * xd), acc[r]); \
+            } else {                                                                                             \
+                const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(kscale[r][2 * j] * xd), acc[r]); \
+            }                                                                                                    \
+            if (HAS_OFFSET(type)) off[r] = _mm_add_ps(off[r], _mm_setr_ps(0.0f, koffset[r][j] * xs, 0.0f, 0.0f)); \
+        }                                                                                                        \
+    }                                                                                                            \
+    for (int r = 0; r < n; r++) y[r] = hsum256(acc[r]) + _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1));
+
+AVX2 INLINE void rows_avx2_of(const uint8_t *w, size_t stride, const int type, const int n, int nb, qvec x, float *y) {
+    ROWS_BODY(MADD_AVX2)
+}
+
+VNNI INLINE void rows_vnni_of(const uint8_t *w, size_t stride, const int type, const int n, int nb, qvec x, float *y) {
+    ROWS_BODY(MADD_VNNI)
+}
+
+/* One loop per type and row count, both constants in it: the per-block branches fold away. */
+#define ROWS_FOR_TYPE(FN, T)                                                                     \
+    case T:                                                                                      \
+        if (n == ROWS) FN(w, stride, T, ROWS, nb, x, y);                                         \
+        else                                                                                     \
+            for (int r = 0; r < n; r++) FN(w + r * stride, stride, T, 1, nb, x, y + r);          \
+        return;
+#define ROWS_DISPATCH(FN)                                                                        \
+    switch (type) {                                                                              \
+        ROWS_FOR_TYPE(FN, T_Q4_0) ROWS_FOR_TYPE(FN, T_Q4_1) ROWS_FOR_TYPE(FN, T_Q5_0)            \
+        ROWS_FOR_TYPE(FN, T_Q5_1) ROWS_FOR_TYPE(FN, T_Q8_0) ROWS_FOR_TYPE(FN, T_Q4_K)            \
+        ROWS_FOR_TYPE(FN, T_Q5_K) ROWS_FOR_TYPE(FN, T_Q6_K)                                      \
     }
 
-__attribute__((target("avx2,fma,f16c"))) INLINE __m256i u8s8_avx2(__m256i u, __m256i s) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+AVX2 static void rows_avx2(const uint8_t *w, size_t stride, int type, int n, int nb, qvec x, float *y) {
+    ROWS_DISPATCH(rows_avx2_of)
 }
 
-__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-INLINE __m256i u8s8_vnni(__m256i u, __m256i s) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+VNNI static void rows_vnni(const uint8_t *w, size_t stride, int type, int n, int nb, qvec x, float *y) {
+    ROWS_DISPATCH(rows_vnni_of)
 }
 
-__attribute__((target("avx2,fma,f16c")))
-static float dot_avx2(const uint8_t *row, int type, int nb, qvec x, const qvec *rest) {
-    DOT_BODY(u8s8_avx2)
+typedef void (*rows_fn)(const uint8_t *, size_t, int, int, int, qvec, float *);
+
+static rows_fn rows_for(int isa) {
+    return isa == ISA_AVX512VNNI ? rows_vnni : isa == ISA_AVX2 ? rows_avx2 : rows_generic;
 }
 
-__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-static float dot_avx512vnni(const uint8_t *row, int type, int nb, qvec x, const qvec *rest) {
-    DOT_BODY(u8s8_vnni)
-}
-
-typedef float (*dot_fn)(const uint8_t *, int, int, qvec, const qvec *);
-
-static dot_fn dot_for(int isa) {
-    return isa == ISA_AVX512VNNI ? dot_avx512vnni : isa == ISA_AVX2 ? dot_avx2 : dot_generic;
-}
-
-/* y[r] = W[r] . x for the rows this thread takes (call inside a parallel region); with `rest`
- * (x's rounding error, quantized in turn) each block's weights, once unpacked, serve both. */
-static void gemv(const qmat *m, qvec x, const qvec *rest, float *y, dot_fn dot) {
-    const int nb = m->cols / QK;
-    const size_t row_bytes = row_bytes_of(m->type, m->cols);
+/* y = W x for the rows this thread takes (call inside a parallel region), ROWS at a time. */
+static void gemv(const qmat *m, qvec x, float *y, rows_fn rows) {
+    const int nb = m->cols / QK, groups = (m->rows + ROWS - 1) / ROWS;
+    const size_t stride = row_bytes_of(m->type, m->cols);
     /* no barrier here: matrices of one input (Q, K, V; gate, up) run back to back, the caller waits */
 #pragma omp for schedule(static) nowait
-    for (int r = 0; r < m->rows; r++) {
-        const uint8_t *row = m->w + (size_t)r * row_bytes;
-        y[r] = dot(row, m->type, nb, x, rest);
+    for (int g = 0; g < groups; g++) {
+        const int first = g * ROWS, n = m->rows - first < ROWS ? m->rows - first : ROWS;
+        rows(m->w + (size_t)first * stride, stride, m->type, n, nb, x, y + first);
     }
 }
 
-/* x's int8 form, and with `rest` what that rounding lost, as a second int8 form (~15 bits in all). */
-static void quantize_input(const float *x, int n, qvec out, const qvec *rest, float *scratch) {
-    quantize_row(x, n, out);
-    if (!rest) return;
-    for (int i = 0; i < n; i++) scratch[i] = x[i] - out.d[i / QH] * (float)out.q[i];
-    quantize_row(scratch, n, *rest);
+/* ---- the output head ------------------------------------------------------------------------ */
+/* Over the embedding as the fast model keeps it (tied heads): Q8_0 rows split into int8 [rows,
+ * cols] and an fp32 scale per 32, the GGUF's values exactly, read in place (no second copy). */
+
+static void head_rows_generic(const q8_rows *m, int first, int n, qvec x, float *y) {
+    const int nb = m->cols / QK;
+    for (int r = first; r < first + n; r++) {
+        float sum = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            const int8_t *w = m->q + (size_t)r * m->cols + b * QK;
+            int acc = 0;
+            for (int i = 0; i < QK; i++) acc += w[i] * x.q[b * QK + i];
+            sum += m->d[(size_t)r * nb + b] * x.d[b] * (float)acc;
+        }
+        y[r] = sum;
+    }
 }
 
-/* ---- the decoder step --------------------------------------------------------------------- */
+#define HEAD_ROWS_BODY(MADD)                                                                                   \
+    const int nb = m->cols / QK;                                                                               \
+    for (int r = first; r < first + n; r++) {                                                                  \
+        const int8_t *w = m->q + (size_t)r * m->cols;                                                          \
+        const float *d = m->d + (size_t)r * nb;                                                                \
+        __m256 acc = _mm256_setzero_ps();                                                                      \
+        for (int b = 0; b < nb; b++) {                                                                         \
+            const __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * QK)));           \
+            const __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * QK + QH)));      \
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                            \
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK + QH));                       \
+            const __m256i ints = MADD(MADD(_mm256_setzero_si256(), lo, x0), hi, x1);                           \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(d[b] * x.d[b]), acc);               \
+        }                                                                                                      \
+        y[r] = hsum256(acc);                                                                                   \
+    }
 
-static void rms_norm(const float *x, const float *w, int n, float eps, float *out) {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+AVX2 static void head_rows_avx2(const q8_rows *m, int first, int n, qvec x, float *y) { HEAD_ROWS_BODY(MADD_AVX2) }
+VNNI static void head_rows_vnni(const q8_rows *m, int first, int n, qvec x, float *y) { HEAD_ROWS_BODY(MADD_VNNI) }
+
+typedef void (*head_fn)(const q8_rows *, int, int, qvec, float *);
+
+static head_fn head_for(int isa) {
+    return isa == ISA_AVX512VNNI ? head_rows_vnni : isa == ISA_AVX2 ? head_rows_avx2 : head_rows_generic;
 }
 
-/* HF-layout RoPE with a sign-folded sin table: x * cos + roll(x, half) * sin. */
-static void rope(float *v, const float *cos_row, const float *sin_row, int d) {
-    const int half = d / 2;
-    float tmp[512];
-    memcpy(tmp, v, sizeof(float) * d);
-    for (int i = 0; i < d; i++) v[i] = tmp[i] * cos_row[i] + tmp[(i + half) % d] * sin_row[i];
+/* logits = head x for the rows this thread takes, in chunks (a vocabulary is tens of thousands). */
+static void gemv_head(const q8_rows *m, qvec x, float *y, head_fn rows) {
+    const int chunk = 64, chunks = (m->rows + chunk - 1) / chunk;
+#pragma omp for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        const int first = c * chunk;
+        rows(m, first, m->rows - first < chunk ? m->rows - first : chunk, x, y);
+    }
 }
 
-static void attend(const float *q, const uint16_t *k, const uint16_t *v, int n, int d, float *scores, float *out) {
+/* ---- attention ------------------------------------------------------------------------------ */
+
+/* One query head over n cached positions (bf16 K and V rows of d values). */
+static void attend_generic(const float *q, const uint16_t *k, const uint16_t *v, int n, int d, float *scores, float *out) {
     const float scale = 1.0f / sqrtf((float)d);
     float best = -INFINITY;
     for (int t = 0; t < n; t++) {
@@ -429,118 +559,194 @@ static void attend(const float *q, const uint16_t *k, const uint16_t *v, int n, 
     }
 }
 
+AVX2 INLINE __m256 bf16x8(const uint16_t *p) { /* 8 bf16 as fp32: exact */
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+/* The same with 8 lanes; d a multiple of 8 (else the portable loop). */
+AVX2 static void attend_avx2(const float *q, const uint16_t *k, const uint16_t *v, int n, int d, float *scores, float *out) {
+    if (d % 8) {
+        attend_generic(q, k, v, n, d, scores, out);
+        return;
+    }
+    const float scale = 1.0f / sqrtf((float)d);
+    float best = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        const uint16_t *kt = k + (size_t)t * d;
+        __m256 s = _mm256_setzero_ps();
+        for (int i = 0; i < d; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), bf16x8(kt + i), s);
+        scores[t] = hsum256(s) * scale;
+        best = fmaxf(best, scores[t]);
+    }
+    float total = 0.0f;
+    for (int t = 0; t < n; t++) total += (scores[t] = expf(scores[t] - best));
+    for (int i = 0; i < d; i++) out[i] = 0.0f;
+    for (int t = 0; t < n; t++) {
+        const __m256 p = _mm256_set1_ps(scores[t] / total);
+        const uint16_t *vt = v + (size_t)t * d;
+        for (int i = 0; i < d; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, bf16x8(vt + i), _mm256_loadu_ps(out + i)));
+    }
+}
+
+/* ---- the decoder step --------------------------------------------------------------------- */
+
+static void rms_norm(const float *x, const float *w, int n, float eps, float *out) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+/* HF-layout RoPE with a sign-folded sin table: x * cos + roll(x, half) * sin. */
+static void rope(float *v, const float *cos_row, const float *sin_row, int d) {
+    const int half = d / 2;
+    float tmp[512];
+    memcpy(tmp, v, sizeof(float) * d);
+    for (int i = 0; i < d; i++) v[i] = tmp[i] * cos_row[i] + tmp[(i + half) % d] * sin_row[i];
+}
+
 static int max3(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
+typedef void (*attend_fn)(const float *, const uint16_t *, const uint16_t *, int, int, float *, float *);
+
 /* One token through every layer. x: [dim] fp32, the token's embedding in, the final-normed hidden
- * state out. k_cache / v_cache: bf16 [layers, kv_heads, capacity, head_dim]; position `pos` is
- * written, positions 0..pos attended. cos_row / sin_row: [head_dim] fp32 for `pos`. */
-int nd_decode(const model_weights *m, float *x, int pos, uint16_t *k_cache, uint16_t *v_cache, int capacity,
-              const float *cos_row, const float *sin_row, int nthreads, int isa) {
+ * state out; with a head, logits: [vocab] out. k_cache / v_cache: bf16 [layers, kv_heads, capacity,
+ * head_dim]; position `pos` is written, positions 0..pos attended. cos_row / sin_row: [head_dim]
+ * fp32 for `pos`. */
+int nd_decode(const model_weights *m, float *x, float *logits, int pos, uint16_t *k_cache, uint16_t *v_cache,
+              int capacity, const float *cos_row, const float *sin_row, int nthreads, int isa) {
     const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, G = H / KV, n = pos + 1;
     const int q_rows = H * D, kv_rows = KV * D, widest = max3(m->dim, m->hidden, q_rows);
-    if (D > 512 || pos >= capacity) return -1;
+    if (D > 512 || pos >= capacity || (logits && !m->head.q)) return -1;
     float *h = malloc(sizeof(float) * widest);
     float *qkv = malloc(sizeof(float) * (q_rows + 2 * kv_rows));
     float *attn = malloc(sizeof(float) * q_rows);
     float *proj = malloc(sizeof(float) * m->dim);
     float *gu = malloc(sizeof(float) * 2 * m->hidden);
     float *scores = malloc(sizeof(float) * (size_t)H * n);
-    int8_t *xq = malloc(2 * widest);
-    float *xd = malloc(sizeof(float) * 2 * (widest / QH)), *xs = malloc(sizeof(float) * 2 * (widest / QH));
-    float *err = malloc(sizeof(float) * widest);
-    if (!h || !qkv || !attn || !proj || !gu || !scores || !xq || !xd || !xs || !err) {
-        free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs); free(err);
+    int16_t *xq = malloc(sizeof(int16_t) * widest);
+    float *xd = malloc(sizeof(float) * (widest / QK)), *xs = malloc(sizeof(float) * (widest / QK));
+    if (!h || !qkv || !attn || !proj || !gu || !scores || !xq || !xd || !xs) {
+        free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs);
         return -2;
     }
-    const qvec act = {xq, xd, xs}, act_rest = {xq + widest, xd + widest / QH, xs + widest / QH};
-    const qvec *rest_qkv = m->precise & PRECISE_QKV ? &act_rest : NULL, *rest_o = m->precise & PRECISE_O ? &act_rest : NULL;
-    const qvec *rest_gu = m->precise & PRECISE_GATE_UP ? &act_rest : NULL, *rest_down = m->precise & PRECISE_DOWN ? &act_rest : NULL;
-    const dot_fn dot = dot_for(isa);
+    const qvec act = {xq, xd, xs};
+    const rows_fn rows = rows_for(isa);
+    const attend_fn attend = isa == ISA_GENERIC ? attend_generic : attend_avx2;
     const size_t layer_stride = (size_t)KV * capacity * D;
 
 #pragma omp parallel num_threads(nthreads)
-    for (int l = 0; l < m->n_layers; l++) {
-        const layer_weights *lw = &m->layers[l];
-        uint16_t *kl = k_cache + l * layer_stride, *vl = v_cache + l * layer_stride;
+    {
+        for (int l = 0; l < m->n_layers; l++) {
+            const layer_weights *lw = &m->layers[l];
+            uint16_t *kl = k_cache + l * layer_stride, *vl = v_cache + l * layer_stride;
 #pragma omp single
-        {
-            rms_norm(x, lw->attn_norm, m->dim, m->eps, h);
-            quantize_input(h, m->dim, act, rest_qkv, err);
-        }
-        gemv(&lw->q, act, rest_qkv, qkv, dot);
-        gemv(&lw->k, act, rest_qkv, qkv + q_rows, dot);
-        gemv(&lw->v, act, rest_qkv, qkv + q_rows + kv_rows, dot);
+            {
+                rms_norm(x, lw->attn_norm, m->dim, m->eps, h);
+                quantize_row(h, m->dim, act);
+            }
+            gemv(&lw->q, act, qkv, rows);
+            gemv(&lw->k, act, qkv + q_rows, rows);
+            gemv(&lw->v, act, qkv + q_rows + kv_rows, rows);
 #pragma omp barrier
 #pragma omp single
-        {
-            if (lw->qkv_bias)
-                for (int i = 0; i < q_rows + 2 * kv_rows; i++) qkv[i] += lw->qkv_bias[i];
-            if (lw->q_norm)
-                for (int hh = 0; hh < H + KV; hh++)
-                    rms_norm(qkv + hh * D, hh < H ? lw->q_norm : lw->k_norm, D, m->eps, qkv + hh * D);
-            for (int hh = 0; hh < H + KV; hh++) rope(qkv + hh * D, cos_row, sin_row, D);
-            for (int kh = 0; kh < KV; kh++) {
-                const float *kv_k = qkv + q_rows + kh * D, *kv_v = qkv + q_rows + kv_rows + kh * D;
-                uint16_t *kd = kl + ((size_t)kh * capacity + pos) * D, *vd = vl + ((size_t)kh * capacity + pos) * D;
-                for (int i = 0; i < D; i++) {
-                    kd[i] = fp32_to_bf16(kv_k[i]);
-                    vd[i] = fp32_to_bf16(kv_v[i]);
+            {
+                if (lw->qkv_bias)
+                    for (int i = 0; i < q_rows + 2 * kv_rows; i++) qkv[i] += lw->qkv_bias[i];
+                if (lw->q_norm)
+                    for (int hh = 0; hh < H + KV; hh++)
+                        rms_norm(qkv + hh * D, hh < H ? lw->q_norm : lw->k_norm, D, m->eps, qkv + hh * D);
+                for (int hh = 0; hh < H + KV; hh++) rope(qkv + hh * D, cos_row, sin_row, D);
+                for (int kh = 0; kh < KV; kh++) {
+                    const float *kv_k = qkv + q_rows + kh * D, *kv_v = qkv + q_rows + kv_rows + kh * D;
+                    uint16_t *kd = kl + ((size_t)kh * capacity + pos) * D, *vd = vl + ((size_t)kh * capacity + pos) * D;
+                    for (int i = 0; i < D; i++) {
+                        kd[i] = fp32_to_bf16(kv_k[i]);
+                        vd[i] = fp32_to_bf16(kv_v[i]);
+                    }
                 }
             }
-        }
 #pragma omp for schedule(static)
-        for (int hh = 0; hh < H; hh++) {
-            const size_t base = (size_t)(hh / G) * capacity * D;
-            attend(qkv + hh * D, kl + base, vl + base, n, D, scores + (size_t)hh * n, attn + hh * D);
-        }
+            for (int hh = 0; hh < H; hh++) {
+                const size_t base = (size_t)(hh / G) * capacity * D;
+                attend(qkv + hh * D, kl + base, vl + base, n, D, scores + (size_t)hh * n, attn + hh * D);
+            }
 #pragma omp single
-        quantize_input(attn, q_rows, act, rest_o, err);
-        gemv(&lw->o, act, rest_o, proj, dot);
+            quantize_row(attn, q_rows, act);
+            gemv(&lw->o, act, proj, rows);
 #pragma omp barrier
 #pragma omp single
-        {
-            for (int i = 0; i < m->dim; i++) x[i] += proj[i];
-            rms_norm(x, lw->ffn_norm, m->dim, m->eps, h);
-            quantize_input(h, m->dim, act, rest_gu, err);
-        }
-        gemv(&lw->gate, act, rest_gu, gu, dot);
-        gemv(&lw->up, act, rest_gu, gu + m->hidden, dot);
+            {
+                for (int i = 0; i < m->dim; i++) x[i] += proj[i];
+                rms_norm(x, lw->ffn_norm, m->dim, m->eps, h);
+                quantize_row(h, m->dim, act);
+            }
+            gemv(&lw->gate, act, gu, rows);
+            gemv(&lw->up, act, gu + m->hidden, rows);
 #pragma omp barrier
-#pragma omp single
-        {
+#pragma omp for schedule(static)
             for (int i = 0; i < m->hidden; i++) {
                 const float g = gu[i];
                 h[i] = g / (1.0f + expf(-g)) * gu[m->hidden + i];
             }
-            quantize_input(h, m->hidden, act, rest_down, err);
-        }
-        gemv(&lw->down, act, rest_down, proj, dot);
+#pragma omp single
+            quantize_row(h, m->hidden, act);
+            gemv(&lw->down, act, proj, rows);
 #pragma omp barrier
 #pragma omp single
-        for (int i = 0; i < m->dim; i++) x[i] += proj[i];
+            for (int i = 0; i < m->dim; i++) x[i] += proj[i];
+        }
+#pragma omp single
+        {
+            rms_norm(x, m->final_norm, m->dim, m->eps, h);
+            memcpy(x, h, sizeof(float) * m->dim);
+            if (logits) quantize_row(x, m->dim, act);
+        }
+        if (logits) gemv_head(&m->head, act, logits, head_for(isa));
     }
-    rms_norm(x, m->final_norm, m->dim, m->eps, h);
-    memcpy(x, h, sizeof(float) * m->dim);
-    free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs); free(err);
+    free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs);
     return 0;
 }
 
-/* y = W x for one matrix (tests): x fp32 [cols] quantized here, with its rounding error as a second
- * pass when `precise`. */
-int nd_gemv(const qmat *m, const float *x, float *y, int precise, int nthreads, int isa) {
-    const int n = m->cols;
-    int8_t *xq = malloc(2 * n);
-    float *xd = malloc(sizeof(float) * 2 * (n / QH)), *xs = malloc(sizeof(float) * 2 * (n / QH));
-    float *err = malloc(sizeof(float) * n);
-    if (!xq || !xd || !xs || !err) { free(xq); free(xd); free(xs); free(err); return -2; }
-    const qvec act = {xq, xd, xs}, act_rest = {xq + n, xd + n / QH, xs + n / QH};
-    const qvec *rest = precise ? &act_rest : NULL;
-    quantize_input(x, n, act, rest, err);
-    const dot_fn dot = dot_for(isa);
-#pragma omp parallel num_threads(nthreads)
-    gemv(m, act, rest, y, dot);
-    free(xq); free(xd); free(xs); free(err);
+/* x quantized as the decoder step does, into buffers released with release(); 0 when allocated. */
+static int quantized(const float *x, int n, qvec *out) {
+    out->q = malloc(sizeof(int16_t) * n);
+    out->d = malloc(sizeof(float) * (n / QK));
+    out->s = malloc(sizeof(float) * (n / QK));
+    if (!out->q || !out->d || !out->s) return -2;
+    quantize_row(x, n, *out);
     return 0;
+}
+
+static void release(qvec v) {
+    free(v.q); free(v.d); free(v.s);
+}
+
+/* y = W x for one matrix (tests), as in the decoder step. */
+int nd_gemv(const qmat *m, const float *x, float *y, int nthreads, int isa) {
+    qvec act;
+    const int rc = quantized(x, m->cols, &act);
+    const rows_fn rows = rows_for(isa);
+    if (rc == 0) {
+#pragma omp parallel num_threads(nthreads)
+        gemv(m, act, y, rows);
+    }
+    release(act);
+    return rc;
+}
+
+/* logits = head x (tests), as the decoder step's last part. */
+int nd_head(const q8_rows *m, const float *x, float *y, int nthreads, int isa) {
+    qvec act;
+    const int rc = quantized(x, m->cols, &act);
+    const head_fn rows = head_for(isa);
+    if (rc == 0) {
+#pragma omp parallel num_threads(nthreads)
+        gemv_head(m, act, y, rows);
+    }
+    release(act);
+    return rc;
 }
 
 /* Which instruction sets this CPU runs: a bit per ISA_* value. */

@@ -23,6 +23,10 @@ class QMat(ctypes.Structure):
     _fields_ = [("w", ctypes.c_void_p), ("type", ctypes.c_int32), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32)]
 
 
+class Q8Rows(ctypes.Structure):
+    _fields_ = [("q", ctypes.c_void_p), ("d", ctypes.c_void_p), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32)]
+
+
 class LayerWeights(ctypes.Structure):
     _fields_ = [("q", QMat), ("k", QMat), ("v", QMat), ("o", QMat), ("gate", QMat), ("up", QMat), ("down", QMat),
                 ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p),
@@ -33,7 +37,7 @@ class ModelWeights(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("hidden", ctypes.c_int32),
                 ("eps", ctypes.c_float), ("layers", ctypes.POINTER(LayerWeights)), ("final_norm", ctypes.c_void_p),
-                ("precise", ctypes.c_int32)]
+                ("head", Q8Rows)]
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,13 @@ def _open() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(build.LIBRARY))  # read at call time: tests point it elsewhere
     lib.nd_cpu_isas.restype = ctypes.c_int
     lib.nd_decode.restype = ctypes.c_int
-    lib.nd_decode.argtypes = [ctypes.POINTER(ModelWeights), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                              ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.nd_decode.argtypes = [ctypes.POINTER(ModelWeights), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_int, ctypes.c_int]
     lib.nd_gemv.restype = ctypes.c_int
-    lib.nd_gemv.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.nd_gemv.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.nd_head.restype = ctypes.c_int
+    lib.nd_head.argtypes = [ctypes.POINTER(Q8Rows), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     return lib
 
 
