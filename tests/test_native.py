@@ -112,17 +112,19 @@ def test_gemv_matches_dequantize_then_matmul(kernels_lib, isa, kind):
 
 
 @pytest.mark.parametrize("isa", isa_params())
-def test_head_over_q8_rows_matches_the_dequantized_embedding(kernels_lib, isa):
-    """The native head reads the fast model's Q8_0 embedding in place: int8 rows and fp32 scales."""
+@pytest.mark.parametrize("per_row", [0, 1], ids=["q8_0-embedding", "int8-head"])
+def test_head_matches_its_int8_rows_dequantized(kernels_lib, isa, per_row):
+    """The native head reads the fast model's own int8 rows in place: a tied embedding's Q8_0 rows
+    (a scale per 32) or the int8 head (a scale per row)."""
     rng = np.random.default_rng(11)
     rows, cols = 203, 576  # a vocabulary that is not a whole number of the kernel's chunks
     q = rng.integers(-127, 128, size=(rows, cols), dtype=np.int8)
-    d = (rng.random((rows, cols // 32), dtype=np.float32) * 0.02).astype(np.float32)
+    d = (rng.random((rows, 1 if per_row else cols // 32), dtype=np.float32) * 0.02).astype(np.float32)
     x = rng.standard_normal(cols).astype(np.float32)
-    weights = (q.reshape(rows, -1, 32).astype(np.float64) * d[..., None]).reshape(rows, cols)
+    weights = (q.reshape(rows, d.shape[1], -1).astype(np.float64) * d[..., None]).reshape(rows, cols)
     expected = weights @ quantized_activation(x).astype(np.float64)
     y = np.zeros(rows, dtype=np.float32)
-    head = library.Q8Rows(q.ctypes.data, d.ctypes.data, rows, cols)
+    head = library.Q8Rows(q.ctypes.data, d.ctypes.data, rows, cols, per_row)
     assert kernels_lib.nd_head(ctypes.byref(head), x.ctypes.data, y.ctypes.data, 2, ISAS.index(isa)) == 0
     assert np.abs(y - expected).max() <= 1e-4 * np.abs(expected).max(), isa
 
@@ -312,8 +314,15 @@ def test_a_users_gguf_decodes_natively_and_steps_agree_with_the_prefill(kernels_
     engine = open_runtime(Settings(model=str(path), cache_dir=tmp_path / "cache")).engine
     best = runnable()[-1]
     assert engine.kernels == ("torch" if best == "generic" else f"native-{best}")  # auto never picks portable C
-    stepped, prefilled = stepped_and_prefilled(engine, [5, 70, 100, 33, 200, 9, 41])
+    ids = [5, 70, 100, 33, 200, 9, 41]
+    stepped, prefilled = stepped_and_prefilled(engine, ids)  # native steps against one torch prefill
     assert (stepped - prefilled).abs().max().item() < 0.05
+    if engine.native is not None:  # and a native prefill (4 tokens a tile, then the rest) against it
+        engine.model.cache.length = 0
+        with torch.inference_mode():
+            native_prefill = engine.native.forward(torch.tensor(ids), logits="all")
+        assert native_prefill.shape == prefilled.shape
+        assert (native_prefill - prefilled).abs().max().item() < 0.05
 
 
 def test_a_type_the_kernels_do_not_take_leaves_torch_with_one_note(kernels_lib, tmp_path):

@@ -22,6 +22,12 @@ from chatbot.engine.loading import LoadedModel
 from chatbot.errors import UserError
 
 
+# Below this many tokens a forward runs in the native kernels (where they are on): a decode step
+# and the short prefills of a turn. From it on, torch's batched kernels (the dense bf16 prefill
+# copies, as the torch path uses from 64 rows) are faster.
+NATIVE_MAX_TOKENS = 64
+
+
 class FastEngine(Engine):
     name = "fast"
 
@@ -29,7 +35,7 @@ class FastEngine(Engine):
         super().__init__(model, tokenizer, eos_token_ids, max_context, prefix_slots)
         self.max_context = min(max_context, model.shape.max_seq_len)
         self._prefix_caches: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.native = None  # a NativeDecoder (chatbot.engine.native): one-token steps in native code
+        self.native = None  # a NativeDecoder (chatbot.engine.native): steps and short prefills in native code
 
     @property
     def kernels(self) -> str:
@@ -40,11 +46,15 @@ class FastEngine(Engine):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def _run(self, x: torch.Tensor, logits: str = "last") -> torch.Tensor | None:
+        """The forward over token ids or input embeddings: natively where the kernels take it (a
+        decode step or a short prefill), else through torch (a long prefill's batched kernels)."""
+        if self.native is not None and x.shape[0] < NATIVE_MAX_TOKENS:
+            return self.native.forward(x, logits)
+        return self.model(x, logits=logits)
+
     def _forward(self, ids: list[int]) -> torch.Tensor:
-        if len(ids) == 1 and self.native is not None:
-            logits = self.native.step(ids[0])
-        else:
-            logits = self.model(torch.tensor(ids, dtype=torch.long))
+        logits = self._run(torch.tensor(ids, dtype=torch.long))
         self._cached_ids.extend(ids)
         return logits.unsqueeze(0)  # [1, 1, vocab], as the reference engine returns
 
@@ -55,7 +65,7 @@ class FastEngine(Engine):
             return cache
         snapshot = self._prefix_caches.get(prefix.key)
         if snapshot is None:
-            self.model(prefix.embeddings.to(self.model.dtype), logits="none")
+            self._run(prefix.embeddings.to(self.model.dtype), logits="none")
             snapshot = cache.snapshot()
             self._prefix_caches[prefix.key] = snapshot
             while len(self._prefix_caches) > self._prefix_slots:

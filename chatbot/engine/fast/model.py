@@ -234,7 +234,10 @@ class FastLlama(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h: the final normed hidden states in fp32 (the head's input is their bf16 rounding)."""
-        logits = self.output(h.to(self._dtype))
+        return self.rescored(h, self.output(h.to(self._dtype)))
+
+    def rescored(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The head's logits for h, with the likeliest re-scored exactly where the layout says so."""
         if not self.layout.head.endswith("+exact"):
             return logits
         # The approximate head only nominates; the candidates' logits are recomputed from the

@@ -2,8 +2,8 @@
 
 Prefill, soft-prompt prefixes and prefix reuse stay on the torch path (batched kernels); both
 write the same bf16 cache, so a step here continues what torch prefilled and the other way round.
-A tied head over a Q8_0 embedding (the bundled model's) is part of the native step, reading the
-embedding's own int8 rows and scales; any other head stays the torch path's.
+The head runs natively too, over int8 rows the model keeps anyway (a tied Q8_0 embedding, exact;
+else the torch path's int8 head, whose likeliest tokens are then re-scored exactly, as there).
 """
 
 from __future__ import annotations
@@ -41,21 +41,24 @@ class NativeDecoder:
         self._layers = layers
         head = self._head(model) if native_head else None
         self.has_native_head = head is not None
+        self.head_rescored = head is not None and head[1]
         self.struct = ModelWeights(s.n_layers, s.dim, s.n_heads, s.n_kv_heads, s.head_dim, s.hidden_dim,
-                                   s.norm_eps, layers, self._keep(model.norm), head or Q8Rows())
+                                   s.norm_eps, layers, self._keep(model.norm), head[0] if head else Q8Rows())
 
-    @staticmethod
-    def _head(model) -> Q8Rows | None:
-        """The tied head over the embedding's Q8_0 rows (in place), or None where the torch head stays."""
-        from chatbot.engine.fast.quantize import Q8Embedding
+    def _head(self, model) -> tuple[Q8Rows, bool] | None:
+        """The head the kernels run over int8 rows the model already keeps (read in place), and
+        whether its logits are then re-scored as on the torch path: a tied Q8_0 embedding (exact),
+        else the int8 head (it nominates, the likeliest are re-scored); None: the torch head."""
+        from chatbot.engine.fast.quantize import Int8Linear, Q8Embedding
 
-        emb = model.tok_embeddings
-        if not (model.shape.tie_embeddings and isinstance(emb, Q8Embedding)):
-            return None
-        if emb.weight.dtype != torch.int8 or emb.scales.dtype != torch.float32 or not (
-                emb.weight.is_contiguous() and emb.scales.is_contiguous()):
-            return None
-        return Q8Rows(emb.weight.data_ptr(), emb.scales.data_ptr(), emb.weight.shape[0], emb.weight.shape[1])
+        emb, out = model.tok_embeddings, model.output
+        if model.shape.tie_embeddings and isinstance(emb, Q8Embedding) and emb.weight.is_contiguous():
+            scales = self._keep(emb.scales)
+            return Q8Rows(emb.weight.data_ptr(), scales, emb.weight.shape[0], emb.weight.shape[1], 0), False
+        if isinstance(out, Int8Linear) and out.weight.is_contiguous():
+            scales = self._keep(out.scales)  # bf16 in the model: fp32 for the kernels
+            return Q8Rows(out.weight.data_ptr(), scales, out.weight.shape[0], out.weight.shape[1], 1), True
+        return None
 
     def _keep(self, tensor: torch.Tensor | None) -> int | None:
         if tensor is None:
@@ -70,20 +73,30 @@ class NativeDecoder:
 
     def step(self, token_id: int) -> torch.Tensor:
         """The next token's logits `[1, vocab]`, the token's K/V written at the cache's end."""
+        return self.forward(torch.tensor([token_id]))
+
+    def forward(self, x: torch.Tensor, logits: str = "last") -> torch.Tensor | None:
+        """As FastLlama.forward: token ids `[T]` or input embeddings `[T, dim]` after the cached
+        positions; logits `[1, vocab]` for the last ("last"), `[T, vocab]` ("all") or None ("none")."""
         model, cache = self.model, self.model.cache
-        pos = cache.length
-        cache.reserve(pos + 1)
-        x = model.embedding_rows(torch.tensor([token_id])).reshape(-1).float().contiguous()
-        logits = torch.empty(1, model.shape.vocab_size) if self.has_native_head else None
-        rc = self.kernels.lib.nd_decode(
-            ctypes.byref(self.struct), x.data_ptr(), logits.data_ptr() if logits is not None else None, pos,
-            cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity, self.cos[pos].data_ptr(), self.sin[pos].data_ptr(),
+        x = (model.embedding_rows(x) if x.dtype == torch.long else x).float().contiguous()
+        T, pos = x.shape[0], cache.length
+        cache.reserve(pos + T)
+        rows = {"none": 0, "last": 1, "all": T}[logits]
+        out = torch.empty(rows, model.shape.vocab_size) if rows and self.has_native_head else None
+        rc = self.kernels.lib.nd_forward(
+            ctypes.byref(self.struct), x.data_ptr(), T, out.data_ptr() if out is not None else None, rows if out is not None else 0,
+            pos, cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity, self.cos[pos].data_ptr(), self.sin[pos].data_ptr(),
             torch.get_num_threads(), self.kernels.isa_id,
         )
         if rc != 0:
-            raise RuntimeError(f"native decode step failed ({rc})")
-        cache.length = pos + 1
-        return logits if logits is not None else model.logits(x[None])
+            raise RuntimeError(f"native forward failed ({rc})")
+        cache.length = pos + T
+        if not rows:
+            return None
+        if out is None:
+            return model.logits(x[-rows:])
+        return model.rescored(x[-rows:], out) if self.head_rescored else out
 
 
 def decoder_for(model, gguf_path: Path | None, folder: Path | None, progress=None) -> NativeDecoder | None:

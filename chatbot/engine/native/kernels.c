@@ -26,9 +26,9 @@ typedef struct {
 } qmat;
 
 typedef struct {
-    const int8_t *q; /* [rows, cols]: Q8_0 integers */
-    const float *d;  /* [rows, cols / 32]: their scales */
-    int32_t rows, cols;
+    const int8_t *q; /* [rows, cols] int8 */
+    const float *d;  /* their scales: [rows, cols / 32] (Q8_0 rows), or [rows] with per_row */
+    int32_t rows, cols, per_row;
 } q8_rows;
 
 typedef struct {
@@ -483,8 +483,15 @@ static void gemv(const qmat *m, qvec x, float *y, rows_fn rows) {
 }
 
 /* ---- the output head ------------------------------------------------------------------------ */
-/* Over the embedding as the fast model keeps it (tied heads): Q8_0 rows split into int8 [rows,
- * cols] and an fp32 scale per 32, the GGUF's values exactly, read in place (no second copy). */
+/* Over int8 rows the fast model already keeps, read in place (no second copy): its int8 head (a
+ * scale per row) or a tied embedding's Q8_0 rows (a scale per 32, the GGUF's values exactly). */
+
+/* Row r's scale of block b (per row: 1, the row's own scale applied once after the sum). */
+static inline float head_block_scale(const q8_rows *m, int r, int b) {
+    return m->per_row ? 1.0f : m->d[(size_t)r * (m->cols / QK) + b];
+}
+
+static inline float head_row_scale(const q8_rows *m, int r) { return m->per_row ? m->d[r] : 1.0f; }
 
 static void head_rows_generic(const q8_rows *m, int first, int n, qvec x, float *y) {
     const int nb = m->cols / QK;
@@ -494,9 +501,9 @@ static void head_rows_generic(const q8_rows *m, int first, int n, qvec x, float 
             const int8_t *w = m->q + (size_t)r * m->cols + b * QK;
             int acc = 0;
             for (int i = 0; i < QK; i++) acc += w[i] * x.q[b * QK + i];
-            sum += m->d[(size_t)r * nb + b] * x.d[b] * (float)acc;
+            sum += head_block_scale(m, r, b) * x.d[b] * (float)acc;
         }
-        y[r] = sum;
+        y[r] = sum * head_row_scale(m, r);
     }
 }
 
@@ -504,7 +511,6 @@ static void head_rows_generic(const q8_rows *m, int first, int n, qvec x, float 
     const int nb = m->cols / QK;                                                                               \
     for (int r = first; r < first + n; r++) {                                                                  \
         const int8_t *w = m->q + (size_t)r * m->cols;                                                          \
-        const float *d = m->d + (size_t)r * nb;                                                                \
         __m256 acc = _mm256_setzero_ps();                                                                      \
         for (int b = 0; b < nb; b++) {                                                                         \
             const __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * QK)));           \
@@ -512,9 +518,9 @@ static void head_rows_generic(const q8_rows *m, int first, int n, qvec x, float 
             const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                            \
             const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK + QH));                       \
             const __m256i ints = MADD(MADD(_mm256_setzero_si256(), lo, x0), hi, x1);                           \
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(d[b] * x.d[b]), acc);               \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(head_block_scale(m, r, b) * x.d[b]), acc); \
         }                                                                                                      \
-        y[r] = hsum256(acc);                                                                                   \
+        y[r] = hsum256(acc) * head_row_scale(m, r);                                                            \
     }
 
 AVX2 static void head_rows_avx2(const q8_rows *m, int first, int n, qvec x, float *y) { HEAD_ROWS_BODY(MADD_AVX2) }
@@ -589,6 +595,132 @@ AVX2 static void attend_avx2(const float *q, const uint16_t *k, const uint16_t *
     }
 }
 
+/* ---- several tokens (prefill) ----------------------------------------------------------------- */
+/* Y[t][r] = W[r] . X[t]: each weight block, unpacked once, serves up to TOKENS tokens. Token t's
+ * activation is x.q + t * cols, its scales x.d / x.s + t * (cols / 32). */
+#define TOKENS 4
+#define PANEL 16 /* rows: 16 x 1536 columns of Q4_1 are ~15 KB */
+
+static void tile_generic(const uint8_t *row, int type, int n, int nb, qvec x, float *y, int ldy) {
+    for (int t = 0; t < n; t++) {
+        const qvec xt = {x.q + (size_t)t * nb * QK, x.d + (size_t)t * nb, x.s + (size_t)t * nb};
+        y[(size_t)t * ldy] = dot_generic(row, type, nb, xt);
+    }
+}
+
+#define TILE_BODY(MADD)                                                                                          \
+    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34}; \
+    __m256 acc[TOKENS];                                                                                          \
+    float off[TOKENS], kscale[16], koffset[8];                                                                   \
+    for (int t = 0; t < n; t++) {                                                                                \
+        acc[t] = _mm256_setzero_ps();                                                                            \
+        off[t] = 0.0f;                                                                                           \
+    }                                                                                                            \
+    const __m256i zero = _mm256_setzero_si256();                                                                 \
+    for (int b = 0; b < nb; b++) {                                                                               \
+        __m256i lo, hi;                                                                                          \
+        float scale0, scale1, offset = 0.0f;                                                                     \
+        if (SIMPLE(type)) {                                                                                      \
+            const uint8_t *blk = row + b * bytes[type];                                                          \
+            const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;       \
+            block_view v = {0};                                                                                  \
+            v.shift = -1;                                                                                        \
+            v.qh = five ? blk + 2 + 2 * has_min : NULL;                                                          \
+            v.q = blk + 2 + 2 * has_min + 4 * five;                                                              \
+            v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;                                             \
+            weights16(&v, type, &lo, &hi);                                                                       \
+            scale0 = scale1 = half_f16c(blk);                                                                    \
+            if (has_min) offset = half_f16c(blk + 2);                                                            \
+        } else {                                                                                                 \
+            const int j = b % 8;                                                                                 \
+            if (j == 0) super_block_scales(row, type, b / 8, kscale, koffset);                                   \
+            const block_view v = k_view(row, type, b);                                                           \
+            weights16(&v, type, &lo, &hi);                                                                       \
+            scale0 = kscale[2 * j], scale1 = kscale[2 * j + 1], offset = HAS_OFFSET(type) ? koffset[j] : 0.0f;   \
+        }                                                                                                        \
+        for (int t = 0; t < n; t++) {                                                                            \
+            const int16_t *xq = x.q + ((size_t)t * nb + b) * QK;                                                 \
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq);                                          \
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + QH));                                   \
+            const float xd = x.d[(size_t)t * nb + b];                                                            \
+            if (TWO_SCALES(type)) {                                                                              \
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(zero, lo, x0)), _mm256_set1_ps(scale0 * xd), acc[t]); \
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(zero, hi, x1)), _mm256_set1_ps(scale1 * xd), acc[t]); \
+            } else {                                                                                             \
+                const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(scale0 * xd), acc[t]);         \
+            }                                                                                                    \
+            if (HAS_OFFSET(type)) off[t] += offset * x.s[(size_t)t * nb + b];                                    \
+        }                                                                                                        \
+    }                                                                                                            \
+    for (int t = 0; t < n; t++) y[(size_t)t * ldy] = hsum256(acc[t]) + off[t];
+
+AVX2 INLINE void tile_avx2_of(const uint8_t *row, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+    TILE_BODY(MADD_AVX2)
+}
+
+VNNI INLINE void tile_vnni_of(const uint8_t *row, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+    TILE_BODY(MADD_VNNI)
+}
+
+#define TILE_FOR_TYPE(FN, T)                                                                     \
+    case T:                                                                                      \
+        if (n == TOKENS) FN(row, T, TOKENS, nb, x, y, ldy);                                      \
+        else                                                                                     \
+            for (int t = 0; t < n; t++) {                                                        \
+                const qvec xt = {x.q + (size_t)t * nb * QK, x.d + (size_t)t * nb, x.s + (size_t)t * nb}; \
+                FN(row, T, 1, nb, xt, y + (size_t)t * ldy, ldy);                                 \
+            }                                                                                    \
+        return;
+#define TILE_DISPATCH(FN)                                                                        \
+    switch (type) {                                                                              \
+        TILE_FOR_TYPE(FN, T_Q4_0) TILE_FOR_TYPE(FN, T_Q4_1) TILE_FOR_TYPE(FN, T_Q5_0)            \
+        TILE_FOR_TYPE(FN, T_Q5_1) TILE_FOR_TYPE(FN, T_Q8_0) TILE_FOR_TYPE(FN, T_Q4_K)            \
+        TILE_FOR_TYPE(FN, T_Q5_K) TILE_FOR_TYPE(FN, T_Q6_K)                                      \
+    }
+
+AVX2 static void tile_avx2(const uint8_t *row, int type, int n, int nb, qvec x, float *y, int ldy) {
+    TILE_DISPATCH(tile_avx2_of)
+}
+
+VNNI static void tile_vnni(const uint8_t *row, int type, int n, int nb, qvec x, float *y, int ldy) {
+    TILE_DISPATCH(tile_vnni_of)
+}
+
+typedef void (*tile_fn)(const uint8_t *, int, int, int, qvec, float *, int);
+
+static tile_fn tile_for(int isa) {
+    return isa == ISA_AVX512VNNI ? tile_vnni : isa == ISA_AVX2 ? tile_avx2 : tile_generic;
+}
+
+/* The kernels of one instruction set. */
+typedef struct {
+    rows_fn rows;
+    tile_fn tile;
+} kernel_set;
+
+/* Y[t][r] = W[r] . X[t] for T tokens (y: T rows of ldy floats), rows split across the threads;
+ * one token goes ROWS rows at a time instead. No barrier (see gemv). */
+static void matmul(const qmat *m, qvec x, int T, float *y, int ldy, kernel_set k) {
+    if (T == 1) {
+        gemv(m, x, y, k.rows);
+        return;
+    }
+    const int nb = m->cols / QK, panels = (m->rows + PANEL - 1) / PANEL;
+    const size_t stride = row_bytes_of(m->type, m->cols);
+    /* a panel of rows stays in cache while every token passes over it, a few tokens at a time */
+#pragma omp for schedule(static) nowait
+    for (int p = 0; p < panels; p++) {
+        const int first = p * PANEL, last = first + PANEL < m->rows ? first + PANEL : m->rows;
+        for (int t0 = 0; t0 < T; t0 += TOKENS) {
+            const qvec xt = {x.q + (size_t)t0 * m->cols, x.d + (size_t)t0 * nb, x.s + (size_t)t0 * nb};
+            const int n = T - t0 < TOKENS ? T - t0 : TOKENS;
+            for (int r = first; r < last; r++)
+                k.tile(m->w + (size_t)r * stride, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy);
+        }
+    }
+}
+
 /* ---- the decoder step --------------------------------------------------------------------- */
 
 static void rms_norm(const float *x, const float *w, int n, float eps, float *out) {
@@ -610,101 +742,117 @@ static int max3(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ?
 
 typedef void (*attend_fn)(const float *, const uint16_t *, const uint16_t *, int, int, float *, float *);
 
-/* One token through every layer. x: [dim] fp32, the token's embedding in, the final-normed hidden
- * state out; with a head, logits: [vocab] out. k_cache / v_cache: bf16 [layers, kv_heads, capacity,
- * head_dim]; position `pos` is written, positions 0..pos attended. cos_row / sin_row: [head_dim]
- * fp32 for `pos`. */
-int nd_decode(const model_weights *m, float *x, float *logits, int pos, uint16_t *k_cache, uint16_t *v_cache,
-              int capacity, const float *cos_row, const float *sin_row, int nthreads, int isa) {
-    const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, G = H / KV, n = pos + 1;
-    const int q_rows = H * D, kv_rows = KV * D, widest = max3(m->dim, m->hidden, q_rows);
-    if (D > 512 || pos >= capacity || (logits && !m->head.q)) return -1;
-    float *h = malloc(sizeof(float) * widest);
-    float *qkv = malloc(sizeof(float) * (q_rows + 2 * kv_rows));
-    float *attn = malloc(sizeof(float) * q_rows);
-    float *proj = malloc(sizeof(float) * m->dim);
-    float *gu = malloc(sizeof(float) * 2 * m->hidden);
-    float *scores = malloc(sizeof(float) * (size_t)H * n);
-    int16_t *xq = malloc(sizeof(int16_t) * widest);
-    float *xd = malloc(sizeof(float) * (widest / QK)), *xs = malloc(sizeof(float) * (widest / QK));
+/* T tokens through every layer, at positions pos..pos + T - 1 after the cached ones. x: [T, dim]
+ * fp32, the tokens' input embeddings in, their final-normed hidden states out. logits: NULL, or
+ * [logit_rows, vocab] for the last logit_rows tokens (through the head: m->head.q set).
+ * k_cache / v_cache: bf16 [layers, kv_heads, capacity, head_dim]; the tokens' K/V are written and
+ * each token attends to positions 0..its own. cos / sin: [T, head_dim] fp32, the tokens' rows. */
+int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit_rows, int pos, uint16_t *k_cache,
+               uint16_t *v_cache, int capacity, const float *cos, const float *sin, int nthreads, int isa) {
+    const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, G = H / KV, dim = m->dim, hidden = m->hidden;
+    const int q_rows = H * D, kv_rows = KV * D, qkv_rows = q_rows + 2 * kv_rows, widest = max3(dim, hidden, q_rows);
+    if (D > 512 || T < 1 || pos + T > capacity || logit_rows < 0 || logit_rows > T || (logits && !m->head.q)) return -1;
+    const size_t n_max = (size_t)pos + T;
+    float *h = malloc(sizeof(float) * T * widest);
+    float *qkv = malloc(sizeof(float) * T * qkv_rows);
+    float *attn = malloc(sizeof(float) * T * q_rows);
+    float *proj = malloc(sizeof(float) * T * dim);
+    float *gu = malloc(sizeof(float) * T * 2 * hidden);
+    float *scores = malloc(sizeof(float) * (size_t)T * H * n_max);
+    int16_t *xq = malloc(sizeof(int16_t) * T * widest);
+    float *xd = malloc(sizeof(float) * T * (widest / QK)), *xs = malloc(sizeof(float) * T * (widest / QK));
     if (!h || !qkv || !attn || !proj || !gu || !scores || !xq || !xd || !xs) {
         free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs);
         return -2;
     }
     const qvec act = {xq, xd, xs};
-    const rows_fn rows = rows_for(isa);
+    const kernel_set k = {rows_for(isa), tile_for(isa)};
     const attend_fn attend = isa == ISA_GENERIC ? attend_generic : attend_avx2;
     const size_t layer_stride = (size_t)KV * capacity * D;
+    /* the matmul inputs of T tokens, each quantized as one activation row of `cols` */
+#define QUANTIZE_ROWS(src, ld, cols)                                                                                   \
+    _Pragma("omp for schedule(static)") for (int t = 0; t < T; t++) {                                                  \
+        const qvec at = {xq + (size_t)t * (cols), xd + (size_t)t * ((cols) / QK), xs + (size_t)t * ((cols) / QK)};      \
+        quantize_row((src) + (size_t)t * (ld), cols, at);                                                              \
+    }
 
 #pragma omp parallel num_threads(nthreads)
     {
         for (int l = 0; l < m->n_layers; l++) {
             const layer_weights *lw = &m->layers[l];
             uint16_t *kl = k_cache + l * layer_stride, *vl = v_cache + l * layer_stride;
-#pragma omp single
-            {
-                rms_norm(x, lw->attn_norm, m->dim, m->eps, h);
-                quantize_row(h, m->dim, act);
-            }
-            gemv(&lw->q, act, qkv, rows);
-            gemv(&lw->k, act, qkv + q_rows, rows);
-            gemv(&lw->v, act, qkv + q_rows + kv_rows, rows);
+#pragma omp for schedule(static)
+            for (int t = 0; t < T; t++) rms_norm(x + (size_t)t * dim, lw->attn_norm, dim, m->eps, h + (size_t)t * dim);
+            QUANTIZE_ROWS(h, dim, dim)
+            matmul(&lw->q, act, T, qkv, qkv_rows, k);
+            matmul(&lw->k, act, T, qkv + q_rows, qkv_rows, k);
+            matmul(&lw->v, act, T, qkv + q_rows + kv_rows, qkv_rows, k);
 #pragma omp barrier
-#pragma omp single
-            {
+#pragma omp for schedule(static)
+            for (int t = 0; t < T; t++) {
+                float *row = qkv + (size_t)t * qkv_rows;
                 if (lw->qkv_bias)
-                    for (int i = 0; i < q_rows + 2 * kv_rows; i++) qkv[i] += lw->qkv_bias[i];
+                    for (int i = 0; i < qkv_rows; i++) row[i] += lw->qkv_bias[i];
                 if (lw->q_norm)
                     for (int hh = 0; hh < H + KV; hh++)
-                        rms_norm(qkv + hh * D, hh < H ? lw->q_norm : lw->k_norm, D, m->eps, qkv + hh * D);
-                for (int hh = 0; hh < H + KV; hh++) rope(qkv + hh * D, cos_row, sin_row, D);
+                        rms_norm(row + hh * D, hh < H ? lw->q_norm : lw->k_norm, D, m->eps, row + hh * D);
+                for (int hh = 0; hh < H + KV; hh++) rope(row + hh * D, cos + (size_t)t * D, sin + (size_t)t * D, D);
                 for (int kh = 0; kh < KV; kh++) {
-                    const float *kv_k = qkv + q_rows + kh * D, *kv_v = qkv + q_rows + kv_rows + kh * D;
-                    uint16_t *kd = kl + ((size_t)kh * capacity + pos) * D, *vd = vl + ((size_t)kh * capacity + pos) * D;
+                    const float *kv_k = row + q_rows + kh * D, *kv_v = row + q_rows + kv_rows + kh * D;
+                    const size_t at = ((size_t)kh * capacity + pos + t) * D;
                     for (int i = 0; i < D; i++) {
-                        kd[i] = fp32_to_bf16(kv_k[i]);
-                        vd[i] = fp32_to_bf16(kv_v[i]);
+                        kl[at + i] = fp32_to_bf16(kv_k[i]);
+                        vl[at + i] = fp32_to_bf16(kv_v[i]);
                     }
                 }
             }
-#pragma omp for schedule(static)
-            for (int hh = 0; hh < H; hh++) {
+#pragma omp for schedule(dynamic)
+            for (int th = 0; th < T * H; th++) { /* token t's head hh sees positions 0..pos + t */
+                const int t = th / H, hh = th % H;
                 const size_t base = (size_t)(hh / G) * capacity * D;
-                attend(qkv + hh * D, kl + base, vl + base, n, D, scores + (size_t)hh * n, attn + hh * D);
+                attend(qkv + (size_t)t * qkv_rows + hh * D, kl + base, vl + base, pos + t + 1, D,
+                       scores + (size_t)th * n_max, attn + (size_t)t * q_rows + hh * D);
             }
-#pragma omp single
-            quantize_row(attn, q_rows, act);
-            gemv(&lw->o, act, proj, rows);
-#pragma omp barrier
-#pragma omp single
-            {
-                for (int i = 0; i < m->dim; i++) x[i] += proj[i];
-                rms_norm(x, lw->ffn_norm, m->dim, m->eps, h);
-                quantize_row(h, m->dim, act);
-            }
-            gemv(&lw->gate, act, gu, rows);
-            gemv(&lw->up, act, gu + m->hidden, rows);
+            QUANTIZE_ROWS(attn, q_rows, q_rows)
+            matmul(&lw->o, act, T, proj, dim, k);
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (int i = 0; i < m->hidden; i++) {
-                const float g = gu[i];
-                h[i] = g / (1.0f + expf(-g)) * gu[m->hidden + i];
+            for (int t = 0; t < T; t++) {
+                float *xt = x + (size_t)t * dim;
+                for (int i = 0; i < dim; i++) xt[i] += proj[(size_t)t * dim + i];
+                rms_norm(xt, lw->ffn_norm, dim, m->eps, h + (size_t)t * dim);
             }
-#pragma omp single
-            quantize_row(h, m->hidden, act);
-            gemv(&lw->down, act, proj, rows);
+            QUANTIZE_ROWS(h, dim, dim)
+            matmul(&lw->gate, act, T, gu, 2 * hidden, k);
+            matmul(&lw->up, act, T, gu + hidden, 2 * hidden, k);
 #pragma omp barrier
-#pragma omp single
-            for (int i = 0; i < m->dim; i++) x[i] += proj[i];
+#pragma omp for schedule(static)
+            for (int i = 0; i < T * hidden; i++) {
+                const int t = i / hidden, j = i % hidden;
+                const float g = gu[(size_t)t * 2 * hidden + j];
+                h[i] = g / (1.0f + expf(-g)) * gu[(size_t)t * 2 * hidden + hidden + j];
+            }
+            QUANTIZE_ROWS(h, hidden, hidden)
+            matmul(&lw->down, act, T, proj, dim, k);
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (int i = 0; i < T * dim; i++) x[i] += proj[i];
         }
-#pragma omp single
-        {
-            rms_norm(x, m->final_norm, m->dim, m->eps, h);
-            memcpy(x, h, sizeof(float) * m->dim);
-            if (logits) quantize_row(x, m->dim, act);
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            rms_norm(x + (size_t)t * dim, m->final_norm, dim, m->eps, h + (size_t)t * dim);
+            memcpy(x + (size_t)t * dim, h + (size_t)t * dim, sizeof(float) * dim);
         }
-        if (logits) gemv_head(&m->head, act, logits, head_for(isa));
+        if (logits) {
+            const int first = T - logit_rows;
+            QUANTIZE_ROWS(x + (size_t)first * dim, dim, dim)
+            for (int t = 0; t < logit_rows; t++) {
+                const qvec at = {xq + (size_t)t * dim, xd + (size_t)t * (dim / QK), xs + (size_t)t * (dim / QK)};
+                gemv_head(&m->head, at, logits + (size_t)t * m->head.rows, head_for(isa));
+            }
+        }
     }
+#undef QUANTIZE_ROWS
     free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs);
     return 0;
 }

@@ -24,7 +24,8 @@ class QMat(ctypes.Structure):
 
 
 class Q8Rows(ctypes.Structure):
-    _fields_ = [("q", ctypes.c_void_p), ("d", ctypes.c_void_p), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32)]
+    _fields_ = [("q", ctypes.c_void_p), ("d", ctypes.c_void_p), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32),
+                ("per_row", ctypes.c_int32)]
 
 
 class LayerWeights(ctypes.Structure):
@@ -63,10 +64,10 @@ def _open() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(build.LIBRARY))  # read at call time: tests point it elsewhere
     lib.nd_cpu_isas.restype = ctypes.c_int
-    lib.nd_decode.restype = ctypes.c_int
-    lib.nd_decode.argtypes = [ctypes.POINTER(ModelWeights), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                              ctypes.c_int, ctypes.c_int]
+    lib.nd_forward.restype = ctypes.c_int
+    lib.nd_forward.argtypes = [ctypes.POINTER(ModelWeights), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.nd_gemv.restype = ctypes.c_int
     lib.nd_gemv.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.nd_head.restype = ctypes.c_int
