@@ -14,6 +14,11 @@ database settings, turns alternated so background load hits both alike.
   gives this UI's CPU over the baseline's: only ratios within one run compare on a busy machine.
 
     .venv/bin/python -m benchmarks.tui [--runs 3] [--tokens 192] [--baseline DIR]
+
+`--headless` measures the screen alone instead (`benchmarks/tui_headless.py`: the real chat
+screen through Textual's Pilot at 120x40, the tests' fake model streaming ~400 tokens of
+paragraphs, code, a list and a heading at 60 tok/s; no model process), Markdown and raw text,
+and the baseline's screen with `--baseline`, alternated: CPU seconds of the whole reply, medians.
 """
 
 from __future__ import annotations
@@ -181,12 +186,41 @@ def ask_turn(work: Path, tokens: int) -> dict:
     return json.loads(out.stdout)
 
 
+def headless_turn(mode: str, root: Path = ROOT) -> dict:
+    """One reply on the headless screen of checkout `root` (benchmarks/tui_headless.py)."""
+    script = Path(__file__).with_name("tui_headless.py")
+    env = {**os.environ, "PYTHONPATH": str(root), "TQDM_DISABLE": "1"}
+    out = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True, check=True, cwd=root)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def headless(runs: int, baseline: Path | None) -> None:
+    cpu: dict[str, list[float]] = {"markdown": [], "raw": [], "none": [], "baseline": []}
+    for run in range(runs):
+        for mode in ("markdown", "raw", "none"):
+            cpu[mode].append(headless_turn(mode)["cpu_s"])
+        if baseline is not None:
+            cpu["baseline"].append(headless_turn("markdown", baseline.resolve())["cpu_s"])
+        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in cpu.items() if v), file=sys.stderr, flush=True)
+    median = {k: statistics.median(v) for k, v in cpu.items() if v}
+    rows = [(f"UI CPU s, {k} (median)", f"{v:.2f}", "") for k, v in median.items()]
+    if "baseline" in median:
+        for mode in ("markdown", "raw"):
+            ratio = median[mode] / median["baseline"]
+            rows.append((f"{mode} / baseline", f"{ratio:.2f}", "target <= 0.5: " + ("ok" if ratio <= 0.5 else "MISSED")))
+    report("TUI screen alone (headless, fake model)", rows, {"runs": runs, "cpu_s": cpu, "baseline": str(baseline)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=192)
     parser.add_argument("--baseline", type=Path, help="another checkout whose UI runs alternated with this one")
+    parser.add_argument("--headless", action="store_true", help="the screen alone, through the fake model")
     args = parser.parse_args()
+    if args.headless:
+        headless(args.runs, args.baseline)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         paints = [first_paint(work, args.tokens) for _ in range(args.runs)]
