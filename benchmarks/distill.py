@@ -16,7 +16,7 @@ tokens.
 
 Learning from use, after a run kept with `--work DIR`:
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.distill --work DIR --learn-from-use [--steps 20]
+    PYTHONPATH=. .venv/bin/python -m benchmarks.distill --work DIR --learn-from-use [--steps 10] [--lr 0.005]
 
 chats with the distilled persona (a conversation per question list of `USE_CONVERSATIONS`, its
 opening first, sampled with the persona's settings and a fixed seed; kept in the work dir, so a
@@ -80,7 +80,7 @@ def in_character(text: str) -> bool:
     return text.count("*") >= 2 or any(word in text.lower() for word in IN_CHARACTER)
 
 
-def learn_from_use(work: Path, env: dict, steps: int, as_json: bool) -> None:
+def learn_from_use(work: Path, env: dict, args: argparse.Namespace) -> None:
     os.environ.update(env)  # the settings below read the benchmark's data dir and database
     from chatbot.config import Settings
     from chatbot.personas.registry import find
@@ -108,7 +108,9 @@ def learn_from_use(work: Path, env: dict, steps: int, as_json: bool) -> None:
                     store.rate(message.id, rating)
                     ratings[rating] += 1
     chat_seconds = time.perf_counter() - started
-    cli(env, "persona", "train", STUDENT, "--from-history", "--steps", str(steps), "--heldout", "0.25")
+    steps = args.steps
+    cli(env, "persona", "train", STUDENT, "--from-history", "--steps", str(steps), "--heldout", "0.25",
+        "--lr", str(args.lr), "--batch-size", str(args.batch_size))
     record = json.loads((work / "data" / "personas" / STUDENT / "soft_prompt" / "training.json").read_text())
     used = record["from_history"]
     before, after = record["heldout_loss_init"], record["heldout_loss_best"]
@@ -117,12 +119,13 @@ def learn_from_use(work: Path, env: dict, steps: int, as_json: bool) -> None:
         "n_train_replies": len(used["train_message_ids"]), "n_heldout_replies": len(used["heldout_message_ids"]),
         "heldout_nll_before": round(before, 4), "heldout_nll_after": round(after, 4),
         "change": round(after / before - 1, 4), "best_step": record["best_step"], "steps": steps,
+        "lr": args.lr, "batch_size": args.batch_size, "history": record["history"],
         "chat_seconds": round(chat_seconds, 1), "train_seconds": record["seconds"],
         "seconds_per_step": record["seconds_per_step"],
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()], "work": str(work),
     }
-    if as_json:
+    if args.json:
         print(json.dumps(payload, indent=1))
         return
     rows = [
@@ -160,7 +163,7 @@ def main() -> None:
     if args.learn_from_use:
         if args.work is None or not (work / "data" / "personas" / STUDENT).is_dir():
             parser.error(f"--learn-from-use needs --work DIR of an earlier run (with its {STUDENT})")
-        return learn_from_use(work, env, args.steps, args.json)
+        return learn_from_use(work, env, args)
     card = work / "granny.json"
     card.write_text(json.dumps(CARD, indent=1), encoding="utf-8")
     load_before = os.getloadavg()
