@@ -143,8 +143,10 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
                 outcome.summary_s.append(time.perf_counter() - started)
                 found = store.memory_summary(conversation, message_ids(session.history))
                 text = found[1].lower() if found else ""
-                outcome.in_summary += sum(1 for v in p.facts.values() if v.lower() in text)
-                progress(budget=budget, mode=mode, summary=text[:160], seconds=round(outcome.summary_s[-1], 1))
+                kept = sum(1 for v in p.facts.values() if v.lower() in text)
+                outcome.in_summary += kept
+                progress(budget=budget, mode=mode, summary_kept=kept, summary=text[:160],
+                         seconds=round(outcome.summary_s[-1], 1))
             others = every_value - set(p.facts.values())
             for kind, value in p.facts.items():
                 if not sequential:  # each question from the end of the filler, on a branch of its own
