@@ -4,6 +4,8 @@ files are tiny random models the suite writes itself (tests/gguf_tiny.py): no do
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +222,48 @@ def test_transformers_models_of_each_architecture_run_on_the_fast_forward(arch):
     assert fast.shape.head_dim == 32 and fast.shape.max_seq_len == (128 if arch == "mistral" else 256)
     with torch.inference_mode():
         assert (fast(IDS, logits="all") - model(IDS[None]).logits[0]).abs().max().item() <= EXACT
+
+
+def _resident_kib(path) -> int:
+    """RSS of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
+            inside = len(fields) == 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_a_mapped_prefill_copy_gives_its_pages_back_and_reads_the_same(tmp_path):
+    """The dense prefill copies are mapped from the cache file; after a prefill their pages leave
+    RSS (pages.release) and read back the same; memory that is not mapped from the file is never
+    released (it would read as zeros)."""
+    from safetensors.torch import load_file, save_file
+
+    from chatbot.engine.fast import pages
+
+    path = (tmp_path / "dense.safetensors").resolve()
+    save_file({"w": torch.randn(1024, 1024).to(torch.bfloat16)}, str(path))
+    mapped = load_file(str(path))["w"]
+    anonymous = mapped.clone()
+    assert pages.mapped_from(path, [mapped, anonymous]) == [True, False]
+    total = mapped.float().sum()
+    assert _resident_kib(path) >= 1024  # 2 MiB read
+    pages.release(mapped)
+    assert _resident_kib(path) <= 16  # at most the pages it shares with the header
+    assert torch.equal(mapped.float().sum(), total) and torch.equal(mapped, anonymous)
+
+
+def test_a_long_prefill_through_released_copies_gives_the_same_logits(files, tmp_path):
+    path = write_tiny_gguf(files / "prefill.gguf", "llama", "Q4_1", seed=3)
+    model = loader.load_or_build(path, tmp_path / "fast")
+    dense = [m for m in model.modules() if isinstance(m, qz.Int4Linear) and m.dense is not None]
+    assert dense and all(m.dense_mapped for m in dense)
+    ids = torch.arange(qz.DENSE_MIN_ROWS + 8) % model.shape.vocab_size
+    with torch.inference_mode():
+        first = model(ids, logits="all")
+        model.cache.length = 0
+        assert torch.equal(model(ids, logits="all"), first)

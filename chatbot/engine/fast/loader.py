@@ -356,15 +356,28 @@ def load(path: Path, gguf_path: Path | None = None) -> FastLlama:
     if layout.dense_prefill:
         from safetensors.torch import load_file
 
-        # Memory-mapped: pages are read (and count in RSS) only once a long prefill touches them.
-        state.update(load_file(_dense_path(path)))
+        # Memory-mapped: pages are read (and count in RSS) only while a long prefill uses them.
+        dense = load_file(_dense_path(path))
+        state.update(dense)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if layout.dense_prefill:
+        _mark_mapped(model, _dense_path(path))
     missing = [m for m in missing if not (m == "output.weight" and _tied(model))]
     if missing or unexpected:
         raise ValueError(f"{path.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if _tied(model) is False and layout.head == "dense" and shape.tie_embeddings and layout.embedding == "dense":
         model.output.weight = model.tok_embeddings.weight
     return model.norms_to_float().eval()
+
+
+def _mark_mapped(model: FastLlama, dense_path: Path) -> None:
+    """Let the prefill copies give their pages back after use, those verified to be mapped from
+    the file (released anonymous memory would read as zeros)."""
+    from chatbot.engine.fast.pages import mapped_from
+
+    modules = [m for m in model.modules() if isinstance(m, qz.Int4Linear) and m.dense is not None]
+    for module, mapped in zip(modules, mapped_from(dense_path.resolve(), [m.dense for m in modules])):
+        module.dense_mapped = mapped
 
 
 def is_cached(folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout()) -> bool:

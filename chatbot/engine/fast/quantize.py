@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatbot.engine.fast.pages import release
+
 GROUP = 32
 # The weight-only kernels cost the same per input row, a dense matmul mostly per weight read: from
 # this many rows on, a layer with a dense copy uses it. Below it the copy (memory-mapped) is never
-# touched, so short turns keep the process small; long prompts (a resumed conversation) pay for it.
+# touched; a long prompt (a resumed conversation) reads it one projection at a time, each one's
+# pages given back after its matmul (pages.py), so the copies never stay in RSS.
 DENSE_MIN_ROWS = 64
 
 
@@ -75,6 +78,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("weight_hi", torch.empty(out_features, in_features // 2, dtype=torch.uint8) if hi else None)
         self.register_buffer("scales_and_zeros_hi", torch.empty(in_features // GROUP, out_features, 2, dtype=dtype) if hi else None)
         self.register_buffer("dense", torch.empty(out_features, in_features, dtype=dtype) if dense else None)
+        self.dense_mapped = False  # `dense` is mapped from the cache file: its pages go back after use
 
     @property
     def planes(self) -> int:
@@ -82,7 +86,10 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None and x.shape[0] >= DENSE_MIN_ROWS:
-            return F.linear(x, self.dense)
+            y = F.linear(x, self.dense)
+            if self.dense_mapped:
+                release(self.dense)
+            return y
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
         if self.weight_hi is not None:
             y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight_hi, GROUP, self.scales_and_zeros_hi)

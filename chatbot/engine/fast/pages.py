@@ -1,0 +1,60 @@
+"""Giving back the pages of a memory-mapped tensor once a prefill has read it.
+
+The dense prefill copies (4x an int4 layer in bf16) are mapped from the cache file: a long prompt
+reads every layer's, and each page read stays in the process's RSS until the kernel needs the
+memory, so one long prompt left the process at ~4x its GGUF file. Released after each use, only
+the projection being multiplied is resident; the next long prompt faults the pages in again from
+the page cache (the data is the file's: nothing is lost, nothing is written).
+
+Only for file-backed mappings: MADV_DONTNEED on anonymous memory would zero it."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+
+import torch
+
+MADV_DONTNEED = 4
+_madvise = None
+if sys.platform.startswith("linux"):
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _madvise = _libc.madvise
+    _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def release(tensor: torch.Tensor) -> None:
+    """Drop the whole pages inside `tensor`'s storage from RSS (a tensor mapped from a file, never
+    written). Pages it shares with a neighbour are kept: only those wholly inside it go."""
+    if _madvise is None or tensor.numel() == 0:
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        _madvise(first, last - first, MADV_DONTNEED)  # advice: a failure only keeps the pages
+
+
+def mapped_from(path, tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor's storage lies inside a mapping of the file `path` (/proc/self/maps;
+    all False where that cannot be read): only those may be released."""
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return [False] * len(tensors)
+    target = str(path)
+    spans = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            spans.append((low, high))
+    found = []
+    for t in tensors:
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        found.append(any(low <= start and end <= high for low, high in spans))
+    return found
