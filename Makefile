@@ -42,6 +42,7 @@ test: venv postgres
 bench: venv
 	$(BIN)/python -m benchmarks.decode
 	$(BIN)/python -m benchmarks.native
+	$(BIN)/python -m benchmarks.fast --runs 0 --types Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q4_K_M,Q5_K_M
 
 # chatbot serve under 1/4/8 clients, and llama.cpp's server beside it where installed; then the
 # openai engine against llama.cpp's server (tests/test_serve_llama_cpp.py skips without it).

@@ -3,7 +3,8 @@ optional `bench` extra), cold start of `chatbot ask` to its first token, peak RS
 GGUF quant type (benchmarks.gguf_types: the bundled model re-quantized).
 
     .venv/bin/python -m benchmarks.fast      cold start + RSS of both engines, and llama.cpp
-    .venv/bin/python -m benchmarks.fast --types Q4_0,Q8_0,Q4_K_M   + a row per quant type
+    .venv/bin/python -m benchmarks.fast --types Q4_0,Q8_0,Q4_K_M   + rows per quant type
+    .venv/bin/python -m benchmarks.fast --runs 0 --types ...        only those (make bench)
     make bench                               everything, in one table (benchmarks.decode)
 """
 
@@ -37,11 +38,11 @@ class LlamaCppHere:
     """llama-cpp-python on the bundled GGUF, in this process: greedy decode and prefix-cached
     prompts. `LlamaCpp` runs it in a process of its own."""
 
-    def __init__(self, gguf_path: str, n_ctx: int = 4096):
+    def __init__(self, gguf_path: str, n_ctx: int = 4096, n_threads: int | None = None):
         from llama_cpp import Llama
 
         started = time.perf_counter()
-        self.llm = Llama(model_path=gguf_path, n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False)
+        self.llm = Llama(model_path=gguf_path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 2, verbose=False)
         self.load_s = time.perf_counter() - started
 
     def _next(self) -> int:
@@ -245,9 +246,9 @@ def cold_rows(cold: dict) -> list[tuple[str, str, str]]:
 
 
 def quant_type_rows(types: list[str]) -> tuple[list[tuple[str, str, str]], dict]:
-    """A row per quant type: decode tok/s (llama.cpp's beside it where installed) and the fast
-    path's perplexity ratio against the fp32 dequantized file; a type without a quantizer here
-    (K-quant mixes without the bench extra) is a row saying so."""
+    """Rows per quant type: decode tok/s and peak RSS against the file of our engine and of
+    llama.cpp on the same file (where installed), and the fast path's perplexity ratio against the
+    fp32 dequantized file; a type without a quantizer here is a row saying so."""
     from benchmarks.gguf_types import measure_types
 
     figures = measure_types(types)
@@ -257,8 +258,14 @@ def quant_type_rows(types: list[str]) -> tuple[list[tuple[str, str, str]], dict]
             rows.append((f"{kind}: decode", "skipped", row["note"]))
             continue
         llama = row.get("llama_cpp_decode_tok_s")
-        rows.append((f"{kind}: decode tok/s ({row['file_mb']} MB file)", f"{row['decode_tok_s']:.1f}",
+        rows.append((f"{kind}: decode tok/s, {row['engine_kernels']} / torch", f"{row['engine_decode_tok_s']:.1f} / {row['torch_decode_tok_s']:.1f}",
                      f"llama.cpp {llama:.1f}" if llama else "llama.cpp: not installed"))
+        llama_rss = f"llama.cpp {row['llama_cpp_rss_added_mb']} MiB ({row['llama_cpp_rss_vs_file']}x)" if llama else ""
+        rows.append((f"{kind}: peak RSS added, {row['engine_kernels']} / torch ({row['file_mb']} MiB file)",
+                     f"{row['engine_rss_added_mb']} / {row['torch_rss_added_mb']} MiB "
+                     f"({row['engine_rss_vs_file']}x / {row['torch_rss_vs_file']}x)",
+                     f"less the tokenizer's {row['tokenizer_rss_mb']} MiB: {row['engine_rss_less_tokenizer_vs_file']}x / "
+                     f"{row['torch_rss_less_tokenizer_vs_file']}x; target 1.5x; {llama_rss}"))
         rows.append((f"{kind}: perplexity ratio vs the fp32 file", f"{row['fast_vs_file_ppl_ratio']:.4f}",
                      f"same top token {row['same_top_token']:.1%}"))
     return rows, figures
@@ -266,16 +273,17 @@ def quant_type_rows(types: list[str]) -> tuple[list[tuple[str, str, str]], dict]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="cold starts of each engine (0: none)")
     parser.add_argument("--types", help="also a row per GGUF quant type, e.g. Q4_0,Q8_0,Q4_K_M")
     parser.add_argument("--serve-llama", metavar="GGUF", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_llama:
         return serve_llama(args.serve_llama)
-    cold = cold_starts(args.runs)
     if not llama_cpp_available():
         print(LLAMA_CPP_NOTE)
-    report("cold start: `chatbot ask` to its first token, weights cached", cold_rows(cold), cold)
+    if args.runs > 0:  # (make bench runs the cold starts in benchmarks.decode, and only --types here)
+        cold = cold_starts(args.runs)
+        report("cold start: `chatbot ask` to its first token, weights cached", cold_rows(cold), cold)
     if args.types:
         rows, figures = quant_type_rows(args.types.split(","))
         report("GGUF quant types: the bundled model re-quantized", rows, figures)
