@@ -16,7 +16,7 @@ tokens.
 
 Learning from use, after a run kept with `--work DIR`:
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.distill --work DIR --learn-from-use [--steps 10] [--lr 0.005]
+    PYTHONPATH=. .venv/bin/python -m benchmarks.distill --work DIR --learn-from-use [--steps 10] [--lr 0.005] [--chat-as-card]
 
 chats with the distilled persona (a conversation per question list of `USE_CONVERSATIONS`, its
 opening first, sampled with the persona's settings and a fixed seed; kept in the work dir, so a
@@ -89,7 +89,9 @@ def learn_from_use(work: Path, env: dict, args: argparse.Namespace) -> None:
     from chatbot.store import Store
 
     settings = Settings()
-    persona = find(STUDENT, settings.data_dir)
+    # --chat-as-card: the conversations are had with the card itself (its text in every prompt);
+    # the distilled soft prompt learns from the liked replies of its teacher
+    persona = find(TEACHER if args.chat_as_card else STUDENT, settings.data_dir)
     load_before = os.getloadavg()
     started = time.perf_counter()
     ratings = {"good": 0, "bad": 0}
@@ -115,7 +117,7 @@ def learn_from_use(work: Path, env: dict, args: argparse.Namespace) -> None:
     used = record["from_history"]
     before, after = record["heldout_loss_init"], record["heldout_loss_best"]
     payload = {
-        "replies": sum(ratings.values()), "rated": ratings, "continued": used["continued"],
+        "chatted_as": persona.persona.name, "replies": sum(ratings.values()), "rated": ratings, "continued": used["continued"],
         "n_train_replies": len(used["train_message_ids"]), "n_heldout_replies": len(used["heldout_message_ids"]),
         "heldout_nll_before": round(before, 4), "heldout_nll_after": round(after, 4),
         "change": round(after / before - 1, 4), "best_step": record["best_step"], "steps": steps,
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--teacher-from", type=Path, help="A distilled persona folder whose teacher replies to reuse.")
     parser.add_argument("--learn-from-use", action="store_true",
                         help="After a kept run (--work): chat, rate, train --from-history (--steps).")
+    parser.add_argument("--chat-as-card", action="store_true",
+                        help="With --learn-from-use: chat with the card persona, not the soft prompt.")
     parser.add_argument("--json", action="store_true", help="Only the JSON object.")
     args = parser.parse_args()
 
