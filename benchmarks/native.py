@@ -130,6 +130,10 @@ def main() -> None:
     gate = LoadGate(args.idle_wait, args.tries)
     fast_loaded = load_fast("", settings.cache_dir)
     native = build_fast_engine(fast_loaded)
+    os.environ["CHATBOT_NATIVE"] = "off"  # the torch path as it runs alone: its int4 weights read
+    torch_loaded = load_fast("", settings.cache_dir)
+    torch_engine = build_fast_engine(torch_loaded)
+    os.environ.pop("CHATBOT_NATIVE")
     if native.native is None:
         raise SystemExit("the native kernels are not available here (see the note above): nothing to compare")
     default_decoder = native.native
@@ -139,12 +143,14 @@ def main() -> None:
     reference = load_model("", settings.cache_dir, dtype="bfloat16")
     ids = ContextBuilder(fast_loaded.tokenizer).build(decodebench.PLAIN, [], decodebench.PROMPT).prompt_ids
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
-    native.eos_token_ids = set()  # exactly new_tokens every time
+    native.eos_token_ids = torch_engine.eos_token_ids = set()  # exactly new_tokens every time
 
     def fast_rate(decoder) -> float:
-        native.native = decoder
-        native.reset()
-        generation = native.generate(ids, params)
+        engine = native if decoder is not None else torch_engine
+        if decoder is not None:
+            native.native = decoder
+        engine.reset()
+        generation = engine.generate(ids, params)
         generation.run()
         return generation.stats.tokens_per_s
 
@@ -186,11 +192,9 @@ def main() -> None:
     best = {name: max(values) for name, values in rates.items()}
 
     native.native = default_decoder
-    native.eos_token_ids = fast_loaded.eos_token_ids
+    native.eos_token_ids, torch_engine.eos_token_ids = fast_loaded.eos_token_ids, torch_loaded.eos_token_ids
     ttft_native = gate.run(lambda: decodebench.bench_ttft(fast_loaded, True, args.reply_tokens, native))
-    native.native = None
-    ttft_torch = gate.run(lambda: decodebench.bench_ttft(fast_loaded, True, args.reply_tokens, native))
-    native.native = default_decoder
+    ttft_torch = gate.run(lambda: decodebench.bench_ttft(torch_loaded, True, args.reply_tokens, torch_engine))
     for llm in llamas.values():
         llm.close()
 

@@ -56,10 +56,12 @@ def dense_fast(bundled_fp32):
 
 @pytest.fixture(scope="module")
 def int4_engine(bundled_fp32):
-    """The torch int4 path: the GGUF repacked (cached beside the converted model). Decode steps
-    through the native kernels have their own guard (tests/test_native.py)."""
-    engine = build_fast_engine(bundled_fp32)
-    engine.native = None
+    """The torch int4 path: the GGUF repacked (cached beside the converted model), its packed
+    weights read (CHATBOT_NATIVE=off). The native kernels have their own guard (tests/test_native.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHATBOT_NATIVE", "off")
+        engine = build_fast_engine(bundled_fp32)
+    assert engine.native is None
     return engine
 
 

@@ -100,10 +100,17 @@ def fast_model_for(loaded: LoadedModel, progress=None) -> FastLlama:
     if isinstance(model, FastLlama):
         return model
     if "gguf" in loaded.info.source_kind and loaded.info.cache_path:
-        fast = loader.load_or_build(Path(loaded.info.source), fast_folder(loaded.info.cache_path), progress=progress)
+        folder = fast_folder(loaded.info.cache_path)
+        fast = loader.load_or_build(Path(loaded.info.source), folder, progress=progress, packed=not _native_will_decode(folder))
         fast.config, fast.generation_config = model.config, getattr(model, "generation_config", None)
         return fast
     return loader.from_hf(model)
+
+
+def _native_will_decode(folder: Path) -> bool:
+    from chatbot.engine.native.decoder import will_decode
+
+    return will_decode(folder)
 
 
 def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
@@ -138,7 +145,8 @@ def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
     tokenizer, config, generation_config = loading.open_tokenizer_and_config(metadata_path)
     if getattr(config, "model_type", "") not in loader.FAST_HF_ARCHITECTURES.values():
         return None
-    model = loader.load_or_build(gguf_path, fast_folder(cache_path), progress=progress)
+    folder = fast_folder(cache_path)
+    model = loader.load_or_build(gguf_path, folder, progress=progress, packed=not _native_will_decode(folder))
     model.config, model.generation_config = config, generation_config
     info = loading.ModelInfo(
         name=source.name,

@@ -332,9 +332,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, meta
 
 
-def load(path: Path, gguf_path: Path | None = None) -> FastLlama:
+def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> FastLlama:
     """The cached model at `path`; `gguf_path`: the file it was built from (a layout whose
-    embedding is read from the file needs it)."""
+    embedding is read from the file needs it). packed=False: the int4 weights are not read where
+    every int4 layer has its dense copy (the native kernels run what they would: their layers
+    then prefill from the dense copies only, see quantize.Int4Linear)."""
     state, meta = read_safetensors(path)
     shape = json.loads(meta["shape"])
     if shape.get("rope_freq_factors"):
@@ -348,11 +350,17 @@ def load(path: Path, gguf_path: Path | None = None) -> FastLlama:
         if gguf_path is None:
             raise ValueError(f"{path.name}: its embedding is read from the GGUF file, and none was given")
         model.tok_embeddings = FileEmbedding(gguf_path, RowsAt(**json.loads(meta["embedding_at"])), dtype)
-    if _packed_names(model):
-        packed, stamp = read_safetensors(_packed_path(path))
+    int4 = {name: m for name, m in model.named_modules() if isinstance(m, qz.Int4Linear)}
+    if int4 and not packed and all(m.dense is not None for m in int4.values()):
+        for name, module in int4.items():
+            module.drop_packed()
+            for scales in ("scales_and_zeros", "scales_and_zeros_hi"):  # 4 bytes per 32 weights: not kept either
+                state.pop(f"{name}.{scales}", None)
+    elif int4:
+        weights, stamp = read_safetensors(_packed_path(path))
         if stamp != _packing_stamp():
             raise ValueError(f"{path.name}: int4 weights packed for {stamp}, this process runs {_packing_stamp()}")
-        state.update(packed)
+        state.update(weights)
     if layout.dense_prefill:
         from safetensors.torch import load_file
 
@@ -386,13 +394,14 @@ def is_cached(folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout 
 
 
 def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout(),
-                  progress=None) -> FastLlama:
-    """The repacked model from `folder` (a cache keyed by the GGUF file), building it once."""
+                  progress=None, packed: bool = True) -> FastLlama:
+    """The repacked model from `folder` (a cache keyed by the GGUF file), building it once;
+    `packed`: as in load."""
     key = cache_key(dtype, layout)
     path = folder / f"{key}.safetensors"
     if path.is_file():
         try:
-            return load(path, gguf_path)
+            return load(path, gguf_path, packed)
         except Exception:  # a file missing (another kernel path: none packed for this one), damaged or foreign
             pass  # rebuilt below: every file is replaced whole
     if progress:
@@ -403,7 +412,7 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     # The built model holds its dense prefill copies in memory (bf16: ~4x an int4 layer); read
     # back, they are memory-mapped and cost RSS only once a long prefill touches them.
     del model
-    return load(path, gguf_path)
+    return load(path, gguf_path, packed)
 
 
 def _remove_stale(folder: Path) -> None:

@@ -84,8 +84,13 @@ class Int4Linear(nn.Module):
     def planes(self) -> int:
         return 1 if self.weight_hi is None else 2
 
+    def drop_packed(self) -> None:
+        """Keep only the dense copy (the packed weights never read: the native kernels run the
+        forwards they would serve)."""
+        self.weight = self.weight_hi = self.scales_and_zeros = self.scales_and_zeros_hi = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None and x.shape[0] >= DENSE_MIN_ROWS:
+        if self.dense is not None and (self.weight is None or x.shape[0] >= DENSE_MIN_ROWS):
             y = F.linear(x, self.dense)
             if self.dense_mapped:
                 release(self.dense)

@@ -99,6 +99,13 @@ class NativeDecoder:
         return model.rescored(x[-rows:], out) if self.head_rescored else out
 
 
+def will_decode(folder: Path | None) -> bool:
+    """The kernels will run the model cached in `folder`: they are there for this CPU and its
+    blocks were laid out for them already (types and shape checked then). A first run does not
+    know yet, and keeps the torch path's int4 weights beside them."""
+    return folder is not None and kernels()[0] is not None and native_weights.path_in(Path(folder)).is_file()
+
+
 def decoder_for(model, gguf_path: Path | None, folder: Path | None, progress=None) -> NativeDecoder | None:
     """The native decoder for a fast model built from a GGUF file, or None (with one note through
     `progress` saying why) where the torch path must decode."""
