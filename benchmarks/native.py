@@ -101,12 +101,11 @@ def copy_bandwidth_gb_s(megabytes: int = 256, repeats: int = 5) -> float:
 
 
 def weight_bytes_per_token(engine) -> int:
-    """What one decode step reads: the layers' blocks (native layout) and the head's rows (the Q8_0
-    embedding's int8 and scales for the native head, else the torch head's weight)."""
+    """What one decode step reads: the layers' blocks (native layout) and the head's rows (the
+    native head's int8 rows and scales, else the torch head's weight)."""
     layers = sum(t.numel() for t in engine.native.weights.tensors.values())
     if engine.native.has_native_head:
-        emb = engine.model.tok_embeddings
-        return layers + emb.weight.nbytes + emb.scales.nbytes
+        return layers + engine.native.head_bytes
     head = engine.model.output
     head_bytes = head.weight.numel() * head.weight.element_size() if hasattr(head, "weight") else 0
     return layers + head_bytes

@@ -39,6 +39,7 @@ class NativeDecoder:
             layers[i].q_norm = self._keep(getattr(block, "q_norm", None))
             layers[i].k_norm = self._keep(getattr(block, "k_norm", None))
         self._layers = layers
+        self.head_bytes = 0
         head = self._head(model) if native_head else None
         self.has_native_head = head is not None
         self.head_rescored = head is not None and head[1]
@@ -53,12 +54,14 @@ class NativeDecoder:
 
         emb, out = model.tok_embeddings, model.output
         if model.shape.tie_embeddings and isinstance(emb, Q8Embedding) and emb.weight.is_contiguous():
-            scales = self._keep(emb.scales)
-            return Q8Rows(emb.weight.data_ptr(), scales, emb.weight.shape[0], emb.weight.shape[1], 0), False
-        if isinstance(out, Int8Linear) and out.weight.is_contiguous():
-            scales = self._keep(out.scales)  # bf16 in the model: fp32 for the kernels
-            return Q8Rows(out.weight.data_ptr(), scales, out.weight.shape[0], out.weight.shape[1], 1), True
-        return None
+            rows, scales, rescored = emb.weight, emb.scales, False
+        elif isinstance(out, Int8Linear) and out.weight.is_contiguous():
+            rows, scales, rescored = out.weight, out.scales, True  # scales: bf16 in the model, fp32 here
+        else:
+            return None
+        self.head_bytes = rows.nbytes + scales.numel() * 4  # what a step reads
+        per_row = int(scales.dim() == 1)
+        return Q8Rows(rows.data_ptr(), self._keep(scales), rows.shape[0], rows.shape[1], per_row), rescored
 
     def _keep(self, tensor: torch.Tensor | None) -> int | None:
         if tensor is None:
