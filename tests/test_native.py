@@ -337,3 +337,20 @@ def test_a_type_the_kernels_do_not_take_leaves_torch_with_one_note(kernels_lib, 
     assert engine.kernels == "torch"
     assert [n for n in notes if "native" in n] == [
         "note: the native decode kernels do not take blk.0.attn_v: F16: decoding through torch"]
+
+
+def test_where_the_kernels_run_the_torch_int4_weights_are_not_read(fast_engine, bundled_fp32, monkeypatch):
+    """The kernels run every forward the int4 kernel would (under 64 tokens), so those weights stay
+    on disk (peak RSS as on the torch path); with CHATBOT_NATIVE=off they are read. (The first
+    start, which lays the blocks out for the kernels, still reads them: fast_engine was that.)"""
+    from chatbot.engine.fast.quantize import Int4Linear
+
+    def packed(engine) -> set[bool]:
+        return {m.weight is not None for m in engine.model.modules() if isinstance(m, Int4Linear)}
+
+    if fast_engine.native is None:
+        pytest.skip("the kernels do not run here")
+    again = build_fast_engine(bundled_fp32)
+    assert again.native is not None and packed(again) == {False}
+    monkeypatch.setenv("CHATBOT_NATIVE", "off")
+    assert packed(build_fast_engine(bundled_fp32)) == {True}
