@@ -354,3 +354,18 @@ def test_where_the_kernels_run_the_torch_int4_weights_are_not_read(fast_engine, 
     assert again.native is not None and packed(again) == {False}
     monkeypatch.setenv("CHATBOT_NATIVE", "off")
     assert packed(build_fast_engine(bundled_fp32)) == {True}
+
+
+def test_laying_out_a_model_removes_another_formats_layout(tmp_path):
+    from gguf_tiny import LAYERS, write_tiny_gguf
+
+    from chatbot.engine.native import weights
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", "Q4_1", seed=5)
+    folder = tmp_path / "fast"
+    folder.mkdir()
+    stale = folder / "native-v1.safetensors"
+    stale.write_bytes(b"an older session's layout")
+    built = weights.load_or_build(path, folder, LAYERS)
+    assert weights.path_in(folder).is_file() and not stale.exists()
+    assert set(built.types.values()) == {"Q4_1"}

@@ -85,4 +85,7 @@ def load_or_build(gguf_path: Path, folder: Path, n_layers: int, progress=None) -
             pass
     weights = build(gguf_path, n_layers, progress)
     save(weights, path)
+    for stale in Path(folder).glob("native-v*.safetensors"):  # another format's layout: never read again
+        if stale != path:
+            stale.unlink(missing_ok=True)
     return weights
