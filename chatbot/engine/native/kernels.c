@@ -69,6 +69,9 @@ static size_t row_bytes_of(int type, int cols) {
     }
 }
 
+/* Bytes of one 32-weight block of the simple types (fp16 d, Q4_1/Q5_1: fp16 m, Q5: 32 fifth bits, then its integers). */
+static const size_t SIMPLE_BYTES[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34};
+
 static inline float bits_to_fp32(uint32_t bits) {
     float f;
     memcpy(&f, &bits, 4);
@@ -175,6 +178,17 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     }
 }
 
+/* A simple type's block at blk: where its bits are (its fp16 fields are read by the caller). */
+INLINE block_view simple_view(const uint8_t *blk, int type) {
+    const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;
+    block_view v = {0};
+    v.shift = -1;
+    v.qh = five ? blk + 2 + 2 * has_min : NULL;
+    v.q = blk + 2 + 2 * has_min + 4 * five;
+    v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;
+    return v;
+}
+
 /* A block's view, with HALF converting its fp16 fields: software on the portable path, F16C on
  * the AVX paths (the same values: all 65536 checked). */
 #define VIEW_OF_BODY(HALF)                                                                                                  \
@@ -209,14 +223,10 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
         v.scale[1] = d * (float)sc[1];                                                                                      \
         return v;                                                                                                           \
     }                                                                                                                       \
-    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34};            \
-    const uint8_t *blk = row + b * bytes[type];                                                                             \
-    const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;                          \
-    v.qh = five ? blk + (has_min ? 4 : 2) : NULL;                                                                           \
-    v.q = blk + 2 + 2 * has_min + 4 * five;                                                                                 \
-    v.scale[0] = v.scale[1] = HALF(blk);                                                                                    \
-    v.offset = has_min ? HALF(blk + 2) : 0.0f;                                                                              \
-    v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;                                                                \
+    const uint8_t *blk = row + b * SIMPLE_BYTES[type];                                                                             \
+    v = simple_view(blk, type);                                                                                          \
+    v.scale[0] = v.scale[1] = HALF(blk);                                                                                   \
+    v.offset = HAS_OFFSET(type) ? HALF(blk + 2) : 0.0f;                                                                    \
     return v;                                                                                                               \
 }
 
@@ -270,7 +280,6 @@ AVX2 INLINE float half_f16c(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
-AVX2 INLINE block_view view_of_f16c(const uint8_t *row, int type, int b) VIEW_OF_BODY(half_f16c)
 
 /* Q5's 32 fifth bits as 32 bytes of 0 or 16, byte i from bit i. */
 AVX2 INLINE __m256i fifth_bits(const uint8_t *qh) {
@@ -383,7 +392,6 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
  * their block view. */
 #define SIMPLE(type) ((type) == T_Q4_0 || (type) == T_Q4_1 || (type) == T_Q5_0 || (type) == T_Q5_1 || (type) == T_Q8_0)
 #define ROWS_BODY(MADD)                                                                                          \
-    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34}; \
     __m256 acc[ROWS];                                                                                            \
     __m128 off[ROWS]; /* lane 1: the sum of offset * s (lane 0 is not read) */                                  \
     float kscale[ROWS][16], koffset[ROWS][8]; /* K-quants: the current super-block's, per 16 weights / per block */ \
@@ -402,21 +410,16 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
         for (int r = 0; r < n; r++) {                                                                            \
             __m256i lo, hi;                                                                                      \
             if (SIMPLE(type)) {                                                                                  \
-                const uint8_t *blk = w + r * stride + b * bytes[type];                                           \
+                const uint8_t *blk = w + r * stride + b * SIMPLE_BYTES[type];                                           \
                 int32_t fields;                                                                                  \
                 memcpy(&fields, blk, 4);                                                                         \
                 /* (d, m) for Q4_1/Q5_1; elsewhere lane 1 is the next bytes, never read */                      \
                 const __m128 scaled = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(fields)), xds);                  \
-                block_view v = {0};                                                                              \
-                const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;   \
-                v.shift = -1;                                                                                    \
-                v.qh = five ? blk + 2 + 2 * has_min : NULL;                                                      \
-                v.q = blk + 2 + 2 * has_min + 4 * five;                                                          \
-                v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;                                         \
+                const block_view v = simple_view(blk, type);                                                     \
                 weights16(&v, type, &lo, &hi);                                                                   \
                 const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_broadcastss_ps(scaled), acc[r]);       \
-                if (has_min) off[r] = _mm_add_ps(off[r], scaled);                                                \
+                if (HAS_OFFSET(type)) off[r] = _mm_add_ps(off[r], scaled);                                              \
                 continue;                                                                                        \
             }                                                                                                    \
             const int j = b % 8;                                                                                 \
@@ -609,7 +612,6 @@ static void tile_generic(const uint8_t *row, int type, int n, int nb, qvec x, fl
 }
 
 #define TILE_BODY(MADD)                                                                                          \
-    static const size_t bytes[16] = {[T_Q4_0] = 18, [T_Q4_1] = 20, [T_Q5_0] = 22, [T_Q5_1] = 24, [T_Q8_0] = 34}; \
     __m256 acc[TOKENS];                                                                                          \
     float off[TOKENS], kscale[16], koffset[8];                                                                   \
     for (int t = 0; t < n; t++) {                                                                                \
@@ -621,16 +623,11 @@ static void tile_generic(const uint8_t *row, int type, int n, int nb, qvec x, fl
         __m256i lo, hi;                                                                                          \
         float scale0, scale1, offset = 0.0f;                                                                     \
         if (SIMPLE(type)) {                                                                                      \
-            const uint8_t *blk = row + b * bytes[type];                                                          \
-            const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;       \
-            block_view v = {0};                                                                                  \
-            v.shift = -1;                                                                                        \
-            v.qh = five ? blk + 2 + 2 * has_min : NULL;                                                          \
-            v.q = blk + 2 + 2 * has_min + 4 * five;                                                              \
-            v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;                                             \
+            const uint8_t *blk = row + b * SIMPLE_BYTES[type];                                                          \
+            const block_view v = simple_view(blk, type);                                                         \
             weights16(&v, type, &lo, &hi);                                                                       \
             scale0 = scale1 = half_f16c(blk);                                                                    \
-            if (has_min) offset = half_f16c(blk + 2);                                                            \
+            if (HAS_OFFSET(type)) offset = half_f16c(blk + 2);                                                          \
         } else {                                                                                                 \
             const int j = b % 8;                                                                                 \
             if (j == 0) super_block_scales(row, type, b / 8, kscale, koffset);                                   \
