@@ -5,10 +5,14 @@
  * instead of ~1300 torch ops.
  *
  * Weights stay the file's exact block bytes; the activation is quantized once per matmul. Each
- * kernel exists per instruction set (AVX-512 VNNI, AVX2, portable C), chosen at run time; rows are
- * split across OpenMP threads (the runtime torch already loaded, found by its soname).
+ * kernel exists per instruction set (AVX-512 VNNI, AVX2, portable C), chosen at run time. The
+ * threads (OpenMP's, the runtime torch already loaded) claim a step's work in chunks, with no
+ * barrier between its phases (see run_phases).
  */
+#define _POSIX_C_SOURCE 200809L /* sched_yield */
 #include <immintrin.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -473,18 +477,6 @@ static rows_fn rows_for(int isa) {
     return isa == ISA_AVX512VNNI ? rows_vnni : isa == ISA_AVX2 ? rows_avx2 : rows_generic;
 }
 
-/* y = W x for the rows this thread takes (call inside a parallel region), ROWS at a time. */
-static void gemv(const qmat *m, qvec x, float *y, rows_fn rows) {
-    const int nb = m->cols / QK, groups = (m->rows + ROWS - 1) / ROWS;
-    const size_t stride = row_bytes_of(m->type, m->cols);
-    /* no barrier here: matrices of one input (Q, K, V; gate, up) run back to back, the caller waits */
-#pragma omp for schedule(static) nowait
-    for (int g = 0; g < groups; g++) {
-        const int first = g * ROWS, n = m->rows - first < ROWS ? m->rows - first : ROWS;
-        rows(m->w + (size_t)first * stride, stride, m->type, n, nb, x, y + first);
-    }
-}
-
 /* ---- the output head ------------------------------------------------------------------------ */
 /* Over int8 rows the fast model already keeps, read in place (no second copy): its int8 head (a
  * scale per row) or a tied embedding's Q8_0 rows (a scale per 32, the GGUF's values exactly). */
@@ -533,16 +525,6 @@ typedef void (*head_fn)(const q8_rows *, int, int, qvec, float *);
 
 static head_fn head_for(int isa) {
     return isa == ISA_AVX512VNNI ? head_rows_vnni : isa == ISA_AVX2 ? head_rows_avx2 : head_rows_generic;
-}
-
-/* logits = head x for the rows this thread takes, in chunks (a vocabulary is tens of thousands). */
-static void gemv_head(const q8_rows *m, qvec x, float *y, head_fn rows) {
-    const int chunk = 64, chunks = (m->rows + chunk - 1) / chunk;
-#pragma omp for schedule(static)
-    for (int c = 0; c < chunks; c++) {
-        const int first = c * chunk;
-        rows(m, first, m->rows - first < chunk ? m->rows - first : chunk, x, y);
-    }
 }
 
 /* ---- attention ------------------------------------------------------------------------------ */
@@ -696,26 +678,46 @@ typedef struct {
     tile_fn tile;
 } kernel_set;
 
-/* Y[t][r] = W[r] . X[t] for T tokens (y: T rows of ldy floats), rows split across the threads;
- * one token goes ROWS rows at a time instead. No barrier (see gemv). */
-static void matmul(const qmat *m, qvec x, int T, float *y, int ldy, kernel_set k) {
+/* The chunks the threads claim: 32 rows of a matrix (whole activation blocks, for the SiLU output
+ * quantized in place), and 256 rows of the head. */
+#define CHUNK 32
+#define HEAD_CHUNK 256
+
+static int row_chunks(int rows) { return (rows + CHUNK - 1) / CHUNK; }
+
+/* Y[t][r] = W[r] . X[t] for rows first..last - 1 and T tokens (y: T rows of ldy floats). One token
+ * goes ROWS rows at a time; several go TOKENS at a time over each row, so a block unpacked once
+ * serves them all while the chunk's rows stay in cache. */
+static void matmul_rows(const qmat *m, qvec x, int T, float *y, int ldy, kernel_set k, int first, int last) {
+    const int nb = m->cols / QK;
+    const size_t stride = row_bytes_of(m->type, m->cols);
     if (T == 1) {
-        gemv(m, x, y, k.rows);
+        for (int r = first; r < last; r += ROWS)
+            k.rows(m->w + (size_t)r * stride, stride, m->type, last - r < ROWS ? last - r : ROWS, nb, x, y + r);
         return;
     }
-    const int nb = m->cols / QK, panels = (m->rows + PANEL - 1) / PANEL;
-    const size_t stride = row_bytes_of(m->type, m->cols);
-    /* a panel of rows stays in cache while every token passes over it, a few tokens at a time */
-#pragma omp for schedule(static) nowait
-    for (int p = 0; p < panels; p++) {
-        const int first = p * PANEL, last = first + PANEL < m->rows ? first + PANEL : m->rows;
-        for (int t0 = 0; t0 < T; t0 += TOKENS) {
-            const qvec xt = {x.q + (size_t)t0 * m->cols, x.d + (size_t)t0 * nb, x.s + (size_t)t0 * nb};
-            const int n = T - t0 < TOKENS ? T - t0 : TOKENS;
-            for (int r = first; r < last; r++)
-                k.tile(m->w + (size_t)r * stride, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy);
-        }
+    for (int t0 = 0; t0 < T; t0 += TOKENS) {
+        const qvec xt = {x.q + (size_t)t0 * m->cols, x.d + (size_t)t0 * nb, x.s + (size_t)t0 * nb};
+        const int n = T - t0 < TOKENS ? T - t0 : TOKENS;
+        for (int r = first; r < last; r++)
+            k.tile(m->w + (size_t)r * stride, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy);
     }
+}
+
+static void matmul_chunk(const qmat *m, qvec x, int T, float *y, int ldy, kernel_set k, int c) {
+    const int first = c * CHUNK;
+    matmul_rows(m, x, T, y, ldy, k, first, first + CHUNK < m->rows ? first + CHUNK : m->rows);
+}
+
+static void head_chunk(const q8_rows *m, qvec x, float *y, head_fn rows, int c) {
+    const int first = c * HEAD_CHUNK;
+    rows(m, first, m->rows - first < HEAD_CHUNK ? m->rows - first : HEAD_CHUNK, x, y);
+}
+
+/* Token t's part of a quantized activation of rows of `cols`, from column `first` (a block edge). */
+static qvec token_part(qvec v, int t, int cols, int first) {
+    const size_t at = (size_t)t * cols + first;
+    return (qvec){v.q + at, v.d + at / QK, v.s + at / QK};
 }
 
 /* ---- the decoder step --------------------------------------------------------------------- */
@@ -739,6 +741,186 @@ static int max3(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ?
 
 typedef void (*attend_fn)(const float *, const uint16_t *, const uint16_t *, int, int, float *, float *);
 
+/* A step is a row of phases (per layer: QKV, attention, O, gate/up with SiLU, down; then the head),
+ * each cut into chunks that the threads claim one at a time. The thread that completes a phase's
+ * last chunk runs its serial tail (RoPE and the KV write, a residual, a norm, quantizing the next
+ * input) and opens the next phase. So a thread only ever waits for work another thread has claimed,
+ * never for it to arrive: one the OS has descheduled finds the phases done when it runs again, where
+ * a barrier would stall each phase until it ran (on a busy machine 2 threads ran 10x slower than 1). */
+enum { P_QKV, P_ATTN, P_O, P_FFN, P_DOWN, PER_LAYER };
+
+typedef struct {
+    atomic_int next, done; /* chunks claimed, chunks completed */
+    char pad[64 - 2 * sizeof(atomic_int)]; /* a cache line each: the threads hammer them */
+} phase_counter;
+
+typedef struct {
+    const model_weights *m;
+    kernel_set k;
+    head_fn head_rows;
+    attend_fn attend;
+    int T, pos, capacity, logit_rows, n_phases, q_rows, kv_rows, qkv_rows;
+    size_t n_max, layer_stride;
+    float *x, *logits;          /* the residual stream [T, dim]; logits [logit_rows, vocab] or NULL */
+    const float *cos, *sin;
+    uint16_t *k_cache, *v_cache;
+    float *h, *qkv, *attn, *proj, *gu, *scores; /* scratch */
+    qvec narrow, wide;          /* quantized inputs: of QKV, gate/up and the head; of O and down */
+    phase_counter *counters;
+    atomic_int open;            /* phases before this one are complete */
+} step;
+
+static int phase_chunks(const step *s, int p) {
+    const model_weights *m = s->m;
+    if (p == m->n_layers * PER_LAYER) return (m->head.rows + HEAD_CHUNK - 1) / HEAD_CHUNK;
+    const layer_weights *lw = &m->layers[p / PER_LAYER];
+    switch (p % PER_LAYER) {
+    case P_QKV: return row_chunks(lw->q.rows) + row_chunks(lw->k.rows) + row_chunks(lw->v.rows);
+    case P_ATTN: return s->T * m->n_heads;
+    case P_O: return row_chunks(lw->o.rows);
+    case P_FFN: return row_chunks(m->hidden);
+    default: return row_chunks(lw->down.rows);
+    }
+}
+
+/* Token t's head hh over positions 0..pos + t (its own K/V written by the QKV phase's tail). */
+static void attend_chunk(step *s, int l, int c) {
+    const model_weights *m = s->m;
+    const int H = m->n_heads, D = m->head_dim, G = H / m->n_kv_heads, t = c / H, hh = c % H;
+    const size_t base = l * s->layer_stride + (size_t)(hh / G) * s->capacity * D;
+    s->attend(s->qkv + (size_t)t * s->qkv_rows + hh * D, s->k_cache + base, s->v_cache + base, s->pos + t + 1, D,
+              s->scores + (size_t)c * s->n_max, s->attn + (size_t)t * s->q_rows + hh * D);
+}
+
+/* Rows of gate and up for every token, then SiLU(gate) * up quantized in place as down's input
+ * (the chunk is whole blocks of 32). */
+static void ffn_chunk(step *s, const layer_weights *lw, int c) {
+    const int hidden = s->m->hidden, first = c * CHUNK, last = first + CHUNK < hidden ? first + CHUNK : hidden;
+    matmul_rows(&lw->gate, s->narrow, s->T, s->gu, 2 * hidden, s->k, first, last);
+    matmul_rows(&lw->up, s->narrow, s->T, s->gu + hidden, 2 * hidden, s->k, first, last);
+    for (int t = 0; t < s->T; t++) {
+        const float *g = s->gu + (size_t)t * 2 * hidden, *u = g + hidden;
+        float *h = s->h + (size_t)t * hidden;
+        for (int j = first; j < last; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+        quantize_row(h + first, last - first, token_part(s->wide, t, hidden, first));
+    }
+}
+
+static void phase_chunk(step *s, int p, int c) {
+    const model_weights *m = s->m;
+    if (p == m->n_layers * PER_LAYER) {
+        for (int t = 0; t < s->logit_rows; t++)
+            head_chunk(&m->head, token_part(s->narrow, t, m->dim, 0), s->logits + (size_t)t * m->head.rows, s->head_rows, c);
+        return;
+    }
+    const layer_weights *lw = &m->layers[p / PER_LAYER];
+    const int cq = row_chunks(lw->q.rows), ck = row_chunks(lw->k.rows);
+    switch (p % PER_LAYER) {
+    case P_QKV:
+        if (c < cq) matmul_chunk(&lw->q, s->narrow, s->T, s->qkv, s->qkv_rows, s->k, c);
+        else if (c < cq + ck) matmul_chunk(&lw->k, s->narrow, s->T, s->qkv + s->q_rows, s->qkv_rows, s->k, c - cq);
+        else matmul_chunk(&lw->v, s->narrow, s->T, s->qkv + s->q_rows + s->kv_rows, s->qkv_rows, s->k, c - cq - ck);
+        return;
+    case P_ATTN: attend_chunk(s, p / PER_LAYER, c); return;
+    case P_O: matmul_chunk(&lw->o, s->wide, s->T, s->proj, m->dim, s->k, c); return;
+    case P_FFN: ffn_chunk(s, lw, c); return;
+    default: matmul_chunk(&lw->down, s->wide, s->T, s->proj, m->dim, s->k, c); return;
+    }
+}
+
+/* Every token's residual through RMSNorm, quantized as the next matmuls' input. */
+static void norm_inputs(step *s, const float *w) {
+    const int dim = s->m->dim;
+    for (int t = 0; t < s->T; t++) {
+        rms_norm(s->x + (size_t)t * dim, w, dim, s->m->eps, s->h + (size_t)t * dim);
+        quantize_row(s->h + (size_t)t * dim, dim, token_part(s->narrow, t, dim, 0));
+    }
+}
+
+static void add_projection(step *s) {
+    for (size_t i = 0; i < (size_t)s->T * s->m->dim; i++) s->x[i] += s->proj[i];
+}
+
+/* Qwen2's bias, Qwen3's Q/K norm, RoPE, and each token's K/V into the cache. */
+static void place_qkv(step *s, int l) {
+    const model_weights *m = s->m;
+    const layer_weights *lw = &m->layers[l];
+    const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads;
+    uint16_t *kl = s->k_cache + l * s->layer_stride, *vl = s->v_cache + l * s->layer_stride;
+    for (int t = 0; t < s->T; t++) {
+        float *row = s->qkv + (size_t)t * s->qkv_rows;
+        if (lw->qkv_bias)
+            for (int i = 0; i < s->qkv_rows; i++) row[i] += lw->qkv_bias[i];
+        if (lw->q_norm)
+            for (int hh = 0; hh < H + KV; hh++) rms_norm(row + hh * D, hh < H ? lw->q_norm : lw->k_norm, D, m->eps, row + hh * D);
+        for (int hh = 0; hh < H + KV; hh++) rope(row + hh * D, s->cos + (size_t)t * D, s->sin + (size_t)t * D, D);
+        for (int kh = 0; kh < KV; kh++) {
+            const float *k = row + s->q_rows + kh * D, *v = row + s->q_rows + s->kv_rows + kh * D;
+            const size_t at = ((size_t)kh * s->capacity + s->pos + t) * D;
+            for (int i = 0; i < D; i++) {
+                kl[at + i] = fp32_to_bf16(k[i]);
+                vl[at + i] = fp32_to_bf16(v[i]);
+            }
+        }
+    }
+}
+
+/* After the last layer: the final norm (x keeps the normed states) and the head's input. */
+static void finish_layers(step *s) {
+    const int dim = s->m->dim;
+    for (int t = 0; t < s->T; t++) {
+        rms_norm(s->x + (size_t)t * dim, s->m->final_norm, dim, s->m->eps, s->h + (size_t)t * dim);
+        memcpy(s->x + (size_t)t * dim, s->h + (size_t)t * dim, sizeof(float) * dim);
+    }
+    for (int t = 0; t < s->logit_rows; t++)
+        quantize_row(s->x + (size_t)(s->T - s->logit_rows + t) * dim, dim, token_part(s->narrow, t, dim, 0));
+}
+
+/* The serial tail of phase p, run by the thread that completed its last chunk. */
+static void phase_tail(step *s, int p) {
+    const model_weights *m = s->m;
+    const int l = p / PER_LAYER;
+    if (p == m->n_layers * PER_LAYER) return;
+    switch (p % PER_LAYER) {
+    case P_QKV: place_qkv(s, l); return;
+    case P_ATTN:
+        for (int t = 0; t < s->T; t++)
+            quantize_row(s->attn + (size_t)t * s->q_rows, s->q_rows, token_part(s->wide, t, s->q_rows, 0));
+        return;
+    case P_O:
+        add_projection(s);
+        norm_inputs(s, m->layers[l].ffn_norm);
+        return;
+    case P_FFN: return;
+    default:
+        add_projection(s);
+        if (l + 1 < m->n_layers) norm_inputs(s, m->layers[l + 1].attn_norm);
+        else finish_layers(s);
+    }
+}
+
+static void wait_open(step *s, int p) {
+    /* spin a little (a phase is microseconds), then give the CPU to whoever holds the work */
+    for (int spins = 0; atomic_load_explicit(&s->open, memory_order_acquire) < p; spins++) {
+        if (spins < 4096) _mm_pause();
+        else sched_yield();
+    }
+}
+
+static void run_phases(step *s) {
+    for (int p = 0; p < s->n_phases; p++) {
+        wait_open(s, p);
+        const int n = phase_chunks(s, p);
+        for (int c; (c = atomic_fetch_add_explicit(&s->counters[p].next, 1, memory_order_relaxed)) < n;) {
+            phase_chunk(s, p, c);
+            if (atomic_fetch_add_explicit(&s->counters[p].done, 1, memory_order_acq_rel) + 1 == n) {
+                phase_tail(s, p);
+                atomic_store_explicit(&s->open, p + 1, memory_order_release);
+            }
+        }
+    }
+}
+
 /* T tokens through every layer, at positions pos..pos + T - 1 after the cached ones. x: [T, dim]
  * fp32, the tokens' input embeddings in, their final-normed hidden states out. logits: NULL, or
  * [logit_rows, vocab] for the last logit_rows tokens (through the head: m->head.q set).
@@ -746,112 +928,47 @@ typedef void (*attend_fn)(const float *, const uint16_t *, const uint16_t *, int
  * each token attends to positions 0..its own. cos / sin: [T, head_dim] fp32, the tokens' rows. */
 int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit_rows, int pos, uint16_t *k_cache,
                uint16_t *v_cache, int capacity, const float *cos, const float *sin, int nthreads, int isa) {
-    const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, G = H / KV, dim = m->dim, hidden = m->hidden;
-    const int q_rows = H * D, kv_rows = KV * D, qkv_rows = q_rows + 2 * kv_rows, widest = max3(dim, hidden, q_rows);
-    if (D > 512 || T < 1 || pos + T > capacity || logit_rows < 0 || logit_rows > T || (logits && !m->head.q)) return -1;
-    const size_t n_max = (size_t)pos + T;
-    float *h = malloc(sizeof(float) * T * widest);
-    float *qkv = malloc(sizeof(float) * T * qkv_rows);
-    float *attn = malloc(sizeof(float) * T * q_rows);
-    float *proj = malloc(sizeof(float) * T * dim);
-    float *gu = malloc(sizeof(float) * T * 2 * hidden);
-    float *scores = malloc(sizeof(float) * (size_t)T * H * n_max);
-    int16_t *xq = malloc(sizeof(int16_t) * T * widest);
-    float *xd = malloc(sizeof(float) * T * (widest / QK)), *xs = malloc(sizeof(float) * T * (widest / QK));
-    if (!h || !qkv || !attn || !proj || !gu || !scores || !xq || !xd || !xs) {
-        free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs);
-        return -2;
+    const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, dim = m->dim, hidden = m->hidden;
+    const int q_rows = H * D, kv_rows = KV * D, widest = max3(dim, hidden, q_rows);
+    if (D > 512 || T < 1 || m->n_layers < 1 || pos + T > capacity || logit_rows < 0 || logit_rows > T ||
+        (logits && !m->head.q) || hidden % CHUNK)
+        return -1;
+    step s = {
+        .m = m, .k = {rows_for(isa), tile_for(isa)}, .head_rows = head_for(isa),
+        .attend = isa == ISA_GENERIC ? attend_generic : attend_avx2,
+        .T = T, .pos = pos, .capacity = capacity, .logit_rows = logits ? logit_rows : 0,
+        .n_phases = m->n_layers * PER_LAYER + (logits && logit_rows ? 1 : 0),
+        .q_rows = q_rows, .kv_rows = kv_rows, .qkv_rows = q_rows + 2 * kv_rows,
+        .n_max = (size_t)pos + T, .layer_stride = (size_t)KV * capacity * D,
+        .x = x, .logits = logits, .cos = cos, .sin = sin, .k_cache = k_cache, .v_cache = v_cache,
+    };
+    s.h = malloc(sizeof(float) * T * widest);
+    s.qkv = malloc(sizeof(float) * T * s.qkv_rows);
+    s.attn = malloc(sizeof(float) * T * q_rows);
+    s.proj = malloc(sizeof(float) * T * dim);
+    s.gu = malloc(sizeof(float) * T * 2 * hidden);
+    s.scores = malloc(sizeof(float) * (size_t)T * H * s.n_max);
+    qvec *acts[] = {&s.narrow, &s.wide};
+    for (int i = 0; i < 2; i++) {
+        acts[i]->q = malloc(sizeof(int16_t) * T * widest);
+        acts[i]->d = malloc(sizeof(float) * T * (widest / QK));
+        acts[i]->s = malloc(sizeof(float) * T * (widest / QK));
     }
-    const qvec act = {xq, xd, xs};
-    const kernel_set k = {rows_for(isa), tile_for(isa)};
-    const attend_fn attend = isa == ISA_GENERIC ? attend_generic : attend_avx2;
-    const size_t layer_stride = (size_t)KV * capacity * D;
-    /* the matmul inputs of T tokens, each quantized as one activation row of `cols` */
-#define QUANTIZE_ROWS(src, ld, cols)                                                                                   \
-    _Pragma("omp for schedule(static)") for (int t = 0; t < T; t++) {                                                  \
-        const qvec at = {xq + (size_t)t * (cols), xd + (size_t)t * ((cols) / QK), xs + (size_t)t * ((cols) / QK)};      \
-        quantize_row((src) + (size_t)t * (ld), cols, at);                                                              \
-    }
-
+    s.counters = calloc(s.n_phases, sizeof(phase_counter));
+    int rc = -2;
+    if (s.h && s.qkv && s.attn && s.proj && s.gu && s.scores && s.narrow.q && s.narrow.d && s.narrow.s && s.wide.q &&
+        s.wide.d && s.wide.s && s.counters) {
+        atomic_init(&s.open, 0);
+        norm_inputs(&s, m->layers[0].attn_norm);
 #pragma omp parallel num_threads(nthreads)
-    {
-        for (int l = 0; l < m->n_layers; l++) {
-            const layer_weights *lw = &m->layers[l];
-            uint16_t *kl = k_cache + l * layer_stride, *vl = v_cache + l * layer_stride;
-#pragma omp for schedule(static)
-            for (int t = 0; t < T; t++) rms_norm(x + (size_t)t * dim, lw->attn_norm, dim, m->eps, h + (size_t)t * dim);
-            QUANTIZE_ROWS(h, dim, dim)
-            matmul(&lw->q, act, T, qkv, qkv_rows, k);
-            matmul(&lw->k, act, T, qkv + q_rows, qkv_rows, k);
-            matmul(&lw->v, act, T, qkv + q_rows + kv_rows, qkv_rows, k);
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (int t = 0; t < T; t++) {
-                float *row = qkv + (size_t)t * qkv_rows;
-                if (lw->qkv_bias)
-                    for (int i = 0; i < qkv_rows; i++) row[i] += lw->qkv_bias[i];
-                if (lw->q_norm)
-                    for (int hh = 0; hh < H + KV; hh++)
-                        rms_norm(row + hh * D, hh < H ? lw->q_norm : lw->k_norm, D, m->eps, row + hh * D);
-                for (int hh = 0; hh < H + KV; hh++) rope(row + hh * D, cos + (size_t)t * D, sin + (size_t)t * D, D);
-                for (int kh = 0; kh < KV; kh++) {
-                    const float *kv_k = row + q_rows + kh * D, *kv_v = row + q_rows + kv_rows + kh * D;
-                    const size_t at = ((size_t)kh * capacity + pos + t) * D;
-                    for (int i = 0; i < D; i++) {
-                        kl[at + i] = fp32_to_bf16(kv_k[i]);
-                        vl[at + i] = fp32_to_bf16(kv_v[i]);
-                    }
-                }
-            }
-#pragma omp for schedule(dynamic)
-            for (int th = 0; th < T * H; th++) { /* token t's head hh sees positions 0..pos + t */
-                const int t = th / H, hh = th % H;
-                const size_t base = (size_t)(hh / G) * capacity * D;
-                attend(qkv + (size_t)t * qkv_rows + hh * D, kl + base, vl + base, pos + t + 1, D,
-                       scores + (size_t)th * n_max, attn + (size_t)t * q_rows + hh * D);
-            }
-            QUANTIZE_ROWS(attn, q_rows, q_rows)
-            matmul(&lw->o, act, T, proj, dim, k);
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (int t = 0; t < T; t++) {
-                float *xt = x + (size_t)t * dim;
-                for (int i = 0; i < dim; i++) xt[i] += proj[(size_t)t * dim + i];
-                rms_norm(xt, lw->ffn_norm, dim, m->eps, h + (size_t)t * dim);
-            }
-            QUANTIZE_ROWS(h, dim, dim)
-            matmul(&lw->gate, act, T, gu, 2 * hidden, k);
-            matmul(&lw->up, act, T, gu + hidden, 2 * hidden, k);
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (int i = 0; i < T * hidden; i++) {
-                const int t = i / hidden, j = i % hidden;
-                const float g = gu[(size_t)t * 2 * hidden + j];
-                h[i] = g / (1.0f + expf(-g)) * gu[(size_t)t * 2 * hidden + hidden + j];
-            }
-            QUANTIZE_ROWS(h, hidden, hidden)
-            matmul(&lw->down, act, T, proj, dim, k);
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (int i = 0; i < T * dim; i++) x[i] += proj[i];
-        }
-#pragma omp for schedule(static)
-        for (int t = 0; t < T; t++) {
-            rms_norm(x + (size_t)t * dim, m->final_norm, dim, m->eps, h + (size_t)t * dim);
-            memcpy(x + (size_t)t * dim, h + (size_t)t * dim, sizeof(float) * dim);
-        }
-        if (logits) {
-            const int first = T - logit_rows;
-            QUANTIZE_ROWS(x + (size_t)first * dim, dim, dim)
-            for (int t = 0; t < logit_rows; t++) {
-                const qvec at = {xq + (size_t)t * dim, xd + (size_t)t * (dim / QK), xs + (size_t)t * (dim / QK)};
-                gemv_head(&m->head, at, logits + (size_t)t * m->head.rows, head_for(isa));
-            }
-        }
+        run_phases(&s);
+        rc = 0;
     }
-#undef QUANTIZE_ROWS
-    free(h); free(qkv); free(attn); free(proj); free(gu); free(scores); free(xq); free(xd); free(xs);
-    return 0;
+    free(s.h); free(s.qkv); free(s.attn); free(s.proj); free(s.gu); free(s.scores); free(s.counters);
+    for (int i = 0; i < 2; i++) {
+        free(acts[i]->q); free(acts[i]->d); free(acts[i]->s);
+    }
+    return rc;
 }
 
 /* x quantized as the decoder step does, into buffers released with release(); 0 when allocated. */
@@ -868,27 +985,27 @@ static void release(qvec v) {
     free(v.q); free(v.d); free(v.s);
 }
 
-/* y = W x for one matrix (tests), as in the decoder step. */
+/* y = W x for one matrix (tests), in the decoder step's chunks. */
 int nd_gemv(const qmat *m, const float *x, float *y, int nthreads, int isa) {
     qvec act;
     const int rc = quantized(x, m->cols, &act);
-    const rows_fn rows = rows_for(isa);
+    const kernel_set k = {rows_for(isa), tile_for(isa)};
     if (rc == 0) {
-#pragma omp parallel num_threads(nthreads)
-        gemv(m, act, y, rows);
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic)
+        for (int c = 0; c < row_chunks(m->rows); c++) matmul_chunk(m, act, 1, y, 0, k, c);
     }
     release(act);
     return rc;
 }
 
-/* logits = head x (tests), as the decoder step's last part. */
+/* logits = head x (tests), as the decoder step's last phase. */
 int nd_head(const q8_rows *m, const float *x, float *y, int nthreads, int isa) {
     qvec act;
     const int rc = quantized(x, m->cols, &act);
     const head_fn rows = head_for(isa);
     if (rc == 0) {
-#pragma omp parallel num_threads(nthreads)
-        gemv_head(m, act, y, rows);
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic)
+        for (int c = 0; c < (m->rows + HEAD_CHUNK - 1) / HEAD_CHUNK; c++) head_chunk(m, act, y, rows, c);
     }
     release(act);
     return rc;
