@@ -99,6 +99,19 @@ def test_q4_1_repacks_exactly_into_the_int4_kernel(gguf):
 # -- same weights: same replies -------------------------------------------------------------------
 
 
+def test_a_long_prefill_multiplies_the_bf16_dense_copy_in_fp32_where_bf16_matmul_is_slow(monkeypatch):
+    torch.manual_seed(0)
+    layer = qz.Int4Linear(64, 48, torch.bfloat16, dense=True)
+    layer.dense = torch.randn(48, 64).to(torch.bfloat16)
+    x = torch.randn(qz.DENSE_MIN_ROWS, 64).to(torch.bfloat16)
+    in_fp32 = torch.nn.functional.linear(x.float(), layer.dense.float()).to(torch.bfloat16)
+    monkeypatch.setattr(qz, "bf16_matmul_is_slow", lambda: True)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, in_fp32)
+    monkeypatch.setattr(qz, "bf16_matmul_is_slow", lambda: False)  # bf16 hardware: torch's own bf16 matmul
+    torch.testing.assert_close(layer(x), in_fp32, rtol=0.02, atol=0.05)
+
+
 def test_same_weights_give_the_reference_greedy_replies(dense_fast, bundled_fp32, ref_engine):
     tokenizer = bundled_fp32.tokenizer
     fast = FastEngine(dense_fast, tokenizer, bundled_fp32.eos_token_ids, bundled_fp32.info.context_length)
