@@ -141,6 +141,41 @@ def test_resume_without_a_value_means_last(args, expected):
     assert resume_alone_means_last(args) == expected
 
 
+@pytest.mark.parametrize(
+    ("args", "tui"),
+    [
+        ([], True),
+        (["--db", "x.db", "--persona", "pirate", "--resume"], True),
+        (["--resume", "7", "--model", "m"], True),
+        (["--help"], False),
+        (["--resume", "--help"], False),
+        (["history", "list"], False),
+        (["--db", "x.db", "ask", "hi"], False),
+    ],
+)
+def test_only_root_options_open_the_tui(args, tui):
+    from chatbot.cli.app import opens_the_tui
+
+    assert opens_the_tui(args) is tui
+
+
+def test_the_tui_starts_without_the_store_imported_and_help_still_lists_every_command():
+    """Before the first paint: SQLAlchemy (the store, opened after the first frame) costs ~0.45 s
+    of CPU; `chatbot --help` still registers every command group."""
+    code = (
+        "import sys\n"
+        "import chatbot.cli.chat as chat\n"
+        "chat.open_default_chat = lambda *a, **k: print('sqlalchemy' in sys.modules, 'chatbot.cli.history' in sys.modules)\n"
+        "from chatbot.cli.app import main\n"
+        "main([])\n"
+    )
+    env = {**os.environ, "CHATBOT_DB": "sqlite:///unused.db"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["False", "False"]
+    shown = subprocess.run([sys.executable, "-m", "chatbot", "--help"], capture_output=True, text=True, check=True, env=env).stdout
+    assert "history" in shown and "ask" in shown
+
+
 def test_the_root_options_that_take_values_are_all_known():
     """The `--resume` rewrite skips the values of the other root options: a new one must be listed."""
     import typer

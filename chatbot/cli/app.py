@@ -63,9 +63,11 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-def _register_groups() -> None:
+def _register_groups(everything: bool = True) -> None:
     from chatbot.cli import ask, chat, model_cmd  # noqa: F401  (commands register themselves)
 
+    if not everything:
+        return
     for optional in ("history", "context_cmd", "rerun_cmd", "db_cmd", "persona_cmd", "serve_cmd"):
         try:
             __import__(f"chatbot.cli.{optional}")
@@ -96,6 +98,22 @@ def resume_alone_means_last(args: list[str]) -> list[str]:
         else:
             break  # the command: its arguments are its own
     return args
+
+
+def opens_the_tui(args: list[str]) -> bool:
+    """Whether the arguments are root options only (no command, no --help): the TUI opens, and
+    the other command groups need not be imported before its first paint (`history` imports the
+    store, i.e. SQLAlchemy: ~0.45 s of CPU; the TUI opens the store after its first frame)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ROOT_VALUE_OPTIONS or (arg == "--resume" and not args[i + 1 : i + 2] == ["--help"]):
+            i += 2
+        elif arg.startswith("-") and arg not in ("--help", "--"):
+            i += 1
+        else:
+            return False
+    return True
 
 
 # Root options a user may also write after the command (as in `llm`): moved in front of it.
@@ -154,7 +172,7 @@ def _skip_options(args: list[str], i: int, command) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: run, and map every user error to one line."""
-    _register_groups()
+    _register_groups(everything=not opens_the_tui(sys.argv[1:] if argv is None else argv))
     argv = resume_alone_means_last(root_options_first(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="chatbot", standalone_mode=False)

@@ -6,7 +6,7 @@ from enum import Enum
 
 import typer
 
-from chatbot.memory.recall import SCOPES
+from chatbot.conversation_settings import MEMORY_SCOPES as SCOPES  # not memory.recall: it imports the store (SQLAlchemy), ~0.4 s before the TUI paints
 
 MemoryScope = Enum("MemoryScope", {scope: scope for scope in SCOPES}, type=str)
 
