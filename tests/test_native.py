@@ -17,6 +17,7 @@ from chatbot.engine.native import build, library
 from chatbot.engine.native.decoder import NativeDecoder
 from chatbot.engine.native.library import ISAS, Kernels, QMat
 from chatbot.engine.native.weights import BLOCK_TYPES
+from chatbot.engine.threads import ThreadChoice
 from chatbot.errors import UserError
 from chatbot.memory.context import ContextBuilder
 from chatbot.personas.schema import Persona
@@ -369,3 +370,40 @@ def test_laying_out_a_model_removes_another_formats_layout(tmp_path):
     built = weights.load_or_build(path, folder, LAYERS)
     assert weights.path_in(folder).is_file() and not stale.exists()
     assert set(built.types.values()) == {"Q4_1"}
+
+
+def test_a_decode_step_runs_on_the_faster_thread_count_with_the_same_logits(fast_engine):
+    """Each step runs on 1 or torch's thread count (engine.threads), torch's count is restored after,
+    and the native step's logits do not depend on it: every row is summed by one thread."""
+    if fast_engine.native is None:
+        pytest.skip("the native kernels do not run on this CPU")
+    ids = fast_engine.tokenizer("The sea is")["input_ids"]
+
+    class Forced(ThreadChoice):
+        def __init__(self, threads: int):
+            super().__init__()
+            self.threads = threads
+
+        def pick(self, most: int) -> int:
+            super().pick(most)
+            return self.threads
+
+    def steps(pick) -> list[torch.Tensor]:
+        fast_engine.reset()
+        fast_engine.step_threads = Forced(pick) if pick else ThreadChoice()
+        seq, out = list(ids), []
+        for _ in range(4):
+            out.append(fast_engine.next_token_logits(seq))
+            seq.append(int(out[-1].argmax()))
+        return out
+
+    most = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one, two = steps(1), steps(2)
+        steps(None)
+        assert torch.get_num_threads() == 2
+        assert set(fast_engine.step_threads.seconds) == {1, 2}  # both tried
+    finally:
+        torch.set_num_threads(most)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

@@ -8,6 +8,7 @@ token id through the lean forward.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from chatbot.engine.fast import loader
 from chatbot.engine.fast.gguf_weights import GGUFWeights
 from chatbot.engine.fast.model import FastLlama, KVCache
 from chatbot.engine.loading import LoadedModel
+from chatbot.engine.threads import ThreadChoice
 from chatbot.errors import UserError
 
 
@@ -36,6 +38,7 @@ class FastEngine(Engine):
         self.max_context = min(max_context, model.shape.max_seq_len)
         self._prefix_caches: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.native = None  # a NativeDecoder (chatbot.engine.native): steps and short prefills in native code
+        self.step_threads = ThreadChoice()
 
     @property
     def kernels(self) -> str:
@@ -53,8 +56,21 @@ class FastEngine(Engine):
             return self.native.forward(x, logits)
         return self.model(x, logits=logits)
 
+    def _one_token(self, x: torch.Tensor) -> torch.Tensor:
+        """One decode step, on the thread count that has been faster lately (see engine.threads)."""
+        most = torch.get_num_threads()
+        threads, start = self.step_threads.pick(most), time.perf_counter()
+        torch.set_num_threads(threads)
+        try:
+            logits = self._run(x)
+        finally:
+            torch.set_num_threads(most)
+        self.step_threads.record(threads, time.perf_counter() - start)
+        return logits
+
     def _forward(self, ids: list[int]) -> torch.Tensor:
-        logits = self._run(torch.tensor(ids, dtype=torch.long))
+        x = torch.tensor(ids, dtype=torch.long)
+        logits = self._one_token(x) if len(ids) == 1 else self._run(x)
         self._cached_ids.extend(ids)
         return logits.unsqueeze(0)  # [1, 1, vocab], as the reference engine returns
 
