@@ -155,7 +155,7 @@ def test_a_mixed_file_keeps_each_tensor_in_its_own_form_and_caches(files, tmp_pa
     built = loader.load_or_build(path, tmp_path / "fast")
     block = built.layers[0]
     assert isinstance(block.wqkv, qz.SplitLinear) and [type(p).__name__ for p in block.wqkv.parts] == [
-        "Int4Linear", "Int4Linear", "UninitLinear"]
+        "Int4Linear", "Int4Linear", "DenseLinear"]
     assert [p.planes for p in block.wqkv.parts[:2]] == [2, 1]  # Q5_0: two planes; Q4_K: one
     assert isinstance(block.w13, qz.SplitLinear) and isinstance(block.w2, torch.nn.Linear)
     assert isinstance(built.tok_embeddings, FileEmbedding)

@@ -342,8 +342,9 @@ def test_a_type_the_kernels_do_not_take_leaves_torch_with_one_note(kernels_lib, 
 
 def test_where_the_kernels_run_the_torch_int4_weights_are_not_read(fast_engine, bundled_fp32, monkeypatch):
     """The kernels run every forward the int4 kernel would (under 64 tokens), so those weights stay
-    on disk (peak RSS as on the torch path); with CHATBOT_NATIVE=off they are read. (The first
-    start, which lays the blocks out for the kernels, still reads them: fast_engine was that.)"""
+    on disk; with CHATBOT_NATIVE=off they are read. (A first start lays the blocks out for the
+    kernels before the torch weights load, so it does not read them either: the mixed-file test
+    below is one.)"""
     from chatbot.engine.fast.quantize import Int4Linear
 
     def packed(engine) -> set[bool]:
@@ -407,3 +408,74 @@ def test_a_decode_step_runs_on_the_faster_thread_count_with_the_same_logits(fast
     finally:
         torch.set_num_threads(most)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def _held_in_memory(engine) -> dict[str, int]:
+    """Bytes of each kind of tensor the engine keeps outside its cache files' memory maps (the
+    mapped prefill copies and dense projections cost RSS only while a long prefill reads them),
+    plus the native layer weights (mapped, but every step reads them all)."""
+    from chatbot.engine.fast import quantize as qz
+
+    held: dict[str, int] = {}
+    for name, module in engine.model.named_modules():
+        mapped = set()
+        if isinstance(module, qz.Int4Linear) and module.dense_mapped:
+            mapped.add("dense")
+        if isinstance(module, qz.DenseLinear) and module.mapped:
+            mapped.add("weight")
+        for attr, tensor in list(module.named_buffers(recurse=False)) + list(module.named_parameters(recurse=False)):
+            if tensor is not None and tensor.device.type != "meta" and attr not in mapped:
+                kind = f"layers.{type(module).__name__}.{attr}" if name.startswith("layers.") else f"{name}.{attr}"
+                held[kind] = held.get(kind, 0) + tensor.nbytes
+    if engine.native is not None:
+        held["native layers"] = sum(t.nbytes for t in engine.native.weights.tensors.values())
+        held["native copies"] = sum(t.nbytes for t in engine.native._norms) + engine.native.cos.nbytes + engine.native.sin.nbytes
+    return held
+
+
+def test_where_the_kernels_run_a_mixed_file_keeps_no_torch_copy_of_its_layers(kernels_lib, tmp_path, monkeypatch):
+    """A Q4_K_M file where the kernels decode: the layers' only weights in memory are the file's
+    own blocks the kernels read (no int4 planes or scales, the Q6_K projections' dense weights
+    mapped from the cache like the prefill copies); a long prefill through those mapped weights
+    gives exactly the torch path's logits, and gives their pages back."""
+    from gguf_tiny import write_tiny_gguf
+
+    from chatbot.config import Settings
+    from chatbot.engine.fast import quantize as qz
+    from chatbot.runtime import open_runtime
+
+    if runnable()[-1] == "generic":
+        pytest.skip("the kernels do not run here")
+    path = write_tiny_gguf(tmp_path / "tiny-mixed.gguf", "llama", "Q4_K", seed=6, kinds=Q4_K_M)
+    settings = Settings(model=str(path), cache_dir=tmp_path / "cache")
+    engine = open_runtime(settings).engine
+    assert engine.native is not None
+    layers = {kind: size for kind, size in _held_in_memory(engine).items() if kind.startswith("layers.")}
+    dense = [m for m in engine.model.layers.modules() if isinstance(m, qz.DenseLinear)]
+    assert dense and all(m.mapped for m in dense)  # the Q6_K projections
+    assert set(layers) <= {"layers.Block.attention_norm", "layers.Block.ffn_norm"}  # vectors only
+    ids = torch.arange(qz.DENSE_MIN_ROWS + 9) % engine.model.shape.vocab_size
+    with torch.inference_mode():
+        engine.model.cache.length = 0
+        native_side = engine.model(ids, logits="all")
+    monkeypatch.setenv("CHATBOT_NATIVE", "off")
+    torch_side = open_runtime(settings).engine
+    assert torch_side.native is None and not any(m.mapped for m in torch_side.model.modules() if isinstance(m, qz.DenseLinear))
+    with torch.inference_mode():
+        torch_side.model.cache.length = 0
+        assert torch.equal(torch_side.model(ids, logits="all"), native_side)
+
+
+def test_where_the_kernels_run_the_model_holds_about_its_file_in_memory(fast_engine, bundled_fp32):
+    """What guards the RSS figures in docs/fast.md (1.43x the file on the bundled model, with the
+    tokenizer and torch's own code): the tensors a native engine holds outside its memory-mapped
+    prefill copies come to ~1.09x the GGUF file (its layer blocks, the int8 head, the KV cache,
+    RoPE tables). Another copy of the layers (int4 planes: +0.7x; dense: +2x) would break it."""
+    from chatbot.engine.loading import bundled_gguf
+
+    if fast_engine.native is None:
+        pytest.skip("the kernels do not run here")
+    again = build_fast_engine(bundled_fp32)
+    held = _held_in_memory(again)
+    ratio = sum(held.values()) / bundled_gguf().stat().st_size
+    assert ratio < 1.3, {kind: round(size / 2**20, 1) for kind, size in held.items()}

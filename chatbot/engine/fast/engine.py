@@ -19,6 +19,7 @@ from chatbot.engine.decoding import Engine, Prefix
 from chatbot.engine.fast import loader
 from chatbot.engine.fast.gguf_weights import GGUFWeights
 from chatbot.engine.fast.model import FastLlama, KVCache
+from chatbot.engine.fast.pages import trim_heap
 from chatbot.engine.loading import LoadedModel
 from chatbot.engine.threads import ThreadChoice
 from chatbot.errors import UserError
@@ -117,16 +118,17 @@ def fast_model_for(loaded: LoadedModel, progress=None) -> FastLlama:
         return model
     if "gguf" in loaded.info.source_kind and loaded.info.cache_path:
         folder = fast_folder(loaded.info.cache_path)
-        fast = loader.load_or_build(Path(loaded.info.source), folder, progress=progress, packed=not _native_will_decode(folder))
+        source = Path(loaded.info.source)
+        fast = loader.load_or_build(source, folder, progress=progress, packed=not _native_will_decode(source, folder, progress))
         fast.config, fast.generation_config = model.config, getattr(model, "generation_config", None)
         return fast
     return loader.from_hf(model)
 
 
-def _native_will_decode(folder: Path) -> bool:
+def _native_will_decode(gguf_path: Path, folder: Path, progress=None) -> bool:
     from chatbot.engine.native.decoder import will_decode
 
-    return will_decode(folder)
+    return will_decode(gguf_path, folder, progress)
 
 
 def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
@@ -135,6 +137,7 @@ def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
         from chatbot.engine.native.decoder import decoder_for
 
         engine.native = decoder_for(engine.model, Path(loaded.info.source), fast_folder(loaded.info.cache_path), progress)
+    trim_heap()  # what reading the weights freed (headers, small tensors read and dropped): ~15 MB
     return engine
 
 
@@ -159,10 +162,11 @@ def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
         weights.check()
     metadata_path = loading.metadata_folder(gguf_path, cache_path, progress)
     tokenizer, config, generation_config = loading.open_tokenizer_and_config(metadata_path)
+    trim_heap()  # what parsing the tokenizer freed, before the weights add to the peak
     if getattr(config, "model_type", "") not in loader.FAST_HF_ARCHITECTURES.values():
         return None
     folder = fast_folder(cache_path)
-    model = loader.load_or_build(gguf_path, folder, progress=progress, packed=not _native_will_decode(folder))
+    model = loader.load_or_build(gguf_path, folder, progress=progress, packed=not _native_will_decode(gguf_path, folder, progress))
     model.config, model.generation_config = config, generation_config
     info = loading.ModelInfo(
         name=source.name,

@@ -42,7 +42,7 @@ def is_llama(hf_model) -> bool:
 
 
 def _dense_linear(weight: torch.Tensor, dtype) -> nn.Linear:
-    linear = UninitLinear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=dtype)
+    linear = qz.DenseLinear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=dtype)
     linear.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
     return linear
 
@@ -192,7 +192,7 @@ def module_from_spec(spec: dict, in_features: int, dtype: torch.dtype) -> nn.Mod
         return qz.SplitLinear([module_from_spec(part, in_features, dtype) for part in spec["parts"]])
     if spec["kind"] == "int4":
         return qz.Int4Linear(in_features, spec["out"], dtype, dense=spec["dense"], planes=spec["planes"])
-    return UninitLinear(in_features, spec["out"], bias=False, dtype=dtype, device="meta")
+    return qz.DenseLinear(in_features, spec["out"], bias=False, dtype=dtype, device="meta")
 
 
 PROJECTIONS = ("wqkv", "wo", "w13", "w2")
@@ -216,7 +216,7 @@ def _skeleton(shape: LlamaShape, dtype: torch.dtype, layout: Layout, modules: di
             elif layout.linear == "int4":
                 setattr(block, attr, qz.Int4Linear(k, n, dtype, dense=layout.dense_prefill))
             else:
-                setattr(block, attr, UninitLinear(k, n, bias=False, dtype=dtype, device="meta"))
+                setattr(block, attr, qz.DenseLinear(k, n, bias=False, dtype=dtype, device="meta"))
     if layout.embedding == "q8":
         model.tok_embeddings = qz.Q8Embedding(s.vocab_size, s.dim, dtype)
     elif layout.embedding == "file":
@@ -310,17 +310,28 @@ _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torc
                        "I8": torch.int8, "I32": torch.int32, "I64": torch.int64}
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _header(handle) -> tuple[dict, dict[str, str], int]:
+    """A safetensors file's tensor entries, its metadata and where its data starts."""
+    size = int.from_bytes(handle.read(8), "little")
+    header = json.loads(handle.read(size))
+    return header, header.pop("__metadata__", {}) or {}, 8 + size
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with open(path, "rb") as handle:
+        return _header(handle)[1]
+
+
+def read_safetensors(path: Path, skip=frozenset()) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read straight into freshly allocated (aligned) tensors: no memory map, no second copy, so
     the peak memory holds each weight once. (Views of a memory map would not be aligned as the
-    int8/int4 kernels need.)"""
+    int8/int4 kernels need.) Tensors named in `skip` are not read."""
     tensors = {}
     with open(path, "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
-        meta = header.pop("__metadata__", {}) or {}
-        base = 8 + size
+        header, meta, base = _header(handle)
         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if name in skip:
+                continue
             start, end = entry["data_offsets"]
             tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
             if end > start:
@@ -334,10 +345,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> FastLlama:
     """The cached model at `path`; `gguf_path`: the file it was built from (a layout whose
-    embedding is read from the file needs it). packed=False: the int4 weights are not read where
-    every int4 layer has its dense copy (the native kernels run what they would: their layers
-    then prefill from the dense copies only, see quantize.Int4Linear)."""
-    state, meta = read_safetensors(path)
+    embedding is read from the file needs it). packed=False: the native kernels run every forward
+    under 64 tokens (what the int4 kernels would), so only long prefills read torch weights: none
+    is read into memory where each int4 layer has its dense copy. The int4 weights and their
+    scales stay on disk, the dense projections (Q6_K, float types) are mapped from this file and
+    give their pages back after each use, as the prefill copies do."""
+    meta = read_metadata(path)
     shape = json.loads(meta["shape"])
     if shape.get("rope_freq_factors"):
         shape["rope_freq_factors"] = tuple(shape["rope_freq_factors"])
@@ -351,25 +364,33 @@ def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> Fast
             raise ValueError(f"{path.name}: its embedding is read from the GGUF file, and none was given")
         model.tok_embeddings = FileEmbedding(gguf_path, RowsAt(**json.loads(meta["embedding_at"])), dtype)
     int4 = {name: m for name, m in model.named_modules() if isinstance(m, qz.Int4Linear)}
-    if int4 and not packed and all(m.dense is not None for m in int4.values()):
+    dense = [name for name, m in model.named_modules() if isinstance(m, qz.DenseLinear) and name.startswith("layers.")]
+    prefill_only = not packed and all(m.dense is not None for m in int4.values())
+    skip = set()
+    if prefill_only:
         for name, module in int4.items():
             module.drop_packed()
-            for scales in ("scales_and_zeros", "scales_and_zeros_hi"):  # 4 bytes per 32 weights: not kept either
-                state.pop(f"{name}.{scales}", None)
-    elif int4:
+            skip |= {f"{name}.scales_and_zeros", f"{name}.scales_and_zeros_hi"}  # 4 bytes per 32 weights
+        skip |= {f"{name}.weight" for name in dense}
+    state, _ = read_safetensors(path, skip)
+    if int4 and not prefill_only:
         weights, stamp = read_safetensors(_packed_path(path))
         if stamp != _packing_stamp():
             raise ValueError(f"{path.name}: int4 weights packed for {stamp}, this process runs {_packing_stamp()}")
         state.update(weights)
-    if layout.dense_prefill:
+    # Memory-mapped: pages are read (and count in RSS) only while a long prefill uses them.
+    copies = layout.dense_prefill and any(m.dense is not None for m in int4.values())
+    if copies:
         from safetensors.torch import load_file
 
-        # Memory-mapped: pages are read (and count in RSS) only while a long prefill uses them.
-        dense = load_file(_dense_path(path))
-        state.update(dense)
+        state.update(load_file(_dense_path(path)))
+    if prefill_only and dense:
+        state.update(_mapped_tensors(path, [f"{name}.weight" for name in dense]))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if layout.dense_prefill:
-        _mark_mapped(model, _dense_path(path))
+    if copies:
+        _mark_mapped(_dense_path(path), [(m, m.dense, "dense_mapped") for m in int4.values() if m.dense is not None])
+    if prefill_only and dense:
+        _mark_mapped(path, [(m, m.weight, "mapped") for m in map(model.get_submodule, dense)])
     missing = [m for m in missing if not (m == "output.weight" and _tied(model))]
     if missing or unexpected:
         raise ValueError(f"{path.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -378,14 +399,26 @@ def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> Fast
     return model.norms_to_float().eval()
 
 
-def _mark_mapped(model: FastLlama, dense_path: Path) -> None:
-    """Let the prefill copies give their pages back after use, those verified to be mapped from
-    the file (released anonymous memory would read as zeros)."""
-    from chatbot.engine.fast.pages import mapped_from
+def _mapped_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Those tensors of a safetensors file as views of its memory map (mapping each tensor reads
+    around its first page: only the ones asked for)."""
+    from safetensors import safe_open
 
-    modules = [m for m in model.modules() if isinstance(m, qz.Int4Linear) and m.dense is not None]
-    for module, mapped in zip(modules, mapped_from(dense_path.resolve(), [m.dense for m in modules])):
-        module.dense_mapped = mapped
+    with safe_open(str(path), "pt") as handle:
+        return {name: handle.get_tensor(name) for name in names}
+
+
+def _mark_mapped(mapped_path: Path, held: list[tuple[nn.Module, torch.Tensor, str]]) -> None:
+    """Let the weights mapped from `mapped_path` give their pages back after use: `held` is
+    (module, weight, the module's flag saying so), each verified to be mapped from the file
+    (released anonymous memory would read as zeros). The pages loading touched (a read-around
+    at each tensor's start: ~4% of the prefill copies) go back now."""
+    from chatbot.engine.fast.pages import mapped_from, release
+
+    for (module, tensor, flag), mapped in zip(held, mapped_from(mapped_path.resolve(), [t for _, t, _ in held])):
+        setattr(module, flag, mapped)
+        if mapped:
+            release(tensor)
 
 
 def is_cached(folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout()) -> bool:

@@ -17,11 +17,12 @@ import sys
 import torch
 
 MADV_DONTNEED = 4
-_madvise = None
+_madvise = _malloc_trim = None
 if sys.platform.startswith("linux"):
     _libc = ctypes.CDLL(None, use_errno=True)
     _madvise = _libc.madvise
     _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    _malloc_trim = getattr(_libc, "malloc_trim", None)  # glibc's; musl has none
 
 
 def release(tensor: torch.Tensor) -> None:
@@ -58,3 +59,12 @@ def mapped_from(path, tensors: list[torch.Tensor]) -> list[bool]:
         end = start + t.numel() * t.element_size()
         found.append(any(low <= start and end <= high for low, high in spans))
     return found
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim). Opening a
+    tokenizer.json parses it into ~15 MB of JSON values that are freed at once but stay in RSS
+    (measured on the bundled model: 29 MB held, 15 MB after this): done before the weights load,
+    it keeps them out of the peak too."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)

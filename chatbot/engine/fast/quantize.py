@@ -6,6 +6,8 @@ model's `nn.Linear`s for them (gpt-fast style).
   rounding d and m to the activation dtype, as a bf16 copy of the weights also rounds). Q4_0 and
   Q4_K map the same way; 5- and 8-bit types (Q5_0, Q5_1, Q5_K, Q8_0) add a second int4 plane
   (their high bits times 16 d), summed by a second kernel call: exact as well.
+- `DenseLinear`: a projection with no int4 form (Q6_K, float types), dense; mapped from the cache
+  file where the native kernels decode (only long prefills then read it).
 - `SplitLinear`: projections of one fused matmul (Q/K/V, gate/up) whose GGUF types differ (a
   Q4_K_M file mixes them), each in its own form, outputs concatenated.
 - `Int8Linear`: one scale per output row, `_weight_int8pack_mm` (used for the Q8_0 output head,
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatbot.engine.fast.model import UninitLinear
 from chatbot.engine.fast.pages import release
 
 GROUP = 32
@@ -113,10 +116,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None and (self.weight is None or x.shape[0] >= DENSE_MIN_ROWS):
-            y = dense_linear(x, self.dense)
-            if self.dense_mapped:
-                release(self.dense)
-            return y
+            return mapped_linear(x, self.dense, self.dense_mapped)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
         if self.weight_hi is not None:
             y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight_hi, GROUP, self.scales_and_zeros_hi)
@@ -124,6 +124,28 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, planes={self.planes}, dense={self.dense is not None}"
+
+
+def mapped_linear(x: torch.Tensor, weight: torch.Tensor, mapped: bool) -> torch.Tensor:
+    """dense_linear; a weight mapped from the cache file gives its pages back after (pages.py)."""
+    y = dense_linear(x, weight)
+    if mapped:
+        release(weight)
+    return y
+
+
+class DenseLinear(UninitLinear):
+    """A projection kept dense (a type with no int4 form, Q6_K or a float type). Where the native
+    kernels decode they read the file's own blocks, so only long prefills read this weight: it is
+    then mapped from the cache file and its pages go back after each use (`mapped`), as the
+    Int4Linear prefill copies do; on the torch path it is read into memory (every step reads it)."""
+
+    mapped = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mapped or x.shape[0] >= DENSE_MIN_ROWS:  # a long prefill: as the prefill copies
+            return mapped_linear(x, self.weight, self.mapped)
+        return F.linear(x, self.weight)
 
 
 class SplitLinear(nn.Module):

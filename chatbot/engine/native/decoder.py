@@ -102,11 +102,31 @@ class NativeDecoder:
         return model.rescored(x[-rows:], out) if self.head_rescored else out
 
 
-def will_decode(folder: Path | None) -> bool:
-    """The kernels will run the model cached in `folder`: they are there for this CPU and its
-    blocks were laid out for them already (types and shape checked then). A first run does not
-    know yet, and keeps the torch path's int4 weights beside them."""
-    return folder is not None and kernels()[0] is not None and native_weights.path_in(Path(folder)).is_file()
+def will_decode(gguf_path: Path, folder: Path | None, progress=None) -> bool:
+    """The kernels will run the model of `gguf_path` cached in `folder`: they are there for this
+    CPU, take its shape, and its blocks are laid out for them (types checked then). A first start
+    lays them out here, before the torch weights load, so that it too reads no int4 weights the
+    kernels replace; a file they cannot take says so later, in decoder_for's note."""
+    if folder is None or kernels()[0] is None:
+        return False
+    if native_weights.path_in(Path(folder)).is_file():
+        return True
+    from chatbot.engine.fast.gguf_weights import GGUFWeights
+
+    try:
+        shape = GGUFWeights(gguf_path).shape
+        if shape is not None and _takes(shape):
+            native_weights.load_or_build(Path(gguf_path), Path(folder), shape.n_layers, progress)
+    except (native_weights.NotNative, ValueError, OSError):
+        return False
+    return native_weights.path_in(Path(folder)).is_file()
+
+
+NOT_THIS_SHAPE = "the native decode kernels take bf16 caches and even head sizes up to 512: decoding through torch"
+
+
+def _takes(shape) -> bool:
+    return shape.head_dim <= 512 and shape.head_dim % 2 == 0
 
 
 def decoder_for(model, gguf_path: Path | None, folder: Path | None, progress=None) -> NativeDecoder | None:
@@ -120,8 +140,8 @@ def decoder_for(model, gguf_path: Path | None, folder: Path | None, progress=Non
         if why_not:
             note(f"note: {why_not}")
         return None
-    if model.cache.dtype != torch.bfloat16 or model.shape.head_dim > 512 or model.shape.head_dim % 2:
-        note("note: the native decode kernels take bf16 caches and even head sizes up to 512: decoding through torch")
+    if model.cache.dtype != torch.bfloat16 or not _takes(model.shape):
+        note(f"note: {NOT_THIS_SHAPE}")
         return None
     try:
         weights = native_weights.load_or_build(Path(gguf_path), Path(folder), model.shape.n_layers, progress)
