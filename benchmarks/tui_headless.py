@@ -3,7 +3,7 @@ tests' fake model: the UI's own CPU seconds with no model process beside it, so 
 screen's cost is measured. Run with PYTHONPATH set to the checkout to measure (its tests/ folder
 gives the fake model): `benchmarks.tui --headless` runs it on this checkout and a baseline.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/tui_headless.py markdown|raw|none [--tokens 400] [--rate 60]
+    PYTHONPATH=. .venv/bin/python benchmarks/tui_headless.py markdown|raw|none [--tokens 400] [--rate 60] [--profile FILE]
 
 `none` streams without showing anything: the floor (the fake model's thread, timers, the store).
 Prints one JSON line: mode, cpu_s, wall_s, tokens.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import sys
@@ -36,7 +37,7 @@ def reply_text(tokens: int) -> str:
     return text
 
 
-async def stream(mode: str, tokens: int, rate: float) -> dict:
+async def stream(mode: str, tokens: int, rate: float, profile: Path | None = None) -> dict:
     root = Path(os.environ.get("PYTHONPATH", ".").split(os.pathsep)[0]).resolve()
     sys.path.insert(0, str(root / "tests"))
     from tui_fakes import FakeEngine, idle, make_app, wait_for
@@ -61,12 +62,18 @@ async def stream(mode: str, tokens: int, rate: float) -> dict:
 
             chat_log.MessageView._show_body = show_nothing
         screen.composer.text = "tell me a story"
+        profiler = cProfile.Profile() if profile else None
         cpu, wall = time.process_time(), time.perf_counter()
+        if profiler:
+            profiler.enable()
         await pilot.press("enter")
         # Plain sleeps: Pilot's own pauses wait for the screen, a cost of their own.
         while not (idle(app) and len(screen.log_view.messages) == 2):
             await asyncio.sleep(0.5)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile)
     return {"mode": mode, "cpu_s": round(cpu, 3), "wall_s": round(wall, 2), "tokens": len(text.split())}
 
 
@@ -75,8 +82,9 @@ def main() -> None:
     parser.add_argument("mode", choices=["markdown", "raw", "none"])
     parser.add_argument("--tokens", type=int, default=400)
     parser.add_argument("--rate", type=float, default=60.0, help="the fake model's tokens a second")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the streaming (only) here")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(stream(args.mode, args.tokens, args.rate))))
+    print(json.dumps(asyncio.run(stream(args.mode, args.tokens, args.rate, args.profile))))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ remembered), and the stored text exact throughout."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
+from textual.containers import Horizontal
 from textual.widgets import Markdown
-from textual.widgets.markdown import MarkdownFence
+from textual.widgets._markdown import MarkdownBullet, MarkdownBulletList, MarkdownOrderedList
+from textual.widgets.markdown import MarkdownBlock, MarkdownFence
 from tui_fakes import FakeEngine, idle, make_app, wait_for
 
 from chatbot.store import Store
@@ -181,3 +184,77 @@ async def test_a_streaming_reply_grows_into_room_and_gives_it_back(tmp_path, mar
         assert _rooms(last_reply(app)) == []
         assert "word59" in screen_text(app) and "more more" not in screen_text(app)  # the reply as generated
     assert stored_branch(app)[-1].content == f"# Title\n\n{words}"
+
+
+STREAMED = (
+    "# Title\n\nA paragraph with **strong** words.\n\n- first item\n- second item that goes on\n  over two lines\n"
+    "  - nested one\n  - nested two\n- third\n\n## Steps\n\n" + "".join(f"{n}. step {n}\n" for n in range(1, 12))
+    + "\n```python\nprint(1)\n```\n\n> a quote\n\nThe end.\n"
+)
+
+
+def _tree(markdown: Markdown) -> list[tuple]:
+    """What a rendered document is made of: each widget's kind, bullet, text and place, in order."""
+    shown, origin = [], markdown.region.offset
+    for widget in markdown.walk_children():
+        symbol = widget.symbol if isinstance(widget, MarkdownBullet) else None
+        text = widget._content.plain if isinstance(widget, MarkdownBlock) else None
+        shown.append((type(widget).__name__, symbol, text, widget.region.offset - origin, widget.region.size))
+    return shown
+
+
+@pytest.mark.asyncio
+async def test_a_reply_streamed_token_by_token_renders_as_the_whole_text_does_and_lists_grow_in_place():
+    """Each token appended (Textual re-parses from the last block): the same blocks, bullets and
+    text as the whole reply rendered at once; a growing list is the same widget throughout (not
+    taken down and mounted again), its earlier items too."""
+    from textual.app import App
+
+    class Page(App):
+        def compose(self):
+            yield ReplyMarkdown("", id="streamed")
+
+    tokens = re.findall(r"\s*\S+\s*", STREAMED)
+    app = Page()
+    async with app.run_test(size=(100, 200)) as pilot:
+        streamed = app.query_one("#streamed", ReplyMarkdown)
+        streamed.streaming = True
+        text, first_list, first_item = "", None, None
+        for token in tokens:
+            text += token
+            await streamed.grow(text)
+            lists = streamed.query(MarkdownBulletList)
+            if first_list is None and lists and len(lists.first().query(Horizontal)) >= 2:
+                first_list, first_item = lists.first(), lists.first().query_one(Horizontal)
+        streamed.end_stream()
+        await app.mount(ReplyMarkdown(STREAMED, id="whole"))
+        await pilot.pause(0.1)
+        assert text == STREAMED
+        assert _tree(streamed) == _tree(app.query_one("#whole", ReplyMarkdown))
+        assert streamed.query(MarkdownBulletList).first() is first_list and first_item.is_attached
+        assert first_list.query_one(Horizontal) is first_item
+        assert [b.symbol for b in streamed.query(MarkdownOrderedList).first().query(MarkdownBullet)][8:10] == ["  9. ", " 10. "]
+
+
+@pytest.mark.asyncio
+async def test_a_streaming_markdown_reply_repaints_half_as_often_and_raw_text_at_the_raw_rate(tmp_path):
+    """A Markdown frame costs about two raw ones: its frame cap is twice as long; F7 while the
+    reply streams switches the rate with the look."""
+    from chatbot.tui.widgets.chat_log import STREAM_REPAINT_MARKDOWN_S, STREAM_REPAINT_S
+
+    engine = FakeEngine(reply_for=lambda p: "some **strong** words and more words", gate=threading.Event(), gate_after=3)
+    app = make_app(tmp_path, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: idle(app), what="model")
+        await send(pilot, "go")
+        await wait_for(pilot, lambda: last_reply(app).content == "some **strong** words", what="half a reply")
+        view = last_reply(app)
+        assert STREAM_REPAINT_MARKDOWN_S == 2 * STREAM_REPAINT_S
+        assert view._timer._interval == STREAM_REPAINT_MARKDOWN_S
+        await pilot.press("f7")
+        await pilot.pause(0.2)
+        assert view._timer._interval == STREAM_REPAINT_S and not view.query(Markdown)
+        engine.gate.set()
+        await wait_for(pilot, lambda: idle(app), what="reply end")
+        await pilot.pause(0.3)
+        assert view._timer is None and "some **strong** words and more words" in screen_text(app)

@@ -105,6 +105,9 @@ class ChatScreen(Screen):
             self._post(self._backend_failed, f"cannot open the database: {exc}")
             return
         self._post(self._store_ready, store)
+        # The Markdown widgets, before the first reply needs them (~0.07 s; not before the
+        # first frame, which holds no reply): the model loads for seconds after this anyway.
+        import chatbot.tui.widgets.reply_markdown  # noqa: F401
 
         def progress(message: str) -> None:
             self._post(self._show_progress, message)

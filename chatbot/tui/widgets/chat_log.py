@@ -12,19 +12,23 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
-from chatbot.tui.widgets.room import free_room, keep_room
+from chatbot.tui.widgets.room import OneLayout, free_room, keep_room
 from chatbot.tui.widgets.text import clean, color_style, literal
 
 # Repaint a streaming reply at most this often: each frame costs the decoder CPU, and most frames
 # that add a line lay the whole screen out again (tens of ms of CPU a frame at 120x40).
 STREAM_REPAINT_S = 1 / 4
+# A Markdown reply's frame costs about twice a raw one's (the last block parsed again, a new
+# block mounted: its widgets composed and styled, the screen laid out): half as many frames keep
+# the screen's CPU while streaming at half what it was before the frame cap (docs/tui.md).
+STREAM_REPAINT_MARKDOWN_S = 1 / 2
 # While a reply streams its body keeps room below the text (`room.py`), grown in steps: the log,
 # anchored to the bottom, scrolls (a repaint of all of it) once a step rather than at every line.
 STREAM_ROOM_LINES = 12
 STREAM_ROOM_MARGIN = 2  # grow the room once the text comes this close to its end
 
 
-class MessageView(Vertical):
+class MessageView(OneLayout, Vertical):
     """One message: a header (who, sibling position, status) and its text."""
 
     class Selected(Message):
@@ -67,7 +71,7 @@ class MessageView(Vertical):
         self._timer = None
 
     def compose(self) -> ComposeResult:
-        yield Static(self._header(), classes="header", markup=False)
+        yield _Text(self._header(), classes="header", markup=False)
         yield self._make_body()
 
     def _make_body(self) -> Static:
@@ -77,7 +81,7 @@ class MessageView(Vertical):
             from chatbot.tui.widgets.reply_markdown import ReplyMarkdown
 
             return ReplyMarkdown(self.content, classes="body")
-        return Static(literal(self.content), classes="body", markup=False)
+        return _Text(literal(self.content), classes="body", markup=False)
 
     async def show_markdown(self, on: bool) -> None:
         """Render the reply as Markdown, or show its raw text (also while it streams)."""
@@ -88,6 +92,8 @@ class MessageView(Vertical):
         if self.is_mounted:
             await self.query_one(".body").remove()
             await self.mount(self._make_body())
+        if self._timer is not None:  # streaming: at the rate of what it shows now
+            self._start_repaints()
 
     def _header(self) -> Text:
         header = Text()
@@ -132,7 +138,16 @@ class MessageView(Vertical):
     def start_stream(self) -> None:
         self.status = "streaming"
         self.refresh_header()
-        self._timer = self.set_interval(STREAM_REPAINT_S, self.flush)
+        self._start_repaints()
+
+    def _start_repaints(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_interval(self.repaint_interval, self.flush)
+
+    @property
+    def repaint_interval(self) -> float:
+        return STREAM_REPAINT_MARKDOWN_S if self.markdown else STREAM_REPAINT_S
 
     def push(self, delta: str) -> None:
         """Called from the decoding thread: no widget work here, only a list append."""
@@ -186,6 +201,10 @@ class MessageView(Vertical):
 
     def on_click(self, event: events.Click) -> None:
         self.post_message(self.Selected(self))
+
+
+class _Text(OneLayout, Static):
+    """A message's header or raw text."""
 
 
 class EventLine(Static):

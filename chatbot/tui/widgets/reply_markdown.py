@@ -13,13 +13,26 @@ from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 from textual.content import Content
+from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import Label, Markdown
-from textual.widgets._markdown import MarkdownParagraph  # not exported; subclassed as Textual's docs do blocks
+from textual.widgets._markdown import (  # not exported; subclassed as Textual's docs do blocks
+    MarkdownBullet,
+    MarkdownBulletList,
+    MarkdownH1,
+    MarkdownH2,
+    MarkdownH3,
+    MarkdownH4,
+    MarkdownH5,
+    MarkdownH6,
+    MarkdownListItem,
+    MarkdownOrderedList,
+    MarkdownParagraph,
+)
 from textual.widgets.markdown import MarkdownBlock, MarkdownFence
 
-from chatbot.tui.widgets.room import free_room, keep_room
+from chatbot.tui.widgets.room import OneLayout, free_room, keep_room
 from chatbot.tui.widgets.text import clean
 
 
@@ -74,22 +87,147 @@ def _layout_for(widget: Widget, content: Content, markdown: Markdown) -> bool:
     return height != widget.content_region.height
 
 
-class _Paragraph(MarkdownParagraph):
+def _same(a: Content, b: Content) -> bool:
+    """The same text and styles (Content's own == compares the text only)."""
+    return a.plain == b.plain and a.spans == b.spans
+
+
+class _Steady(OneLayout):
+    """A text block (paragraph, heading) that a streamed update of the same kind changes in
+    place, repainted without a layout where its height allows; unchanged, not even repainted.
+    (A mixin, not a widget: Textual's CSS follows only the first widget base of a class, so the
+    block's own Textual class must come first among those.)"""
+
+    def set_content(self, content: Content) -> None:
+        if self.is_mounted and _same(content, self._content):  # e.g. a list item before the growing one
+            return
+        super().set_content(content)
+
     def update(self, content="", *, layout: bool = True) -> None:
         if layout and isinstance(content, Content) and self.is_mounted:
             layout = _layout_for(self, content, self._markdown)
         super().update(content, layout=layout)
 
+    async def _update_from_block(self, block: MarkdownBlock) -> None:
+        if type(block) is type(self):  # Textual's heading is taken down and mounted again
+            self.set_content(block._content)
+            self._copy_context(block)
+        else:
+            await _replace(self, block)
 
-class _Fence(MarkdownFence):
+
+class _Paragraph(_Steady, MarkdownParagraph):
+    pass
+
+
+_HEADINGS = {cls.__name__[-2:].lower(): type(f"_{cls.__name__}", (_Steady, cls), {})
+             for cls in (MarkdownH1, MarkdownH2, MarkdownH3, MarkdownH4, MarkdownH5, MarkdownH6)}
+
+
+async def _replace(old: MarkdownBlock, new: MarkdownBlock) -> None:
+    """`new` where `old` was (Textual's own fallback mounts it at the end of the document: right
+    only for a top-level block)."""
+    await old.parent.mount(new, after=old)
+    await old.remove()
+
+
+def _in_place(old: Widget, new: Widget) -> bool:
+    """Whether `old` takes an update to `new` in place (the blocks made here, of one kind)."""
+    return type(old) is type(new) and isinstance(old, (_Steady, _Fence, _GrowingList))
+
+
+class _GrowingList(OneLayout):
+    """A list that a streamed update grows in place: items it has are updated (their blocks in
+    place, or made again where their shape changed), new items are mounted after them. Textual's
+    own list is taken down and mounted again at each update: a compose, and a layout, of every
+    item. Rows are laid out as Textual's: a bullet beside a column of the item's blocks. (A mixin,
+as `_Steady` is.)"""
+
+    def symbols(self, items: list[MarkdownListItem]) -> list[str]:
+        return [item.bullet for item in items]
+
+    def compose(self):
+        items = [block for block in self._blocks if isinstance(block, MarkdownListItem)]
+        yield from (_row(item, symbol) for item, symbol in zip(items, self.symbols(items)))
+        self._blocks.clear()
+
+    async def _update_from_block(self, block: MarkdownBlock) -> None:
+        if type(block) is not type(self) or not await self._grow_to(block):
+            await _replace(self, block)
+
+    async def _grow_to(self, block: MarkdownBlock) -> bool:
+        items = [b for b in block._blocks if isinstance(b, MarkdownListItem)]
+        symbols = self.symbols(items)
+        rows = [row for row in self.children if isinstance(row, Horizontal)]
+        if len(items) < len(rows) or [row.children[0].symbol for row in rows] != symbols[: len(rows)]:
+            return False  # fewer items, or the numbers' width changed: made again
+        for row, item in zip(rows, items):
+            column, blocks = row.children[1], item._blocks
+            old = list(column.children)
+            if len(old) == len(blocks) and all(_in_place(o, n) for o, n in zip(old, blocks)):
+                for o, n in zip(old, blocks):
+                    await o._update_from_block(n)
+            else:
+                await column.remove_children()
+                await column.mount_all(blocks)
+        if len(items) > len(rows):
+            await self.mount_all([_row(item, symbol) for item, symbol in zip(items[len(rows):], symbols[len(rows):])])
+        self._copy_context(block)
+        return True
+
+
+def _row(item: MarkdownListItem, symbol: str) -> Horizontal:
+    bullet = _Bullet()
+    bullet.symbol = symbol
+    return _Row(bullet, _Column(*item._blocks))
+
+
+class _Row(OneLayout, Horizontal):
+    pass
+
+
+class _Column(OneLayout, Vertical):
+    pass
+
+
+class _Bullet(OneLayout, MarkdownBullet):
+    pass
+
+
+class _BulletList(_GrowingList, MarkdownBulletList):
+    pass
+
+
+class _OrderedList(_GrowingList, MarkdownOrderedList):
+    def symbols(self, items: list[MarkdownListItem]) -> list[str]:
+        """As Textual numbers them: from the first item's number, right-aligned."""
+        try:
+            start = int(items[0].bullet) if items else 1
+        except ValueError:
+            start = 1
+        numbers = [f"{number}. " for number in range(start, start + len(items))]
+        width = max((len(n) for n in numbers), default=0)
+        return [n.rjust(width + 1) for n in numbers]
+
+
+class _Fence(OneLayout, MarkdownFence):
     def set_content(self, content: Content) -> None:
+        if self.is_mounted and _same(content, self._content):
+            return
         self._content = content
         with suppress(NoMatches):
             label = self.query_one("#code-content", Label)
             label.update(content, layout=_layout_for(label, content, self._markdown))
 
+    def compose(self):
+        yield _CodeLabel(self._highlighted_code, id="code-content", expand=True)  # as Textual's
 
-class ReplyMarkdown(Markdown):
+
+class _CodeLabel(OneLayout, Label):
+    pass
+
+
+class ReplyMarkdown(OneLayout, Markdown):
     """A reply's body. `show` renders the whole text again; `grow` adds what streamed in since
     (Textual re-parses only from the last block on)."""
 
@@ -102,7 +240,8 @@ class ReplyMarkdown(Markdown):
 
     def get_block_class(self, block_name: str) -> type[MarkdownBlock]:
         # The two blocks a streaming reply grows most: repainted without a layout where they can be.
-        steady = {"paragraph_open": _Paragraph, "fence": _Fence, "code_block": _Fence}
+        steady = {"paragraph_open": _Paragraph, "fence": _Fence, "code_block": _Fence,
+                  "bullet_list_open": _BulletList, "ordered_list_open": _OrderedList, **_HEADINGS}
         return steady.get(block_name) or super().get_block_class(block_name)
 
     def text_height(self) -> int:
