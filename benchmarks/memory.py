@@ -1,6 +1,10 @@
 """Memory beyond the window: are facts stated early still answered once they left the window?
 
     .venv/bin/python -m benchmarks.memory [--conversations 30] [--budgets 512 2048] [--modes off conversation summary]
+        [--summary-conversations 5 --summary-budgets 512] [--ttft-turns 40 --repeats 3] [--offset N]
+
+(the figures in docs/design.md: 30 conversations at 512 and 2048, summary on 5 at 512, about 30
+minutes at 1 thread on the 2-core AMD EPYC Zen 3 under load 2-5)
 
 Built here, with random values (seeded): each conversation plants three facts in its first turns
 (a name, a number, a place: random made-up words and digits, in a few phrasings), then filler turns
@@ -9,15 +13,22 @@ one question per fact, answered greedily by the bundled model through `ChatSessi
 own path). Reported per budget and memory mode:
 
 - facts answered: the exact planted value in the reply;
-- negative control: the same questions in conversations that never had the facts (memory on): any
-  planted value in a reply or prompt counts (must be 0);
+- negative control: the same questions in conversations that never had the facts (memory on): each
+  fact conversation's own filler without its fact turns, in the same database, asked right after
+  it (so the window is the same and the engine reuses it); any planted value in a reply or prompt
+  counts (must be 0);
 - leaks: a value planted in another conversation in a prompt or reply, with the default scope
   (must be 0);
 - extra prompt tokens: the memory block's tokens per question;
 - mode `summary`: recall with the rolling summary (memory/summary.py) written first, before the
   questions; how many planted values it kept, and the seconds it took;
-- TTFT of turn 1 and of the last turn of one live conversation (every turn generated, so the
-  engine's prefix reuse works as in use), memory on.
+- TTFT of turn 1 and of the last turn (a question whose answer was dropped) of one live
+  conversation (every turn generated, so the engine's prefix reuse works as in use, with the
+  interactive sessions' warm-up between turns), memory on: each the median of `--repeats`
+  measurements (turn 1: a fresh conversation on an emptied cache; the last turn: asked again on
+  a branch from the same point after the warm-up), as the engine counts it (prefill) and from
+  `send` to the first token (also the recall search and the prompt's build); and the TTFT of
+  every turn that had a memory block.
 """
 
 from __future__ import annotations
@@ -72,6 +83,10 @@ class Plan:
     facts: dict[str, str]  # kind -> value
     turns: list[tuple[str, str]] = field(default_factory=list)
 
+    def control(self) -> "Plan":
+        """The same conversation without its fact turns: the negative control."""
+        return Plan({}, self.turns[len(self.facts):])
+
 
 def plan(rng: random.Random, filler_turns: int, with_facts: bool) -> Plan:
     values = {"name": made_up_word(rng), "number": str(rng.randint(1000, 9999)), "place": made_up_word(rng)}
@@ -102,9 +117,11 @@ class Outcome:
     correct: int = 0
     retrieved: int = 0  # the planted value was in the memory block (the retriever's share of the work)
     negative_hits: int = 0
+    controls: int = 0  # control conversations asked
     leaks: int = 0
     block_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)  # per question: mostly a full prefill of the window
     misses: list[str] = field(default_factory=list)
     in_summary: int = 0  # planted values the rolling summary kept (mode summary)
     summary_s: list[float] = field(default_factory=list)
@@ -121,10 +138,11 @@ def progress(**fields) -> None:
     print(json.dumps(fields), file=sys.stderr, flush=True)
 
 
-def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, controls, params,
+def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, controls: int, params,
              sequential: bool = False) -> Outcome:
     """Each conversation's three questions, each from the end of its filler (a branch of its own),
-    or with `sequential` one after another (each sees the answers before it)."""
+    or with `sequential` one after another (each sees the answers before it); then, for the first
+    `controls` conversations, the same questions in its control (memory on only)."""
     summary = mode == "summary"  # recall with the rolling summary first in the block
     settings = base.model_copy(update={"context_budget": budget, "memory": "conversation" if summary else mode,
                                        "memory_summary": summary})
@@ -132,9 +150,9 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
     with tempfile.TemporaryDirectory() as folder:
         store = Store.open(str(Path(folder) / "memory.db"))
         stored = [(store_plan(store, p), p) for p in plans]
-        control_ids = [store_plan(store, c) for c in controls] if mode != "off" else []
+        control_ids = [store_plan(store, p.control()) for p in plans[:controls]] if mode != "off" else []
         every_value = {v for p in plans for v in p.facts.values()}
-        for conversation, p in stored:
+        for index, (conversation, p) in enumerate(stored):
             session = ChatSession(runtime, settings, persona, store, conversation)
             filler_leaf = session.leaf_id
             if summary:  # written before the questions (in use: between turns, as turns are dropped)
@@ -163,57 +181,102 @@ def run_mode(runtime, base: Settings, persona, budget: int, mode: str, plans, co
                 outcome.leaks += leaks
                 outcome.block_tokens.append(reply.context.memory_tokens)
                 outcome.prompt_tokens.append(reply.context.tokens)
+                outcome.ttft_ms.append(reply.stats.ttft_ms)
                 progress(budget=budget, mode=mode, kind=kind, correct=hit, leaks=leaks, block=reply.context.memory_tokens,
                          retrieved=any(value.lower() in p.text.lower() for p in reply.context.recalled),
                          prompt=reply.context.tokens, ttft_ms=reply.stats.ttft_ms, reply=reply.text[:60])
-        for conversation, p in zip(control_ids, plans):
-            session = ChatSession(runtime, settings, persona, store, conversation)
-            for kind in p.facts:
-                reply = ask(session, FACTS[kind][1], params)
-                seen = (reply.context.text + reply.text).lower()
-                outcome.negative_hits += sum(1 for v in every_value if v.lower() in seen)
-                progress(budget=budget, mode=mode, control=True, hits=sum(1 for v in every_value if v.lower() in seen))
+            if index < len(control_ids):  # right after its fact conversation: the same window, reused
+                outcome.controls += 1
+                session = ChatSession(runtime, settings, persona, store, control_ids[index])
+                for kind in p.facts:
+                    reply = ask(session, FACTS[kind][1], params)
+                    seen = (reply.context.text + reply.text).lower()
+                    hits = sum(1 for v in every_value if v.lower() in seen)
+                    outcome.negative_hits += hits
+                    progress(budget=budget, mode=mode, control=True, hits=hits, prompt=reply.context.tokens,
+                             reused=reply.stats.reused_tokens)
         store.close()
     return outcome
 
 
-def live_ttft(runtime, base: Settings, persona, budget: int, turns: int, rng, params, warm: bool = True) -> dict:
+def timed_send(session: ChatSession, message: str, params) -> tuple[object, float]:
+    """The reply and the milliseconds from `send` to its first token: the recall search, the
+    prompt's build and the store's writes (`send`), then the engine's prefill (its TTFT)."""
+    started = time.perf_counter()
+    reply = session.send(message, params)
+    before_engine = (time.perf_counter() - started) * 1000
+    reply.run()
+    return reply, before_engine + reply.stats.ttft_ms
+
+
+def live_ttft(runtime, base: Settings, persona, budget: int, turns: int, rng, params, warm: bool = True,
+              repeats: int = 3) -> dict:
     """One conversation generated turn by turn (the engine keeps its cache between turns), with the
     interactive sessions' warm-up between turns (memory/warm.py; waited for before the next
-    message, as a user's reading and typing would) or without it."""
+    message, as a user's reading and typing would) or without it. Its last message asks for the
+    name planted at turn 1. Turn 1 and the last turn are measured `repeats` times (medians)."""
     settings = base.model_copy(update={"context_budget": budget, "memory": "conversation"})
     p = plan(rng, turns, with_facts=True)
+    messages = [user for user, _ in p.turns][: turns - 1] + [FACTS["name"][1]]
     with tempfile.TemporaryDirectory() as folder:
         store = Store.open(str(Path(folder) / "ttft.db"))
-        session = ChatSession(runtime, settings, persona, store)
-        session.warm_between_turns = warm
-        runtime.engine.reset()
+        first_engine, first_send = [], []
+        for _ in range(repeats):  # turn 1 as a new conversation starts it: nothing cached
+            session = ChatSession(runtime, settings, persona, store)
+            session.warm_between_turns = warm
+            runtime.engine.reset()
+            reply, send_ms = timed_send(session, messages[0], params)
+            first_engine.append(reply.stats.ttft_ms)
+            first_send.append(send_ms)
+            session.settle()
         figures, warm_ms = [], []
-        messages = [user for user, _ in p.turns][: turns - 1] + [FACTS["name"][1]]
         for message in messages:
-            reply = session.send(message, params)
-            reply.run()
+            leaf = session.leaf_id
+            if figures:
+                reply, send_ms = timed_send(session, message, params)
+            else:  # the last of the turn-1 repeats is this conversation's turn 1
+                send_ms = first_send[-1]
             figures.append((reply.stats.ttft_ms, reply.stats.prompt_tokens, reply.stats.reused_tokens,
-                            reply.context.memory_tokens, reply.context.dropped_turns))
+                            reply.context.memory_tokens, reply.context.dropped_turns, send_ms))
             session.settle()
             if session.warmer is not None and session.warmer.seconds is not None:
                 warm_ms.append(session.warmer.seconds * 1000)
-            progress(live_turn=len(figures), warm=warm, ttft_ms=figures[-1][0], prompt=figures[-1][1],
-                     reused=figures[-1][2], block=figures[-1][3], dropped=figures[-1][4],
+            progress(live_turn=len(figures), warm=warm, ttft_ms=figures[-1][0], send_to_first_ms=round(send_ms, 1),
+                     prompt=figures[-1][1], reused=figures[-1][2], block=figures[-1][3], dropped=figures[-1][4],
                      warm_ms=warm_ms[-1] if warm and warm_ms else None)
+        name_recalled = p.facts["name"].lower() in reply.text.lower()
+        last_engine, last_send = [figures[-1][0]], [figures[-1][5]]
+        for _ in range(repeats - 1):  # the last turn again, from the same point, after the warm-up
+            session.branch_from(leaf)
+            if warm:
+                from chatbot.memory.warm import warm_next_turn
+
+                session.warmer = warm_next_turn(session)
+                session.settle()
+            reply, send_ms = timed_send(session, messages[-1], params)
+            last_engine.append(reply.stats.ttft_ms)
+            last_send.append(send_ms)
+            progress(last_turn_again=True, ttft_ms=reply.stats.ttft_ms, send_to_first_ms=round(send_ms, 1),
+                     prefilled=reply.stats.prompt_tokens - reply.stats.reused_tokens)
         store.close()
-    first, last = figures[0], figures[-1]
+    last = figures[-1]
     fresh = [f[1] - f[2] for f in figures]
-    # turn 1's TTFT is noisy on a loaded machine: the median of the first three, beside the last three
-    return {"turns": len(figures), "warm": warm, "ttft_first_ms": round(statistics.median(f[0] for f in figures[:3]), 1),
-            "ttft_last_ms": round(statistics.median(f[0] for f in figures[-3:]), 1),
-            "prefilled_first3": fresh[:3], "prefilled_last3": fresh[-3:],
-            "mean_prefilled_with_block": round(statistics.mean([n for n, f in zip(fresh, figures) if f[3]] or [0]), 1),
+    with_block = [f for f in figures if f[3]]
+    median = statistics.median
+    return {"turns": len(figures), "warm": warm, "repeats": repeats,
+            "ttft_turn1_ms": round(median(first_engine), 1), "ttft_last_ms": round(median(last_engine), 1),
+            "send_to_first_turn1_ms": round(median(first_send), 1), "send_to_first_last_ms": round(median(last_send), 1),
+            "ttft_turn1_samples": [round(x) for x in first_engine], "ttft_last_samples": [round(x) for x in last_engine],
+            "prefilled_turn1": fresh[0], "prefilled_last": fresh[-1],
+            "recall_turns": len(with_block),
+            "recall_turns_ttft_median_ms": round(median(f[0] for f in with_block), 1) if with_block else None,
+            "recall_turns_ttft_max_ms": round(max(f[0] for f in with_block), 1) if with_block else None,
+            "recall_turns_prefilled_median": median(f[1] - f[2] for f in with_block) if with_block else None,
+            "recall_turns_block_median": median(f[3] for f in with_block) if with_block else None,
             "mean_warm_ms": round(statistics.mean(warm_ms), 1) if warm_ms else None,
             "last": {"prompt_tokens": last[1], "reused_tokens": last[2], "memory_tokens": last[3],
                      "dropped_turns": last[4]},
-            "first": {"prompt_tokens": first[1], "reused_tokens": first[2]},
-            "name_recalled": p.facts["name"].lower() in reply.text.lower()}
+            "name_recalled": name_recalled}
 
 
 def filler_for(budget: int) -> int:
@@ -227,8 +290,15 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=None, help="negative-control conversations (default: as many)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--modes", nargs="*", default=["off", "conversation"])
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip the first N conversations (finish a run that was cut short: the plans are seeded)")
     parser.add_argument("--ttft-turns", type=int, default=40)
+    parser.add_argument("--ttft-budget", type=int, default=None, help="the live conversation's budget (default: the smallest)")
     parser.add_argument("--ttft-compare", action="store_true", help="the live conversation without warm-up too")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of turn 1 and of the last turn (medians)")
+    parser.add_argument("--summary-conversations", type=int, default=None,
+                        help="conversations for mode summary (default: all; the model writes each summary)")
+    parser.add_argument("--summary-budgets", type=int, nargs="*", default=None, help="budgets for mode summary (default: all)")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--sequential", action="store_true", help="ask the three questions one after another")
@@ -238,15 +308,18 @@ def main() -> None:
     runtime = open_runtime(base)
     persona = find(base.persona, base.data_dir)
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens)
-    rows, payload = [], {"conversations": args.conversations, "controls": args.controls, "seed": args.seed, "note": args.note,
+    rows, payload = [], {"conversations": args.conversations, "offset": args.offset, "controls": args.controls, "seed": args.seed, "note": args.note,
                          "model": runtime.model_name, "engine": runtime.engine.name, "results": []}
     started = time.perf_counter()
     for budget in args.budgets:
         rng = random.Random(f"{args.seed}:{budget}")
-        plans = [plan(rng, filler_for(budget), True) for _ in range(args.conversations)]
-        controls = [plan(rng, filler_for(budget), False) for _ in range(args.conversations if args.controls is None else args.controls)]
+        plans = [plan(rng, filler_for(budget), True) for _ in range(args.conversations)][args.offset :]
+        controls = args.conversations if args.controls is None else args.controls
         for mode in args.modes:
-            o = run_mode(runtime, base, persona, budget, mode, plans, controls, params, args.sequential)
+            if mode == "summary" and args.summary_budgets is not None and budget not in args.summary_budgets:
+                continue
+            some = plans[: args.summary_conversations] if mode == "summary" and args.summary_conversations else plans
+            o = run_mode(runtime, base, persona, budget, mode, some, min(controls, len(some)), params, args.sequential)
             share = o.correct / o.asked if o.asked else 0.0
             target = ">= 90%" if budget == 512 and mode != "off" else ""
             rows.append((f"{budget} tok, memory {mode}: facts answered", f"{o.correct}/{o.asked} ({share:.0%})", target))
@@ -256,32 +329,42 @@ def main() -> None:
                              f"{statistics.mean(o.summary_s):.1f}", "between turns, in use"))
             if mode != "off":
                 rows.append((f"{budget} tok, memory {mode}: fact in the block (retrieved)", f"{o.retrieved}/{o.asked}", ""))
-                rows.append((f"{budget} tok, memory {mode}: negative-control hits", str(o.negative_hits), "must be 0"))
+                rows.append((f"{budget} tok, memory {mode}: negative-control hits", f"{o.negative_hits} in {3 * o.controls} questions", "must be 0"))
                 rows.append((f"{budget} tok, memory {mode}: leaks (default scope)", str(o.leaks), "must be 0"))
                 rows.append((f"{budget} tok, memory {mode}: block tokens / question",
                              f"{statistics.mean(o.block_tokens):.0f}", f"of {int(budget * base.memory_share)}"))
             payload["results"].append({"budget": budget, "mode": mode, "asked": o.asked, "correct": o.correct,
+                                       "conversations": len(some), "control_conversations": o.controls,
                                        "retrieved": o.retrieved,
                                        "negative_control_hits": o.negative_hits, "leaks": o.leaks,
                                        "mean_block_tokens": round(statistics.mean(o.block_tokens), 1),
                                        "mean_prompt_tokens": round(statistics.mean(o.prompt_tokens), 1),
+                                       "mean_ttft_ms": round(statistics.mean(o.ttft_ms), 1),
                                        "in_summary": o.in_summary if mode == "summary" else None,
                                        "mean_summary_s": round(statistics.mean(o.summary_s), 1) if o.summary_s else None,
                                        "misses": o.misses[:10]})
     if args.ttft_turns:
-        budget = min(args.budgets)
+        budget = args.ttft_budget or min(args.budgets)
         payload["ttft"] = []
         for warm in ([True, False] if args.ttft_compare else [True]):
-            t = live_ttft(runtime, base, persona, budget, args.ttft_turns, random.Random(args.seed), params, warm)
-            ratio = t["ttft_last_ms"] / t["ttft_first_ms"] if t["ttft_first_ms"] else float("nan")
+            t = live_ttft(runtime, base, persona, budget, args.ttft_turns, random.Random(args.seed), params, warm,
+                          args.repeats)
+            ratio = t["ttft_last_ms"] / t["ttft_turn1_ms"]
+            send_ratio = t["send_to_first_last_ms"] / t["send_to_first_turn1_ms"]
             label = f"{budget} tok live, warm-up {'on' if warm else 'off'}"
-            rows.append((f"{label}: TTFT turns 1-3 / last 3 (ms)", f"{t['ttft_first_ms']:.0f} / {t['ttft_last_ms']:.0f}",
+            rows.append((f"{label}: TTFT turn 1 / turn {t['turns']} (ms, engine)", f"{t['ttft_turn1_ms']:.0f} / {t['ttft_last_ms']:.0f}",
                          f"ratio {ratio:.2f} (target <= 1.5)"))
-            rows.append((f"{label}: tokens prefilled, turns 1-3 / last 3", f"{t['prefilled_first3']} / {t['prefilled_last3']}",
-                         f"last block {t['last']['memory_tokens']} tok"))
+            rows.append((f"{label}: send to first token, turn 1 / turn {t['turns']} (ms)",
+                         f"{t['send_to_first_turn1_ms']:.0f} / {t['send_to_first_last_ms']:.0f}", f"ratio {send_ratio:.2f}"))
+            rows.append((f"{label}: tokens prefilled, turn 1 / turn {t['turns']}", f"{t['prefilled_turn1']} / {t['prefilled_last']}",
+                         f"its block {t['last']['memory_tokens']} tok, name recalled: {t['name_recalled']}"))
+            if t["recall_turns"]:
+                rows.append((f"{label}: the {t['recall_turns']} turns with a block: TTFT median / max (ms)",
+                             f"{t['recall_turns_ttft_median_ms']:.0f} / {t['recall_turns_ttft_max_ms']:.0f}",
+                             f"prefilled {t['recall_turns_prefilled_median']}, block {t['recall_turns_block_median']} (medians)"))
             if warm:
                 rows.append((f"{label}: background prefill between turns (ms, mean)", f"{t['mean_warm_ms']}", ""))
-            payload["ttft"].append({**t, "ratio": round(ratio, 2), "budget": budget})
+            payload["ttft"].append({**t, "ratio": round(ratio, 2), "send_ratio": round(send_ratio, 2), "budget": budget})
     payload["seconds"] = round(time.perf_counter() - started, 1)
     report("memory beyond the window" + (f" ({args.note})" if args.note else ""), rows, payload)
 
