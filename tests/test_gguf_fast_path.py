@@ -169,6 +169,18 @@ def test_a_mixed_file_keeps_each_tensor_in_its_own_form_and_caches(files, tmp_pa
     assert (first.float() - want).abs().max().item() <= TOLERANCE["Q6_K"]
 
 
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "F16"])
+def test_the_int8_head_built_a_few_rows_at_a_time_is_the_whole_matrix_quantized(files, monkeypatch, kind):
+    """The conversion quantizes the head in chunks of rows (the fp32 matrix is never whole in
+    memory): the same int8 rows and scales as quantizing the dequantized embedding at once."""
+    path = write_tiny_gguf(files / f"head-{kind}.gguf", "llama", "Q4_0", seed=11, kinds={"token_embd": kind})
+    monkeypatch.setattr(loader, "HEAD_ROWS_AT_ONCE", 7)  # not a divisor of the vocabulary: a short last chunk
+    model = loader.from_gguf(path)
+    want = qz.int8_from_dense(GGUFWeights(path).embedding().dequantize(), model.dtype)
+    assert model.shape.vocab_size % 7
+    assert torch.equal(model.output.weight, want.weight) and torch.equal(model.output.scales, want.scales)
+
+
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "Q6_K", "F16", "BF16"])
 def test_the_embedding_is_read_from_the_file_exactly_and_kept_nowhere_else(files, tmp_path, kind):
     """One copy of the tied embedding in memory (the int8 head's): lookups and the exact

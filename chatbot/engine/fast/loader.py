@@ -23,6 +23,7 @@ from chatbot.engine.fast import quantize as qz
 from chatbot.engine.fast.file_rows import FileEmbedding, RowsAt
 from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape, NotOnFastPath
 from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
+from chatbot.engine.fast.pages import map_large_allocations
 
 # bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors;
 # 5: packed int4 weights in a file of their own, per CPU kernel path). A FORMAT 5 cache without a
@@ -70,6 +71,19 @@ def _head(model: FastLlama, embedding: torch.Tensor, head: torch.Tensor | None, 
         model.output.weight = model.tok_embeddings.weight  # tied: one tensor
     else:
         model.output = _dense_linear(weight, dtype)
+
+
+HEAD_ROWS_AT_ONCE = 4096
+
+
+def _int8_head(raw, dtype) -> qz.Int8Linear:
+    """The int8 head (one scale per row) quantized a few thousand rows at a time: the whole matrix
+    in fp32 (4x its int8 form, and as much again in temporaries) is never in memory."""
+    head = qz.Int8Linear(raw.cols, raw.rows, dtype)
+    for start in range(0, raw.rows, HEAD_ROWS_AT_ONCE):
+        rows = raw.row_slice(start, start + HEAD_ROWS_AT_ONCE).dequantize().view(-1, raw.cols)
+        head.weight[start : start + len(rows)], head.scales[start : start + len(rows)] = qz.quantize_int8_rows(rows, dtype)
+    return head
 
 
 def _stack_planes(all_planes: list[list]) -> list:
@@ -128,8 +142,11 @@ def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Lay
         model.tok_embeddings = qz.q8_embedding(*embed.q8_0(), dtype)
     elif layout.embedding == "q8":
         model.layout = layout = replace(layout, embedding="dense")
-    dense_embed = embed.dequantize()
-    _head(model, dense_embed, None if shape.tie_embeddings else weights.output().dequantize(), dtype)
+    if layout.embedding != "dense" and layout.head.startswith("int8"):
+        model.output = _int8_head(weights.output(), dtype)  # from the tied embedding's blocks
+    else:
+        dense_embed = embed.dequantize()
+        _head(model, dense_embed, None if shape.tie_embeddings else weights.output().dequantize(), dtype)
     model.stop_token_ids = weights.stop_token_ids()
     return model.norms_to_float().eval()
 
@@ -439,6 +456,7 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
             pass  # rebuilt below: every file is replaced whole
     if progress:
         progress(f"Repacking {Path(gguf_path).name} for the fast engine (once per CPU kernel path)...")
+    map_large_allocations()  # the conversion's freed tensors go back to the system, not the heap
     model = from_gguf(gguf_path, dtype, layout)  # NotOnFastPath before anything is written
     save(model, folder, key)
     _remove_stale(folder)
