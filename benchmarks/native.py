@@ -101,9 +101,11 @@ def copy_bandwidth_gb_s(megabytes: int = 256, repeats: int = 5) -> float:
 
 
 def weight_bytes_per_token(engine) -> int:
-    """What one decode step reads: the layers' blocks (native layout) and the head's rows (the
-    native head's int8 rows and scales, else the torch head's weight)."""
-    layers = sum(t.numel() for t in engine.native.weights.tensors.values())
+    """What one decode step reads: the layers' blocks and the head's (the file's own head blocks,
+    or the int8 rows and scales the native head reads, else the torch head's weight)."""
+    from chatbot.engine.native.weights import HEAD
+
+    layers = sum(t.numel() for key, t in engine.native.weights.tensors.items() if key != HEAD)
     if engine.native.has_native_head:
         return layers + engine.native.head_bytes
     head = engine.model.output
@@ -123,7 +125,6 @@ def main() -> None:
 
     from chatbot.engine.fast.engine import build_fast_engine, load_fast
     from chatbot.engine.loading import load_model
-    from chatbot.engine.native.decoder import NativeDecoder
 
     settings = Settings()
     gate = LoadGate(args.idle_wait, args.tries)
@@ -136,9 +137,6 @@ def main() -> None:
     if native.native is None:
         raise SystemExit("the native kernels are not available here (see the note above): nothing to compare")
     default_decoder = native.native
-    # the same layers with the torch int8 head after them: what the native head buys
-    decoders = {"torch head": NativeDecoder(native.model, default_decoder.weights, default_decoder.kernels,
-                                            native_head=False)} if default_decoder.has_native_head else {}
     reference = load_model("", settings.cache_dir, dtype="bfloat16")
     ids = ContextBuilder(fast_loaded.tokenizer).build(decodebench.PLAIN, [], decodebench.PROMPT).prompt_ids
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
@@ -179,7 +177,6 @@ def main() -> None:
         print(fastbench.LLAMA_CPP_NOTE)
 
     runs = {"native": lambda: fast_rate(default_decoder)}
-    runs.update({f"native, {label}": (lambda d=d: fast_rate(d)) for label, d in decoders.items()})
     runs.update({"torch fast path": lambda: fast_rate(None), "transformers generate bf16": generate_rate})
     runs.update({f"llama.cpp {kind}": (lambda llm=llm: llm.decode(ids, args.new_tokens)) for kind, llm in llamas.items()})
     for fn in runs.values():

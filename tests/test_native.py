@@ -437,7 +437,7 @@ def test_where_the_kernels_run_a_mixed_file_keeps_no_torch_copy_of_its_layers(ke
     """A Q4_K_M file where the kernels decode: the layers' only weights in memory are the file's
     own blocks the kernels read (no int4 planes or scales, the Q6_K projections' dense weights
     mapped from the cache like the prefill copies); a long prefill through those mapped weights
-    gives exactly the torch path's logits, and gives their pages back."""
+    gives exactly the torch path's K/V, and gives their pages back."""
     from gguf_tiny import write_tiny_gguf
 
     from chatbot.config import Settings
@@ -463,13 +463,17 @@ def test_where_the_kernels_run_a_mixed_file_keeps_no_torch_copy_of_its_layers(ke
     assert torch_side.native is None and not any(m.mapped for m in torch_side.model.modules() if isinstance(m, qz.DenseLinear))
     with torch.inference_mode():
         torch_side.model.cache.length = 0
-        assert torch.equal(torch_side.model(ids, logits="all"), native_side)
+        torch_logits = torch_side.model(ids, logits="all")
+    T = len(ids)  # the same layers exactly (every layer's K/V); the heads differ by the activation's
+    assert torch.equal(torch_side.model.cache.k[:, :, :T], engine.model.cache.k[:, :, :T])  # rounding:
+    assert torch.equal(torch_side.model.cache.v[:, :, :T], engine.model.cache.v[:, :, :T])  # the file's
+    assert (torch_logits - native_side).abs().max() < 0.05  # blocks natively, against torch's int8 head
 
 
 def test_where_the_kernels_run_the_model_holds_about_its_file_in_memory(fast_engine, bundled_fp32):
     """What guards the RSS figures in docs/fast.md (1.43x the file on the bundled model, with the
     tokenizer and torch's own code): the tensors a native engine holds outside its memory-mapped
-    prefill copies come to ~1.09x the GGUF file (its layer blocks, the int8 head, the KV cache,
+    prefill copies come to ~1.09x the GGUF file (its layer and head blocks, the KV cache,
     RoPE tables). Another copy of the layers (int4 planes: +0.7x; dense: +2x) would break it."""
     from chatbot.engine.loading import bundled_gguf
 
@@ -479,3 +483,15 @@ def test_where_the_kernels_run_the_model_holds_about_its_file_in_memory(fast_eng
     held = _held_in_memory(again)
     ratio = sum(held.values()) / bundled_gguf().stat().st_size
     assert ratio < 1.3, {kind: round(size / 2**20, 1) for kind, size in held.items()}
+
+
+def test_the_bundled_models_head_is_read_from_its_own_q8_0_blocks(fast_engine):
+    """The file's head (the tied token_embd, Q8_0) is laid out with the layers and read as the
+    layers are: exact, so nothing is re-scored."""
+    native = fast_engine.native
+    if native is None:
+        pytest.skip("the native kernels do not run on this CPU")
+    head = native.weights.tensors["head"]
+    assert native.weights.types["head"] == "Q8_0" and native.struct.output.w == head.data_ptr()
+    assert head.shape == (fast_engine.model.shape.vocab_size, 576 // 32 * 34)
+    assert native.has_native_head and not native.head_rescored

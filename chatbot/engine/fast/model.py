@@ -139,6 +139,9 @@ class FastLlama(nn.Module):
         self.layers = nn.ModuleList(Block(s, dtype) for _ in range(s.n_layers))
         self.register_buffer("norm", torch.ones(s.dim, dtype=dtype))
         self.output = UninitLinear(s.dim, s.vocab_size, bias=False, dtype=dtype, device="meta")
+        # h (fp32) -> logits through the native kernels over the file's own head blocks, where they
+        # read it (set by NativeDecoder, which then drops `output`): exact, nothing re-scored
+        self.exact_head = None
         cos, sin = rope_tables(s, dtype)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -234,6 +237,8 @@ class FastLlama(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h: the final normed hidden states in fp32 (the head's input is their bf16 rounding)."""
+        if self.exact_head is not None:
+            return self.exact_head(h)
         return self.rescored(h, self.output(h.to(self._dtype)))
 
     def rescored(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Prefill, soft-prompt prefixes and prefix reuse stay on the torch path (batched kernels); both
 write the same bf16 cache, so a step here continues what torch prefilled and the other way round.
-The head runs natively too, over int8 rows the model keeps anyway (a tied Q8_0 embedding, exact;
-else the torch path's int8 head, whose likeliest tokens are then re-scored exactly, as there).
+The head runs natively too: over the file's own head blocks where the kernels take their type
+(exact), else over int8 rows the model keeps anyway (a tied Q8_0 embedding, exact; else the torch
+path's int8 head, whose likeliest tokens are then re-scored exactly, as there).
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ class NativeDecoder:
         layers = (LayerWeights * s.n_layers)()
         for i, block in enumerate(model.layers):
             for matrix in native_weights.MATRICES:
-                key = f"{i}.{matrix}"
-                tensor = weights.tensors[key]
-                setattr(layers[i], matrix, QMat(tensor.data_ptr(), native_weights.BLOCK_TYPES[weights.types[key]],
-                                                tensor.shape[0], weights.cols[key]))
+                setattr(layers[i], matrix, self._qmat(f"{i}.{matrix}"))
             layers[i].attn_norm = self._keep(block.attention_norm)
             layers[i].ffn_norm = self._keep(block.ffn_norm)
             # the architectures' optional parts (Qwen2's bias, Qwen3's Q/K norm): NULL when absent
@@ -40,11 +38,32 @@ class NativeDecoder:
             layers[i].k_norm = self._keep(getattr(block, "k_norm", None))
         self._layers = layers
         self.head_bytes = 0
-        head = self._head(model) if native_head else None
-        self.has_native_head = head is not None
+        output, head = QMat(), None
+        if native_head and native_weights.HEAD in weights.tensors:  # the file's own head: exact
+            output = self._qmat(native_weights.HEAD)
+            self.head_bytes = weights.tensors[native_weights.HEAD].nbytes
+            self._output = output
+            model.exact_head, model.output = self.head_logits, None  # long prefills' head too: no int8 copy
+        elif native_head:
+            head = self._head(model)
+        self.has_native_head = bool(output.w) or head is not None
         self.head_rescored = head is not None and head[1]
         self.struct = ModelWeights(s.n_layers, s.dim, s.n_heads, s.n_kv_heads, s.head_dim, s.hidden_dim,
-                                   s.norm_eps, layers, self._keep(model.norm), head[0] if head else Q8Rows())
+                                   s.norm_eps, layers, self._keep(model.norm), output, head[0] if head else Q8Rows())
+
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits `[T, vocab]` of final normed hidden states `[T, dim]`, over the file's head blocks."""
+        h = h.float().contiguous()
+        out = torch.empty(h.shape[0], self._output.rows)
+        for t in range(h.shape[0]):
+            if self.kernels.lib.nd_gemv(ctypes.byref(self._output), h[t].data_ptr(), out[t].data_ptr(),
+                                        torch.get_num_threads(), self.kernels.isa_id):
+                raise RuntimeError("native head failed")
+        return out
+
+    def _qmat(self, key: str) -> QMat:
+        tensor, weights = self.weights.tensors[key], self.weights
+        return QMat(tensor.data_ptr(), native_weights.BLOCK_TYPES[weights.types[key]], tensor.shape[0], weights.cols[key])
 
     def _head(self, model) -> tuple[Q8Rows, bool] | None:
         """The head the kernels run over int8 rows the model already keeps (read in place), and

@@ -47,7 +47,8 @@ typedef struct {
     float eps;
     const layer_weights *layers;
     const float *final_norm;
-    q8_rows head; /* head.q NULL: no logits here (the caller's head reads the normed state) */
+    qmat output;  /* the file's own head in its blocks (exact); w NULL: the int8 rows below */
+    q8_rows head; /* q NULL too: no logits here (the caller's head reads the normed state) */
 } model_weights;
 
 /* An activation quantized to int16 in blocks of 32 (one weight block): q, the scale d[b] of block b
@@ -249,6 +250,11 @@ INLINE int integer_at(const block_view *v, int type, int i) {
 /* ---- rows' dot products, per instruction set ----------------------------------------------- */
 /* A GEMV takes ROWS rows at a time: the activation's block is loaded once for all of them. */
 #define ROWS 4
+/* Rows are streamed from memory once a token: each group prefetches the one PF_GROUPS after it,
+ * a share per block. Without it a Q8_0 head of 49152 x 576 read at 6.7 GB/s on one thread of the
+ * AMD EPYC (Zen 3), with it at 22 GB/s (Q4_1: 10 -> 12.7; one group ahead: 2.25 ns a block against
+ * 1.55 for two, four or eight about as two). */
+#define PF_GROUPS 2
 
 static float dot_generic(const uint8_t *row, int type, int nb, qvec x) {
     float sum = 0.0f;
@@ -404,7 +410,10 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
         off[r] = _mm_setzero_ps();                                                                               \
     }                                                                                                            \
     const __m256i zero = _mm256_setzero_si256();                                                                 \
+    const uint8_t *ahead = w + (size_t)PF_GROUPS * n * stride;                                                   \
+    const size_t share = (size_t)n * stride / nb;                                                                \
     for (int b = 0; b < nb; b++) {                                                                               \
+        for (size_t off = 0; off < share; off += 64) _mm_prefetch((const char *)ahead + b * share + off, _MM_HINT_T0); \
         if (!SIMPLE(type) && b % 8 == 0) /* a K-quant's super-block scales, decoded once at its first block */   \
             for (int r = 0; r < n; r++) super_block_scales(w + r * stride, type, b / 8, kscale[r], koffset[r]);  \
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                                  \
@@ -772,7 +781,7 @@ typedef struct {
 
 static int phase_chunks(const step *s, int p) {
     const model_weights *m = s->m;
-    if (p == m->n_layers * PER_LAYER) return (m->head.rows + HEAD_CHUNK - 1) / HEAD_CHUNK;
+    if (p == m->n_layers * PER_LAYER) return ((m->output.w ? m->output.rows : m->head.rows) + HEAD_CHUNK - 1) / HEAD_CHUNK;
     const layer_weights *lw = &m->layers[p / PER_LAYER];
     switch (p % PER_LAYER) {
     case P_QKV: return row_chunks(lw->q.rows) + row_chunks(lw->k.rows) + row_chunks(lw->v.rows);
@@ -808,6 +817,11 @@ static void ffn_chunk(step *s, const layer_weights *lw, int c) {
 
 static void phase_chunk(step *s, int p, int c) {
     const model_weights *m = s->m;
+    if (p == m->n_layers * PER_LAYER && m->output.w) { /* every token over each row: it is read once */
+        const int first = c * HEAD_CHUNK, rows = m->output.rows;
+        matmul_rows(&m->output, s->narrow, s->logit_rows, s->logits, rows, s->k, first, first + HEAD_CHUNK < rows ? first + HEAD_CHUNK : rows);
+        return;
+    }
     if (p == m->n_layers * PER_LAYER) {
         for (int t = 0; t < s->logit_rows; t++)
             head_chunk(&m->head, token_part(s->narrow, t, m->dim, 0), s->logits + (size_t)t * m->head.rows, s->head_rows, c);
@@ -931,7 +945,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
     const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, dim = m->dim, hidden = m->hidden;
     const int q_rows = H * D, kv_rows = KV * D, widest = max3(dim, hidden, q_rows);
     if (D > 512 || T < 1 || m->n_layers < 1 || pos + T > capacity || logit_rows < 0 || logit_rows > T ||
-        (logits && !m->head.q) || hidden % CHUNK)
+        (logits && !m->head.q && !m->output.w) || hidden % CHUNK)
         return -1;
     step s = {
         .m = m, .k = {rows_for(isa), tile_for(isa)}, .head_rows = head_for(isa),

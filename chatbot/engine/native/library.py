@@ -38,7 +38,7 @@ class ModelWeights(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("hidden", ctypes.c_int32),
                 ("eps", ctypes.c_float), ("layers", ctypes.POINTER(LayerWeights)), ("final_norm", ctypes.c_void_p),
-                ("head", Q8Rows)]
+                ("output", QMat), ("head", Q8Rows)]
 
 
 @dataclass(frozen=True)

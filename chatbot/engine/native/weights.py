@@ -1,9 +1,10 @@
-"""The decoder layers' weights as the kernels read them: the GGUF's own blocks, unchanged.
+"""The model's weights as the kernels read them: the GGUF's own blocks, unchanged.
 
 Seven matrices a layer, each of its own type (Q and K rows already un-permuted from llama.cpp's
-RoPE order, as the torch path has them; a Q4_K_M file mixes types even within Q/K/V). Built once
-from the GGUF file into `native-v<FORMAT>.safetensors` in the fast engine's cache folder (about
-the size of the file's layer tensors) and memory-mapped after that: nothing is converted at start.
+RoPE order, as the torch path has them; a Q4_K_M file mixes types even within Q/K/V), and the
+output head (`output.weight`, or the tied `token_embd.weight`) where its type is one they take.
+Built once from the GGUF file into `native-v<FORMAT>.safetensors` in the fast engine's cache
+folder (about the size of the file) and memory-mapped after that: nothing is converted at start.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = 2
+FORMAT = 3
 # ggml type ids of the block formats the kernels read
 BLOCK_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 SUPER_BLOCK = {"Q4_K": 256, "Q5_K": 256, "Q6_K": 256}  # the columns a row must be a multiple of (else 32)
 # the kernels' matrices (library.LayerWeights) and the GGUF tensors they are
 MATRICES = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
             "down": "ffn_down"}
+HEAD = "head"  # the output head's key: absent where the file's head is of another type (F16...)
 
 
 class NotNative(Exception):
@@ -40,6 +42,16 @@ def path_in(folder: Path) -> Path:
     return Path(folder) / f"native-v{FORMAT}.safetensors"
 
 
+def unreadable(raw) -> str | None:
+    """Why the kernels cannot read a tensor as it is in the file, or None."""
+    if raw.kind not in BLOCK_TYPES:
+        return f"{raw.name.removesuffix('.weight')}: {raw.kind}"
+    block = SUPER_BLOCK.get(raw.kind, 32)
+    if raw.cols % block:
+        return f"{raw.name.removesuffix('.weight')}: {raw.cols} columns (not whole blocks of {block})"
+    return None
+
+
 def build(gguf_path: Path, n_layers: int, progress=None) -> NativeWeights:
     """The kernels' matrices from the file, after checking that every one is a type they take."""
     from chatbot.engine.fast.gguf_weights import GGUFWeights
@@ -47,11 +59,12 @@ def build(gguf_path: Path, n_layers: int, progress=None) -> NativeWeights:
     weights = GGUFWeights(gguf_path)
     raws = {f"{i}.{matrix}": weights.layer(i, role) for i in range(n_layers) for matrix, role in MATRICES.items()}
     for raw in raws.values():
-        if raw.kind not in BLOCK_TYPES:
-            raise NotNative(f"{raw.name.removesuffix('.weight')}: {raw.kind}")
-        block = SUPER_BLOCK.get(raw.kind, 32)
-        if raw.cols % block:
-            raise NotNative(f"{raw.name.removesuffix('.weight')}: {raw.cols} columns (not whole blocks of {block})")
+        why_not = unreadable(raw)
+        if why_not:
+            raise NotNative(why_not)
+    head = weights.output()
+    if unreadable(head) is None:  # else the kernels run the int8 head the model keeps
+        raws[HEAD] = head
     if progress:
         progress(f"Laying out {Path(gguf_path).name} for the native decode kernels (once)...")
     return NativeWeights({key: torch.from_numpy(np.array(raw.data, copy=True)) for key, raw in raws.items()},
