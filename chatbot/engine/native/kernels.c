@@ -687,9 +687,11 @@ typedef struct {
     tile_fn tile;
 } kernel_set;
 
-/* The chunks the threads claim: 32 rows of a matrix (whole activation blocks, for the SiLU output
- * quantized in place), and 256 rows of the head. */
-#define CHUNK 32
+/* The chunks the threads claim: 128 rows of a matrix (whole activation blocks, for the SiLU output
+ * quantized in place; long enough that the prefetch runs ahead of the rows: 32 gave a step of
+ * 6.7 ms, 96-128 gave 5.2-5.6, 192 5.9, best of 240 on 2 threads of the AMD EPYC, Zen 3), and 256
+ * rows of the head. */
+#define CHUNK 128
 #define HEAD_CHUNK 256
 
 static int row_chunks(int rows) { return (rows + CHUNK - 1) / CHUNK; }
@@ -945,7 +947,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
     const int D = m->head_dim, H = m->n_heads, KV = m->n_kv_heads, dim = m->dim, hidden = m->hidden;
     const int q_rows = H * D, kv_rows = KV * D, widest = max3(dim, hidden, q_rows);
     if (D > 512 || T < 1 || m->n_layers < 1 || pos + T > capacity || logit_rows < 0 || logit_rows > T ||
-        (logits && !m->head.q && !m->output.w) || hidden % CHUNK)
+        (logits && !m->head.q && !m->output.w) || hidden % QK)
         return -1;
     step s = {
         .m = m, .k = {rows_for(isa), tile_for(isa)}, .head_rows = head_for(isa),
