@@ -42,7 +42,6 @@ class NativeDecoder:
         if native_head and native_weights.HEAD in weights.tensors:  # the file's own head: exact
             output = self._qmat(native_weights.HEAD)
             self.head_bytes = weights.tensors[native_weights.HEAD].nbytes
-            self._output = output
             model.exact_head, model.output = self.head_logits, None  # long prefills' head too: no int8 copy
         elif native_head:
             head = self._head(model)
@@ -54,9 +53,10 @@ class NativeDecoder:
     def head_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits `[T, vocab]` of final normed hidden states `[T, dim]`, over the file's head blocks."""
         h = h.float().contiguous()
-        out = torch.empty(h.shape[0], self._output.rows)
+        head = self.struct.output
+        out = torch.empty(h.shape[0], head.rows)
         for t in range(h.shape[0]):
-            if self.kernels.lib.nd_gemv(ctypes.byref(self._output), h[t].data_ptr(), out[t].data_ptr(),
+            if self.kernels.lib.nd_gemv(ctypes.byref(head), h[t].data_ptr(), out[t].data_ptr(),
                                         torch.get_num_threads(), self.kernels.isa_id):
                 raise RuntimeError("native head failed")
         return out
