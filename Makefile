@@ -37,7 +37,7 @@ postgres:
 	else echo "make postgres: no PostgreSQL (installing it needs root and apt-get); its tests will skip"; fi
 
 test: venv postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 bench: venv
 	$(BIN)/python -m benchmarks.decode
