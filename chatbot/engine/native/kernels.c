@@ -696,6 +696,16 @@ typedef struct {
 
 static int row_chunks(int rows) { return (rows + CHUNK - 1) / CHUNK; }
 
+/* The rows of each chunk of a step's phase over `rows` rows: about CHUNK, in a count of chunks the
+ * threads share evenly (576 rows in chunks of 128 left one of 2 threads 3 chunks, the other 2 and
+ * then nothing to do), a multiple of `align` (ROWS; whole activation blocks for the SiLU output). */
+static int chunk_rows(int rows, int nthreads, int align) {
+    int n = row_chunks(rows);
+    n = (n + nthreads - 1) / nthreads * nthreads;
+    const int size = (rows + n - 1) / n;
+    return (size + align - 1) / align * align;
+}
+
 /* Y[t][r] = W[r] . X[t] for rows first..last - 1 and T tokens (y: T rows of ldy floats). One token
  * goes ROWS rows at a time; several go TOKENS at a time over each row, so a block unpacked once
  * serves them all while the chunk's rows stay in cache. */
@@ -770,7 +780,7 @@ typedef struct {
     kernel_set k;
     head_fn head_rows;
     attend_fn attend;
-    int T, pos, capacity, logit_rows, n_phases, q_rows, kv_rows, qkv_rows;
+    int T, pos, capacity, logit_rows, n_phases, q_rows, kv_rows, qkv_rows, nthreads;
     size_t n_max, layer_stride;
     float *x, *logits;          /* the residual stream [T, dim]; logits [logit_rows, vocab] or NULL */
     const float *cos, *sin;
@@ -781,17 +791,27 @@ typedef struct {
     atomic_int open;            /* phases before this one are complete */
 } step;
 
+/* The rows of a layer's matmul phase (QKV: Q's, K's and V's end to end) and its chunks' size. */
+static int phase_rows(const step *s, int p, int *size) {
+    const layer_weights *lw = &s->m->layers[p / PER_LAYER];
+    int rows, align = ROWS;
+    switch (p % PER_LAYER) {
+    case P_QKV: rows = lw->q.rows + lw->k.rows + lw->v.rows; break;
+    case P_O: rows = lw->o.rows; break;
+    case P_FFN: rows = s->m->hidden, align = QK; break;
+    default: rows = lw->down.rows;
+    }
+    *size = chunk_rows(rows, s->nthreads, align);
+    return rows;
+}
+
 static int phase_chunks(const step *s, int p) {
     const model_weights *m = s->m;
     if (p == m->n_layers * PER_LAYER) return ((m->output.w ? m->output.rows : m->head.rows) + HEAD_CHUNK - 1) / HEAD_CHUNK;
-    const layer_weights *lw = &m->layers[p / PER_LAYER];
-    switch (p % PER_LAYER) {
-    case P_QKV: return row_chunks(lw->q.rows) + row_chunks(lw->k.rows) + row_chunks(lw->v.rows);
-    case P_ATTN: return s->T * m->n_heads;
-    case P_O: return row_chunks(lw->o.rows);
-    case P_FFN: return row_chunks(m->hidden);
-    default: return row_chunks(lw->down.rows);
-    }
+    if (p % PER_LAYER == P_ATTN) return s->T * m->n_heads;
+    int size;
+    const int rows = phase_rows(s, p, &size);
+    return (rows + size - 1) / size;
 }
 
 /* Token t's head hh over positions 0..pos + t (its own K/V written by the QKV phase's tail). */
@@ -803,10 +823,19 @@ static void attend_chunk(step *s, int l, int c) {
               s->scores + (size_t)c * s->n_max, s->attn + (size_t)t * s->q_rows + hh * D);
 }
 
-/* Rows of gate and up for every token, then SiLU(gate) * up quantized in place as down's input
- * (the chunk is whole blocks of 32). */
-static void ffn_chunk(step *s, const layer_weights *lw, int c) {
-    const int hidden = s->m->hidden, first = c * CHUNK, last = first + CHUNK < hidden ? first + CHUNK : hidden;
+/* Rows first..last - 1 of Q, K and V end to end, each matrix's into its own columns of qkv. */
+static void qkv_rows(step *s, const layer_weights *lw, int first, int last) {
+    const qmat *parts[3] = {&lw->q, &lw->k, &lw->v};
+    for (int i = 0, at = 0; i < 3; at += parts[i]->rows, i++) {
+        const int lo = first > at ? first : at, hi = last < at + parts[i]->rows ? last : at + parts[i]->rows;
+        if (lo < hi) matmul_rows(parts[i], s->narrow, s->T, s->qkv + at, s->qkv_rows, s->k, lo - at, hi - at);
+    }
+}
+
+/* Rows first..last - 1 of gate and up for every token, then SiLU(gate) * up quantized in place as
+ * down's input (the rows are whole blocks of 32). */
+static void ffn_rows(step *s, const layer_weights *lw, int first, int last) {
+    const int hidden = s->m->hidden;
     matmul_rows(&lw->gate, s->narrow, s->T, s->gu, 2 * hidden, s->k, first, last);
     matmul_rows(&lw->up, s->narrow, s->T, s->gu + hidden, 2 * hidden, s->k, first, last);
     for (int t = 0; t < s->T; t++) {
@@ -829,18 +858,18 @@ static void phase_chunk(step *s, int p, int c) {
             head_chunk(&m->head, token_part(s->narrow, t, m->dim, 0), s->logits + (size_t)t * m->head.rows, s->head_rows, c);
         return;
     }
-    const layer_weights *lw = &m->layers[p / PER_LAYER];
-    const int cq = row_chunks(lw->q.rows), ck = row_chunks(lw->k.rows);
-    switch (p % PER_LAYER) {
-    case P_QKV:
-        if (c < cq) matmul_chunk(&lw->q, s->narrow, s->T, s->qkv, s->qkv_rows, s->k, c);
-        else if (c < cq + ck) matmul_chunk(&lw->k, s->narrow, s->T, s->qkv + s->q_rows, s->qkv_rows, s->k, c - cq);
-        else matmul_chunk(&lw->v, s->narrow, s->T, s->qkv + s->q_rows + s->kv_rows, s->qkv_rows, s->k, c - cq - ck);
+    if (p % PER_LAYER == P_ATTN) {
+        attend_chunk(s, p / PER_LAYER, c);
         return;
-    case P_ATTN: attend_chunk(s, p / PER_LAYER, c); return;
-    case P_O: matmul_chunk(&lw->o, s->wide, s->T, s->proj, m->dim, s->k, c); return;
-    case P_FFN: ffn_chunk(s, lw, c); return;
-    default: matmul_chunk(&lw->down, s->wide, s->T, s->proj, m->dim, s->k, c); return;
+    }
+    const layer_weights *lw = &m->layers[p / PER_LAYER];
+    int size;
+    const int rows = phase_rows(s, p, &size), first = c * size, last = first + size < rows ? first + size : rows;
+    switch (p % PER_LAYER) {
+    case P_QKV: qkv_rows(s, lw, first, last); return;
+    case P_O: matmul_rows(&lw->o, s->wide, s->T, s->proj, m->dim, s->k, first, last); return;
+    case P_FFN: ffn_rows(s, lw, first, last); return;
+    default: matmul_rows(&lw->down, s->wide, s->T, s->proj, m->dim, s->k, first, last); return;
     }
 }
 
@@ -954,7 +983,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
         .attend = isa == ISA_GENERIC ? attend_generic : attend_avx2,
         .T = T, .pos = pos, .capacity = capacity, .logit_rows = logits ? logit_rows : 0,
         .n_phases = m->n_layers * PER_LAYER + (logits && logit_rows ? 1 : 0),
-        .q_rows = q_rows, .kv_rows = kv_rows, .qkv_rows = q_rows + 2 * kv_rows,
+        .q_rows = q_rows, .kv_rows = kv_rows, .qkv_rows = q_rows + 2 * kv_rows, .nthreads = nthreads > 0 ? nthreads : 1,
         .n_max = (size_t)pos + T, .layer_stride = (size_t)KV * capacity * D,
         .x = x, .logits = logits, .cos = cos, .sin = sin, .k_cache = k_cache, .v_cache = v_cache,
     };
