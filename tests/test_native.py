@@ -5,6 +5,7 @@ shared KV cache with the torch path; and every way of not having them (a note, t
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,23 @@ def kernels_lib():
 @needs_compiler
 def test_make_builds_the_kernels():
     # make test/run compile them first (Makefile); here they must be current
-    assert build.is_current(), "chatbot/engine/native/_kernels.so missing or older than kernels.c"
+    assert build.is_current(), "chatbot/engine/native/_kernels.so missing or built from another kernels.c"
+
+
+@needs_compiler
+def test_the_kernels_are_current_by_content_not_by_time(tmp_path, monkeypatch):
+    """A checkout that rewrites kernels.c's time leaves them current; a changed source does not."""
+    source = tmp_path / "kernels.c"
+    source.write_bytes(build.SOURCE.read_bytes())
+    monkeypatch.setattr(build, "SOURCE", source)
+    target = tmp_path / "_kernels.so"
+    for built in (build.LIBRARY, build.LIBRARY.with_name(f"{build.LIBRARY.name}.source-sha256")):  # as make left them
+        (tmp_path / built.name).write_bytes(built.read_bytes())
+    assert build.is_current(target) and build.build(target) is None  # nothing to rebuild
+    os.utime(source, (target.stat().st_mtime + 60,) * 2)
+    assert build.is_current(target)
+    source.write_bytes(source.read_bytes() + b"\n/* changed */\n")
+    assert not build.is_current(target)
 
 
 # -- kernels against an independent reference ---------------------------------------------------

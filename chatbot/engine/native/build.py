@@ -9,6 +9,7 @@ and the fast engine keeps decoding through torch.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,9 +29,20 @@ def compiler() -> str | None:
     return None
 
 
+def _stamp(library: Path) -> Path:
+    return library.with_name(f"{library.name}.source-sha256")
+
+
+def _source_hash() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+
 def is_current(library: Path | None = None) -> bool:
+    """Built from today's source. By its content, not by times: a git checkout or rebase rewrites
+    kernels.c's time without changing it, and the kernels then looked stale."""
     library = library or LIBRARY
-    return library.is_file() and library.stat().st_mtime >= SOURCE.stat().st_mtime
+    stamp = _stamp(library)
+    return library.is_file() and stamp.is_file() and stamp.read_text().strip() == _source_hash()
 
 
 def build(library: Path | None = None) -> str | None:
@@ -42,12 +54,14 @@ def build(library: Path | None = None) -> str | None:
     if cc is None:
         return "no C compiler found (set CC)"
     partial = library.with_name(f".{library.name}.{os.getpid()}")
+    source_hash = _source_hash()
     result = subprocess.run([cc, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         first = (result.stderr.strip().splitlines() or ["unknown error"])[0]
         return f"{cc} failed: {first}"
     partial.replace(library)  # whole or not at all: a process loading it never sees half a file
+    _stamp(library).write_text(source_hash + "\n")
     return None
 
 
