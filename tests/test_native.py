@@ -487,6 +487,47 @@ def test_where_the_kernels_run_a_mixed_file_keeps_no_torch_copy_of_its_layers(ke
     assert (torch_logits - native_side).abs().max() < 0.05  # blocks natively, against torch's int8 head
 
 
+def test_where_the_kernels_run_the_files_own_head_the_int8_head_is_not_read(kernels_lib, tmp_path, monkeypatch):
+    """The cache keeps the int8 head for the torch path; where the native layout holds the file's
+    own head blocks it is not read at all (a first start and a second), and should the kernels
+    then not take the model after all, the torch path gets it back and computes its own logits."""
+    from gguf_tiny import write_tiny_gguf
+
+    from chatbot.config import Settings
+    from chatbot.engine.fast import loader
+    from chatbot.engine.fast.quantize import Int8Linear
+    from chatbot.engine.native import decoder
+    from chatbot.runtime import open_runtime
+
+    if runnable()[-1] == "generic":
+        pytest.skip("the kernels do not run here")
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", "Q4_1", seed=7)
+    settings = Settings(model=str(path), cache_dir=tmp_path / "cache")
+    read: list[str] = []
+    real_read = loader.read_safetensors
+
+    def spy(file, skip=frozenset()):
+        tensors, meta = real_read(file, skip)
+        read.extend(tensors)
+        return tensors, meta
+
+    monkeypatch.setattr(loader, "read_safetensors", spy)
+    for start in ("first", "second"):
+        read.clear()
+        engine = open_runtime(settings).engine
+        assert engine.native is not None and engine.model.exact_head is not None and engine.model.output is None
+        assert read and not [name for name in read if name.startswith("output.")], start
+    monkeypatch.setattr(decoder, "decoder_for", lambda *args, **kwargs: None)
+    fallen_back = open_runtime(settings).engine
+    assert fallen_back.kernels == "torch" and isinstance(fallen_back.model.output, Int8Linear)
+    monkeypatch.undo()
+    monkeypatch.setenv("CHATBOT_NATIVE", "off")
+    torch_path = open_runtime(settings).engine
+    ids = torch.tensor([5, 70, 100, 33])
+    with torch.inference_mode():
+        assert torch.equal(fallen_back.model(ids), torch_path.model(ids))
+
+
 def test_where_the_kernels_run_the_model_holds_about_its_file_in_memory(fast_engine, bundled_fp32):
     """What guards the RSS figures in docs/fast.md (1.43x the file on the bundled model, with the
     tokenizer and torch's own code): the tensors a native engine holds outside its memory-mapped

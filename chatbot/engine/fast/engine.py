@@ -8,6 +8,7 @@ token id through the lean forward.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -119,16 +120,23 @@ def fast_model_for(loaded: LoadedModel, progress=None) -> FastLlama:
     if "gguf" in loaded.info.source_kind and loaded.info.cache_path:
         folder = fast_folder(loaded.info.cache_path)
         source = Path(loaded.info.source)
-        fast = loader.load_or_build(source, folder, progress=progress, packed=not _native_will_decode(source, folder, progress))
+        fast = _load_for_decoding(source, folder, progress)
         fast.config, fast.generation_config = model.config, getattr(model, "generation_config", None)
         return fast
     return loader.from_hf(model)
 
 
-def _native_will_decode(gguf_path: Path, folder: Path, progress=None) -> bool:
+def _load_for_decoding(gguf_path: Path, folder: Path, progress=None) -> FastLlama:
+    """The cached model as the decoder that will run it needs it: where the native kernels
+    decode, no int4 weights (packed=False) and, where their layout holds the file's own head
+    blocks, no int8 head either (both would be read only to be dropped)."""
+    from chatbot.engine.native import weights as native_weights
     from chatbot.engine.native.decoder import will_decode
 
-    return will_decode(gguf_path, folder, progress)
+    native = will_decode(gguf_path, folder, progress)
+    head = not native or native_weights.HEAD not in json.loads(
+        loader.read_metadata(native_weights.path_in(folder)).get("types", "{}"))
+    return loader.load_or_build(gguf_path, folder, progress=progress, packed=not native, head=head)
 
 
 def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
@@ -137,6 +145,11 @@ def build_fast_engine(loaded: LoadedModel, progress=None) -> FastEngine:
         from chatbot.engine.native.decoder import decoder_for
 
         engine.native = decoder_for(engine.model, Path(loaded.info.source), fast_folder(loaded.info.cache_path), progress)
+        if engine.model.output is None and engine.model.exact_head is None:
+            # loaded without its head (and int4 weights) for kernels that then did not take the
+            # model: the torch path decodes, with all of it
+            headless, engine.model = engine.model, loader.load_or_build(Path(loaded.info.source), fast_folder(loaded.info.cache_path))
+            engine.model.config, engine.model.generation_config = headless.config, headless.generation_config
     trim_heap()  # what reading the weights freed (headers, small tensors read and dropped): ~15 MB
     return engine
 
@@ -166,7 +179,7 @@ def load_fast(spec: str, cache_dir: Path, progress=None) -> LoadedModel | None:
     if getattr(config, "model_type", "") not in loader.FAST_HF_ARCHITECTURES.values():
         return None
     folder = fast_folder(cache_path)
-    model = loader.load_or_build(gguf_path, folder, progress=progress, packed=not _native_will_decode(gguf_path, folder, progress))
+    model = _load_for_decoding(gguf_path, folder, progress)
     model.config, model.generation_config = config, generation_config
     info = loading.ModelInfo(
         name=source.name,

@@ -360,13 +360,15 @@ def read_safetensors(path: Path, skip=frozenset()) -> tuple[dict[str, torch.Tens
     return tensors, meta
 
 
-def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> FastLlama:
+def load(path: Path, gguf_path: Path | None = None, packed: bool = True, head: bool = True) -> FastLlama:
     """The cached model at `path`; `gguf_path`: the file it was built from (a layout whose
     embedding is read from the file needs it). packed=False: the native kernels run every forward
     under 64 tokens (what the int4 kernels would), so only long prefills read torch weights: none
     is read into memory where each int4 layer has its dense copy. The int4 weights and their
     scales stay on disk, the dense projections (Q6_K, float types) are mapped from this file and
-    give their pages back after each use, as the prefill copies do."""
+    give their pages back after each use, as the prefill copies do. head=False: the output head
+    is not read (`model.output` is None): the native kernels run the file's own head blocks
+    (NativeDecoder sets `model.exact_head`), so the int8 head would be read only to be dropped."""
     meta = read_metadata(path)
     shape = json.loads(meta["shape"])
     if shape.get("rope_freq_factors"):
@@ -389,6 +391,9 @@ def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> Fast
             module.drop_packed()
             skip |= {f"{name}.scales_and_zeros", f"{name}.scales_and_zeros_hi"}  # 4 bytes per 32 weights
         skip |= {f"{name}.weight" for name in dense}
+    if not head:
+        skip |= {f"output.{name}" for name in model.output.state_dict()}
+        model.output = None
     state, _ = read_safetensors(path, skip)
     if int4 and not prefill_only:
         weights, stamp = read_safetensors(_packed_path(path))
@@ -411,7 +416,7 @@ def load(path: Path, gguf_path: Path | None = None, packed: bool = True) -> Fast
     missing = [m for m in missing if not (m == "output.weight" and _tied(model))]
     if missing or unexpected:
         raise ValueError(f"{path.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if _tied(model) is False and layout.head == "dense" and shape.tie_embeddings and layout.embedding == "dense":
+    if head and _tied(model) is False and layout.head == "dense" and shape.tie_embeddings and layout.embedding == "dense":
         model.output.weight = model.tok_embeddings.weight
     return model.norms_to_float().eval()
 
@@ -444,14 +449,14 @@ def is_cached(folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout 
 
 
 def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout(),
-                  progress=None, packed: bool = True) -> FastLlama:
+                  progress=None, packed: bool = True, head: bool = True) -> FastLlama:
     """The repacked model from `folder` (a cache keyed by the GGUF file), building it once;
-    `packed`: as in load."""
+    `packed`, `head`: as in load (the cache always holds the head: the torch path needs it)."""
     key = cache_key(dtype, layout)
     path = folder / f"{key}.safetensors"
     if path.is_file():
         try:
-            return load(path, gguf_path, packed)
+            return load(path, gguf_path, packed, head)
         except Exception:  # a file missing (another kernel path: none packed for this one), damaged or foreign
             pass  # rebuilt below: every file is replaced whole
     if progress:
@@ -463,7 +468,7 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     # The built model holds its dense prefill copies in memory (bf16: ~4x an int4 layer); read
     # back, they are memory-mapped and cost RSS only once a long prefill touches them.
     del model
-    return load(path, gguf_path, packed)
+    return load(path, gguf_path, packed, head)
 
 
 def _remove_stale(folder: Path) -> None:
