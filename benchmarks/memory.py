@@ -88,12 +88,12 @@ class Plan:
         return Plan({}, self.turns[len(self.facts):])
 
 
-def plan(rng: random.Random, filler_turns: int, with_facts: bool) -> Plan:
+def plan(rng: random.Random, filler_turns: int) -> Plan:
+    """A conversation with its three facts first (its control: `Plan.control`)."""
     values = {"name": made_up_word(rng), "number": str(rng.randint(1000, 9999)), "place": made_up_word(rng)}
-    p = Plan(values if with_facts else {})
-    if with_facts:
-        for kind, value in values.items():
-            p.turns.append((rng.choice(FACTS[kind][0]).format(value), rng.choice(ACKS)))
+    p = Plan(values)
+    for kind, value in values.items():
+        p.turns.append((rng.choice(FACTS[kind][0]).format(value), rng.choice(ACKS)))
     for _ in range(filler_turns):
         topic = rng.choice(TOPICS)
         p.turns.append((f"Tell me something about {topic}.",
@@ -216,7 +216,7 @@ def live_ttft(runtime, base: Settings, persona, budget: int, turns: int, rng, pa
     message, as a user's reading and typing would) or without it. Its last message asks for the
     name planted at turn 1. Turn 1 and the last turn are measured `repeats` times (medians)."""
     settings = base.model_copy(update={"context_budget": budget, "memory": "conversation"})
-    p = plan(rng, turns, with_facts=True)
+    p = plan(rng, turns)
     messages = [user for user, _ in p.turns][: turns - 1] + [FACTS["name"][1]]
     with tempfile.TemporaryDirectory() as folder:
         store = Store.open(str(Path(folder) / "ttft.db"))
@@ -313,7 +313,7 @@ def main() -> None:
     started = time.perf_counter()
     for budget in args.budgets:
         rng = random.Random(f"{args.seed}:{budget}")
-        plans = [plan(rng, filler_for(budget), True) for _ in range(args.conversations)][args.offset :]
+        plans = [plan(rng, filler_for(budget)) for _ in range(args.conversations)][args.offset :]
         controls = args.conversations if args.controls is None else args.controls
         for mode in args.modes:
             if mode == "summary" and args.summary_budgets is not None and budget not in args.summary_budgets:
