@@ -400,9 +400,17 @@ def end_token_ids(model, tokenizer) -> set[int]:
         ids.update(int(i) for i in configured)
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    ids.update(i for i in (_token_id(tokenizer, token) for token in END_OF_TURN_TOKENS) if i is not None)
     return ids
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    """A token's id, or None: asked of the Rust tokenizer where there is one (the whole vocabulary
+    as a dict is ~10 MB for a 49k vocabulary, at the peak of a model's load)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.token_to_id(token)
+    return tokenizer.get_vocab().get(token)
 
 
 def _one_line(exc: Exception) -> str:

@@ -395,17 +395,20 @@ def load(path: Path, gguf_path: Path | None = None, packed: bool = True, head: b
         skip |= {f"output.{name}" for name in model.output.state_dict()}
         model.output = None
     state, _ = read_safetensors(path, skip)
+    # Memory-mapped: pages are read (and count in RSS) only while a long prefill uses them. Mapping
+    # reads around each tensor's start: given back before the int4 weights add to the peak.
+    copies = layout.dense_prefill and any(m.dense is not None for m in int4.values())
+    if copies:
+        from safetensors.torch import load_file
+
+        mapped = load_file(_dense_path(path))
+        _release_mapped(_dense_path(path), list(mapped.values()))
+        state.update(mapped)
     if int4 and not prefill_only:
         weights, stamp = read_safetensors(_packed_path(path))
         if stamp != _packing_stamp():
             raise ValueError(f"{path.name}: int4 weights packed for {stamp}, this process runs {_packing_stamp()}")
         state.update(weights)
-    # Memory-mapped: pages are read (and count in RSS) only while a long prefill uses them.
-    copies = layout.dense_prefill and any(m.dense is not None for m in int4.values())
-    if copies:
-        from safetensors.torch import load_file
-
-        state.update(load_file(_dense_path(path)))
     if prefill_only and dense:
         state.update(_mapped_tensors(path, [f"{name}.weight" for name in dense]))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -428,6 +431,15 @@ def _mapped_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
 
     with safe_open(str(path), "pt") as handle:
         return {name: handle.get_tensor(name) for name in names}
+
+
+def _release_mapped(mapped_path: Path, tensors: list[torch.Tensor]) -> None:
+    """The pages read so far of those tensors that are mapped from `mapped_path`, given back."""
+    from chatbot.engine.fast.pages import mapped_from, release
+
+    for tensor, mapped in zip(tensors, mapped_from(mapped_path.resolve(), tensors)):
+        if mapped:
+            release(tensor)
 
 
 def _mark_mapped(mapped_path: Path, held: list[tuple[nn.Module, torch.Tensor, str]]) -> None:
