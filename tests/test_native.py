@@ -17,7 +17,7 @@ from chatbot.engine.fast.engine import build_fast_engine
 from chatbot.engine.native import build, library
 from chatbot.engine.native.decoder import NativeDecoder
 from chatbot.engine.native.library import ISAS, Kernels, QMat
-from chatbot.engine.native.weights import BLOCK_TYPES
+from chatbot.engine.native.weights import BLOCK_TYPES, regroup
 from chatbot.engine.threads import ThreadChoice
 from chatbot.errors import UserError
 from chatbot.memory.context import ContextBuilder
@@ -118,7 +118,7 @@ def test_gemv_matches_dequantize_then_matmul(kernels_lib, isa, kind):
     blocks, weights = blocks_and_weights(kind, rows, cols, rng)
     x = rng.standard_normal(cols).astype(np.float32)
     expected = weights.reshape(rows, cols).astype(np.float64) @ quantized_activation(x).astype(np.float64)
-    blocks = np.ascontiguousarray(blocks)
+    blocks = np.ascontiguousarray(regroup(blocks, kind))  # the kernels' layout (37 rows: 9 groups and one after)
     y = np.zeros(rows, dtype=np.float32)
     matrix = QMat(blocks.ctypes.data, type_id, rows, cols)
     assert kernels_lib.nd_gemv(ctypes.byref(matrix), x.ctypes.data, y.ctypes.data, 2, ISAS.index(isa)) == 0

@@ -172,6 +172,7 @@ typedef struct {
 
 #define TWO_SCALES(type) ((type) == T_Q6_K)
 #define HAS_OFFSET(type) ((type) == T_Q4_1 || (type) == T_Q5_1 || (type) == T_Q4_K || (type) == T_Q5_K)
+#define SIMPLE(type) ((type) == T_Q4_0 || (type) == T_Q4_1 || (type) == T_Q5_0 || (type) == T_Q5_1 || (type) == T_Q8_0)
 
 INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     if (j < 4) {
@@ -183,7 +184,31 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
     }
 }
 
-/* A simple type's block at blk: where its bits are (its fp16 fields are read by the caller). */
+/* The kernels' layout of the simple types (weights.py writes it): rows in groups of ROWS, and in a
+ * group each block holds its ROWS rows' fields (fp16 d, and m for Q4_1/Q5_1) one after another, then
+ * the rest of their blocks (Q5's fifth bits, the integers) in the same order, so that a GEMV loads
+ * a group's scales with one vector load (per row they cost ~10% of a Q4_0/Q4_1/Q8_0 block's time).
+ * The same bytes, moved; rows after the last whole group keep the file's layout. The K-quants keep
+ * it too. */
+#define ROWS 4
+#define FIELD_BYTES(type) (HAS_OFFSET(type) ? 4 : 2)
+
+/* Block b of a row of a simple type: in a group at `base` as its row `lane`, or (lane < 0) in the
+ * file's layout in the row at `base`. fields: its d (and m); blk: where the block would start in
+ * the file's layout, for simple_view. */
+typedef struct {
+    const uint8_t *fields, *blk;
+} simple_at;
+
+INLINE simple_at simple_block(const uint8_t *base, int lane, int type, int b) {
+    const size_t bytes = SIMPLE_BYTES[type];
+    if (lane < 0) return (simple_at){base + b * bytes, base + b * bytes};
+    const size_t fields = FIELD_BYTES(type);
+    const uint8_t *group = base + b * ROWS * bytes;
+    return (simple_at){group + lane * fields, group + ROWS * fields + lane * (bytes - fields) - fields};
+}
+
+/* A simple type's block at blk (file layout): where its bits are (its fp16 fields are read by the caller). */
 INLINE block_view simple_view(const uint8_t *blk, int type) {
     const int has_min = type == T_Q4_1 || type == T_Q5_1, five = type == T_Q5_0 || type == T_Q5_1;
     block_view v = {0};
@@ -228,14 +253,15 @@ INLINE block_view simple_view(const uint8_t *blk, int type) {
         v.scale[1] = d * (float)sc[1];                                                                                      \
         return v;                                                                                                           \
     }                                                                                                                       \
-    const uint8_t *blk = row + b * SIMPLE_BYTES[type];                                                                             \
-    v = simple_view(blk, type);                                                                                          \
-    v.scale[0] = v.scale[1] = HALF(blk);                                                                                   \
-    v.offset = HAS_OFFSET(type) ? HALF(blk + 2) : 0.0f;                                                                    \
+    const simple_at at = simple_block(row, lane, type, b);                                                                  \
+    v = simple_view(at.blk, type);                                                                                          \
+    v.scale[0] = v.scale[1] = HALF(at.fields);                                                                              \
+    v.offset = HAS_OFFSET(type) ? HALF(at.fields + 2) : 0.0f;                                                               \
     return v;                                                                                                               \
 }
 
-INLINE block_view view_of(const uint8_t *row, int type, int b) VIEW_OF_BODY(half_at)
+/* Block b of a row (a simple type's as simple_block's base and lane; a K-quant's: lane < 0). */
+INLINE block_view view_of(const uint8_t *row, int lane, int type, int b) VIEW_OF_BODY(half_at)
 
 /* Weight i (0..31) of a block as its unsigned integer u (Q8_0: signed). */
 INLINE int integer_at(const block_view *v, int type, int i) {
@@ -248,18 +274,17 @@ INLINE int integer_at(const block_view *v, int type, int i) {
 }
 
 /* ---- rows' dot products, per instruction set ----------------------------------------------- */
-/* A GEMV takes ROWS rows at a time: the activation's block is loaded once for all of them. */
-#define ROWS 4
+/* A GEMV takes a group of ROWS rows at a time: the activation's block is loaded once for all of them. */
 /* Rows are streamed from memory once a token: each group prefetches the one PF_GROUPS after it,
  * a share per block. Without it a Q8_0 head of 49152 x 576 read at 6.7 GB/s on one thread of the
  * AMD EPYC (Zen 3), with it at 22 GB/s (Q4_1: 10 -> 12.7; one group ahead: 2.25 ns a block against
  * 1.55 for two, four or eight about as two). */
 #define PF_GROUPS 2
 
-static float dot_generic(const uint8_t *row, int type, int nb, qvec x) {
+static float dot_generic(const uint8_t *row, int lane, int type, int nb, qvec x) {
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
-        const block_view v = view_of(row, type, b);
+        const block_view v = view_of(row, lane, type, b);
         const int16_t *xq = x.q + b * QK;
         int acc[2] = {0, 0}; /* |each| <= 16 x 127 x 32767: int32 */
         for (int i = 0; i < QK; i++) acc[i / QH] += (integer_at(&v, type, i) - v.centre) * xq[i];
@@ -270,8 +295,10 @@ static float dot_generic(const uint8_t *row, int type, int nb, qvec x) {
     return sum;
 }
 
+/* n rows at w: a whole group (n == ROWS) or rows after the last one, in the file's layout. */
 static void rows_generic(const uint8_t *w, size_t stride, int type, int n, int nb, qvec x, float *y) {
-    for (int r = 0; r < n; r++) y[r] = dot_generic(w + r * stride, type, nb, x);
+    for (int r = 0; r < n; r++)
+        y[r] = SIMPLE(type) && n == ROWS ? dot_generic(w, r, type, nb, x) : dot_generic(w + r * stride, -1, type, nb, x);
 }
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -400,10 +427,11 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
  * (a block: fp16 d, for Q4_1/Q5_1 then fp16 m, then its integers) read d and m with one vector
  * conversion and scale them by the activation's (d, s) in one multiply; the K-quants go through
  * their block view. */
-#define SIMPLE(type) ((type) == T_Q4_0 || (type) == T_Q4_1 || (type) == T_Q5_0 || (type) == T_Q5_1 || (type) == T_Q8_0)
 #define ROWS_BODY(MADD)                                                                                          \
     __m256 acc[ROWS];                                                                                            \
     __m128 off[ROWS]; /* lane 1: the sum of offset * s (lane 0 is not read) */                                  \
+    __m256 group_off = _mm256_setzero_ps(); /* a group of Q4_1/Q5_1, lane 2r + 1: row r's sum of m * s */       \
+    float scales[8]; /* a group's block: row r's d * xd in lane r (lane 2r with an m) */                        \
     float kscale[ROWS][16], koffset[ROWS][8]; /* K-quants: the current super-block's, per 16 weights / per block */ \
     for (int r = 0; r < n; r++) {                                                                                \
         acc[r] = _mm256_setzero_ps();                                                                            \
@@ -420,9 +448,29 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK + QH));                             \
         const float xd = x.d[b], xs = x.s[b];                                                                    \
         const __m128 xds = _mm_setr_ps(xd, xs, 0.0f, 0.0f);                                                      \
+        if (SIMPLE(type) && n == ROWS) { /* a group: its rows' fields, then their integers */                   \
+            const uint8_t *group = w + (size_t)b * ROWS * SIMPLE_BYTES[type];                                    \
+            if (HAS_OFFSET(type)) { /* (d, m) of 4 rows: 8 halves, scaled by (xd, xs) pairs */                  \
+                const __m256 xds4 = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(xds)));                 \
+                const __m256 scaled = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)), xds4); \
+                group_off = _mm256_add_ps(group_off, scaled);                                                    \
+                _mm256_storeu_ps(scales, scaled);                                                                \
+            } else {                                                                                             \
+                _mm_storeu_ps(scales, _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group)), _mm_set1_ps(xd))); \
+            }                                                                                                    \
+            for (int r = 0; r < ROWS; r++) {                                                                     \
+                __m256i lo, hi;                                                                                  \
+                const block_view v = simple_view(simple_block(w, r, type, b).blk, type);                         \
+                weights16(&v, type, &lo, &hi);                                                                   \
+                const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
+                const __m256 d = _mm256_broadcast_ss(scales + (HAS_OFFSET(type) ? 2 * r : r));                   \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), d, acc[r]);                                   \
+            }                                                                                                    \
+            continue;                                                                                            \
+        }                                                                                                        \
         for (int r = 0; r < n; r++) {                                                                            \
             __m256i lo, hi;                                                                                      \
-            if (SIMPLE(type)) {                                                                                  \
+            if (SIMPLE(type)) { /* a row after the last group: the file's layout */                             \
                 const uint8_t *blk = w + r * stride + b * SIMPLE_BYTES[type];                                           \
                 int32_t fields;                                                                                  \
                 memcpy(&fields, blk, 4);                                                                         \
@@ -448,7 +496,11 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
             if (HAS_OFFSET(type)) off[r] = _mm_add_ps(off[r], _mm_setr_ps(0.0f, koffset[r][j] * xs, 0.0f, 0.0f)); \
         }                                                                                                        \
     }                                                                                                            \
-    for (int r = 0; r < n; r++) y[r] = hsum256(acc[r]) + _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1));
+    float group_offs[8];                                                                                         \
+    _mm256_storeu_ps(group_offs, group_off);                                                                     \
+    for (int r = 0; r < n; r++)                                                                                  \
+        y[r] = hsum256(acc[r]) + (SIMPLE(type) && n == ROWS ? (HAS_OFFSET(type) ? group_offs[2 * r + 1] : 0.0f)  \
+                                                            : _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1)));
 
 AVX2 INLINE void rows_avx2_of(const uint8_t *w, size_t stride, const int type, const int n, int nb, qvec x, float *y) {
     ROWS_BODY(MADD_AVX2)
@@ -595,10 +647,10 @@ AVX2 static void attend_avx2(const float *q, const uint16_t *k, const uint16_t *
 #define TOKENS 4
 #define PANEL 16 /* rows: 16 x 1536 columns of Q4_1 are ~15 KB */
 
-static void tile_generic(const uint8_t *row, int type, int n, int nb, qvec x, float *y, int ldy) {
+static void tile_generic(const uint8_t *row, int lane, int type, int n, int nb, qvec x, float *y, int ldy) {
     for (int t = 0; t < n; t++) {
         const qvec xt = {x.q + (size_t)t * nb * QK, x.d + (size_t)t * nb, x.s + (size_t)t * nb};
-        y[(size_t)t * ldy] = dot_generic(row, type, nb, xt);
+        y[(size_t)t * ldy] = dot_generic(row, lane, type, nb, xt);
     }
 }
 
@@ -614,11 +666,11 @@ static void tile_generic(const uint8_t *row, int type, int n, int nb, qvec x, fl
         __m256i lo, hi;                                                                                          \
         float scale0, scale1, offset = 0.0f;                                                                     \
         if (SIMPLE(type)) {                                                                                      \
-            const uint8_t *blk = row + b * SIMPLE_BYTES[type];                                                          \
-            const block_view v = simple_view(blk, type);                                                         \
+            const simple_at at = simple_block(row, lane, type, b);                                               \
+            const block_view v = simple_view(at.blk, type);                                                      \
             weights16(&v, type, &lo, &hi);                                                                       \
-            scale0 = scale1 = half_f16c(blk);                                                                    \
-            if (HAS_OFFSET(type)) offset = half_f16c(blk + 2);                                                          \
+            scale0 = scale1 = half_f16c(at.fields);                                                              \
+            if (HAS_OFFSET(type)) offset = half_f16c(at.fields + 2);                                             \
         } else {                                                                                                 \
             const int j = b % 8;                                                                                 \
             if (j == 0) super_block_scales(row, type, b / 8, kscale, koffset);                                   \
@@ -643,21 +695,21 @@ static void tile_generic(const uint8_t *row, int type, int n, int nb, qvec x, fl
     }                                                                                                            \
     for (int t = 0; t < n; t++) y[(size_t)t * ldy] = hsum256(acc[t]) + off[t];
 
-AVX2 INLINE void tile_avx2_of(const uint8_t *row, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+AVX2 INLINE void tile_avx2_of(const uint8_t *row, int lane, const int type, const int n, int nb, qvec x, float *y, int ldy) {
     TILE_BODY(MADD_AVX2)
 }
 
-VNNI INLINE void tile_vnni_of(const uint8_t *row, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+VNNI INLINE void tile_vnni_of(const uint8_t *row, int lane, const int type, const int n, int nb, qvec x, float *y, int ldy) {
     TILE_BODY(MADD_VNNI)
 }
 
 #define TILE_FOR_TYPE(FN, T)                                                                     \
     case T:                                                                                      \
-        if (n == TOKENS) FN(row, T, TOKENS, nb, x, y, ldy);                                      \
+        if (n == TOKENS) FN(row, lane, T, TOKENS, nb, x, y, ldy);                                \
         else                                                                                     \
             for (int t = 0; t < n; t++) {                                                        \
                 const qvec xt = {x.q + (size_t)t * nb * QK, x.d + (size_t)t * nb, x.s + (size_t)t * nb}; \
-                FN(row, T, 1, nb, xt, y + (size_t)t * ldy, ldy);                                 \
+                FN(row, lane, T, 1, nb, xt, y + (size_t)t * ldy, ldy);                           \
             }                                                                                    \
         return;
 #define TILE_DISPATCH(FN)                                                                        \
@@ -667,15 +719,15 @@ VNNI INLINE void tile_vnni_of(const uint8_t *row, const int type, const int n, i
         TILE_FOR_TYPE(FN, T_Q5_K) TILE_FOR_TYPE(FN, T_Q6_K)                                      \
     }
 
-AVX2 static void tile_avx2(const uint8_t *row, int type, int n, int nb, qvec x, float *y, int ldy) {
+AVX2 static void tile_avx2(const uint8_t *row, int lane, int type, int n, int nb, qvec x, float *y, int ldy) {
     TILE_DISPATCH(tile_avx2_of)
 }
 
-VNNI static void tile_vnni(const uint8_t *row, int type, int n, int nb, qvec x, float *y, int ldy) {
+VNNI static void tile_vnni(const uint8_t *row, int lane, int type, int n, int nb, qvec x, float *y, int ldy) {
     TILE_DISPATCH(tile_vnni_of)
 }
 
-typedef void (*tile_fn)(const uint8_t *, int, int, int, qvec, float *, int);
+typedef void (*tile_fn)(const uint8_t *, int, int, int, int, qvec, float *, int);
 
 static tile_fn tile_for(int isa) {
     return isa == ISA_AVX512VNNI ? tile_vnni : isa == ISA_AVX2 ? tile_avx2 : tile_generic;
@@ -720,8 +772,10 @@ static void matmul_rows(const qmat *m, qvec x, int T, float *y, int ldy, kernel_
     for (int t0 = 0; t0 < T; t0 += TOKENS) {
         const qvec xt = {x.q + (size_t)t0 * m->cols, x.d + (size_t)t0 * nb, x.s + (size_t)t0 * nb};
         const int n = T - t0 < TOKENS ? T - t0 : TOKENS;
-        for (int r = first; r < last; r++)
-            k.tile(m->w + (size_t)r * stride, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy);
+        for (int r = first; r < last; r++) { /* a simple type's row in a group: the group and its lane */
+            const int lane = SIMPLE(m->type) && r < m->rows / ROWS * ROWS ? r % ROWS : -1;
+            k.tile(m->w + (size_t)(lane < 0 ? r : r - lane) * stride, lane, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy);
+        }
     }
 }
 

@@ -4,7 +4,9 @@ Seven matrices a layer, each of its own type (Q and K rows already un-permuted f
 RoPE order, as the torch path has them; a Q4_K_M file mixes types even within Q/K/V), and the
 output head (`output.weight`, or the tied `token_embd.weight`) where its type is one they take.
 Built once from the GGUF file into `native-v<FORMAT>.safetensors` in the fast engine's cache
-folder (about the size of the file) and memory-mapped after that: nothing is converted at start.
+folder (the size of the file) and memory-mapped after that: nothing is converted at start. The
+simple types' blocks are regrouped (`regroup`), not changed: in each group of 4 rows a block's
+fp16 scales come first, so that the kernels load a group's scales as one vector.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = 3
+FORMAT = 4
 # ggml type ids of the block formats the kernels read
 BLOCK_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 SUPER_BLOCK = {"Q4_K": 256, "Q5_K": 256, "Q6_K": 256}  # the columns a row must be a multiple of (else 32)
@@ -25,6 +27,25 @@ SUPER_BLOCK = {"Q4_K": 256, "Q5_K": 256, "Q6_K": 256}  # the columns a row must 
 MATRICES = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
             "down": "ffn_down"}
 HEAD = "head"  # the output head's key: absent where the file's head is of another type (F16...)
+# the simple types: bytes of a block and of its leading fp16 fields (d, and m for Q4_1/Q5_1)
+SIMPLE_BLOCKS = {"Q4_0": (18, 2), "Q4_1": (20, 4), "Q5_0": (22, 2), "Q5_1": (24, 4), "Q8_0": (34, 2)}
+GROUP_ROWS = 4  # kernels.c's ROWS
+
+
+def regroup(blocks: np.ndarray, kind: str) -> np.ndarray:
+    """A matrix's blocks `[rows, bytes per row]` in the kernels' layout (kernels.c, simple_block):
+    in each group of GROUP_ROWS rows, block b holds the rows' fields, then the rest of their
+    blocks, row by row. Rows after the last whole group, and the K-quants, stay as they are."""
+    if kind not in SIMPLE_BLOCKS:
+        return np.array(blocks, copy=True)
+    size, fields = SIMPLE_BLOCKS[kind]
+    blocks = np.asarray(blocks)
+    rows, width = blocks.shape
+    whole = rows // GROUP_ROWS * GROUP_ROWS
+    grouped = blocks[:whole].reshape(whole // GROUP_ROWS, GROUP_ROWS, width // size, size).transpose(0, 2, 1, 3)
+    grouped = np.concatenate([grouped[..., :fields].reshape(*grouped.shape[:2], -1),
+                              grouped[..., fields:].reshape(*grouped.shape[:2], -1)], axis=2)
+    return np.concatenate([grouped.reshape(whole, width), blocks[whole:]])
 
 
 class NotNative(Exception):
@@ -67,7 +88,7 @@ def build(gguf_path: Path, n_layers: int, progress=None) -> NativeWeights:
         raws[HEAD] = head
     if progress:
         progress(f"Laying out {Path(gguf_path).name} for the native decode kernels (once)...")
-    return NativeWeights({key: torch.from_numpy(np.array(raw.data, copy=True)) for key, raw in raws.items()},
+    return NativeWeights({key: torch.from_numpy(regroup(raw.data, raw.kind)) for key, raw in raws.items()},
                          {key: raw.kind for key, raw in raws.items()}, {key: raw.cols for key, raw in raws.items()})
 
 
