@@ -28,6 +28,33 @@ def bundled_fp32(model_cache_dir):
 
 
 @pytest.fixture(scope="session")
+def bundled_settings(model_cache_dir):
+    """What a command opens the bundled model from by default."""
+    from chatbot.config import Settings
+
+    return Settings(model="", engine="auto", dtype="auto", cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def bundled_runtime(bundled_settings):
+    """The bundled model on the default engine, opened once."""
+    from chatbot.runtime import open_runtime
+
+    return open_runtime(bundled_settings)
+
+
+@pytest.fixture
+def bundled_cli(request, monkeypatch, capsys, bundled_settings):
+    """`chatbot ARGS` run in this process: (exit code, stdout, stderr). A command that opens the
+    bundled model gets the session's `bundled_runtime` (opened at the first such command), not a
+    fresh load; set the CHATBOT_* dirs with monkeypatch first."""
+    from cli_invoke import invoke_main, share_runtime
+
+    share_runtime(monkeypatch, bundled_settings, lambda: request.getfixturevalue("bundled_runtime"))
+    return lambda *args, stdin=None: invoke_main(capsys, *args, stdin=stdin)
+
+
+@pytest.fixture(scope="session")
 def smol_tokenizer(bundled_fp32):
     return bundled_fp32.tokenizer
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-def run(args, env_dirs, stdin=None):
+def run_process(args, env_dirs, stdin=None):
     env = {**os.environ, **env_dirs, "TQDM_DISABLE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "chatbot", *args], input=stdin, capture_output=True, text=True, env=env, timeout=300
@@ -16,15 +16,31 @@ def run(args, env_dirs, stdin=None):
 
 
 @pytest.fixture
-def env_dirs(tmp_path, model_cache_dir):
-    return {
+def env_dirs(tmp_path, model_cache_dir, monkeypatch):
+    dirs = {
         "CHATBOT_DATA_DIR": str(tmp_path / "data"),
         "CHATBOT_CACHE_DIR": str(model_cache_dir),
         "CHATBOT_DB": str(tmp_path / "chat.db"),
     }
+    for name, value in dirs.items():  # for the commands run in this process
+        monkeypatch.setenv(name, value)
+    return dirs
 
 
-def test_ask_json_reply_and_stats(env_dirs, bundled_fp32):
+@pytest.fixture
+def run(bundled_cli):
+    """`chatbot ARGS` in this process, over the session's bundled model: what the commands do is
+    the point here; the process itself is tested by run_process (a fresh one gives the same reply)
+    and the Ctrl+C test."""
+
+    def in_process(args, env_dirs, stdin=None):
+        code, out, err = bundled_cli(*args, stdin=stdin)
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return in_process
+
+
+def test_ask_json_reply_and_stats(env_dirs, run):
     result = run(["ask", "What is the capital of France?", "--temperature", "0", "--json"], env_dirs)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
@@ -35,7 +51,7 @@ def test_ask_json_reply_and_stats(env_dirs, bundled_fp32):
     assert payload["stats"]["new_tokens"] > 0
 
 
-def test_ask_streams_and_continue_remembers(env_dirs, bundled_fp32):
+def test_ask_streams_and_continue_remembers(env_dirs, run):
     first = run(["ask", "The secret word is PINEAPPLE. Say OK.", "--temperature", "0"], env_dirs)
     assert first.returncode == 0, first.stderr
     second = run(["ask", "What is the secret word?", "--continue", "--temperature", "0", "--verbose"], env_dirs)
@@ -44,9 +60,10 @@ def test_ask_streams_and_continue_remembers(env_dirs, bundled_fp32):
     assert "tok/s" in second.stderr
 
 
-def test_same_seed_same_reply(env_dirs, bundled_fp32):
+def test_same_seed_same_reply(env_dirs, run):
     args = ["ask", "Tell me a short story about a cat.", "--seed", "11", "--max-new-tokens", "24", "--no-save"]
-    assert run(args, env_dirs).stdout == run(args, env_dirs).stdout
+    # a fresh process and this one (the session's model, after other replies) give the same reply
+    assert run_process(args, env_dirs).stdout == run(args, env_dirs).stdout
 
 
 @pytest.mark.parametrize(
@@ -62,21 +79,21 @@ def test_same_seed_same_reply(env_dirs, bundled_fp32):
         ["ask", "hi", "--temperature", "warm"],
     ],
 )
-def test_bad_arguments_are_one_line_and_exit_2(env_dirs, args):
+def test_bad_arguments_are_one_line_and_exit_2(env_dirs, run, args):
     result = run(args, env_dirs)
     assert result.returncode == 2
     assert result.stderr.startswith("chatbot: error:") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
 
 
-def test_missing_things_exit_1(env_dirs, tmp_path):
+def test_missing_things_exit_1(env_dirs, run, tmp_path):
     for args in (["--model", str(tmp_path / "none.gguf"), "ask", "hi"], ["ask", "hi", "--persona", "nobody"]):
         result = run(args, env_dirs)
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith("chatbot: error:") and "Traceback" not in result.stderr
 
 
-def test_plain_chat_in_a_pipe_keeps_memory(env_dirs, bundled_fp32):
+def test_plain_chat_in_a_pipe_keeps_memory(env_dirs, run):
     stdin = "My name is Zorblax. Say hello.\n\nWhat is my name?\n"
     result = run(["chat", "--plain", "--temperature", "0", "--max-new-tokens", "40"], env_dirs, stdin=stdin)
     assert result.returncode == 0, result.stderr
@@ -86,7 +103,7 @@ def test_plain_chat_in_a_pipe_keeps_memory(env_dirs, bundled_fp32):
     assert "empty message" in result.stderr
 
 
-def test_model_info_json(env_dirs, bundled_fp32):
+def test_model_info_json(env_dirs, run):
     result = run(["model", "info", "--json"], env_dirs)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
@@ -113,7 +130,7 @@ def _interrupt_after_output(args, env_dirs, stdout_bytes=20):
     return process.returncode, (printed + rest).decode(), err.decode()
 
 
-def test_ctrl_c_exits_130_and_keeps_the_partial_reply(env_dirs, bundled_fp32):
+def test_ctrl_c_exits_130_and_keeps_the_partial_reply(env_dirs, bundled_runtime):
     from chatbot.store import Store
 
     story = ["ask", "Tell me a very long story about a dragon.", "--temperature", "0", "--max-new-tokens", "600"]
@@ -126,7 +143,7 @@ def test_ctrl_c_exits_130_and_keeps_the_partial_reply(env_dirs, bundled_fp32):
     assert reply.content and out == reply.content + "\n"  # all that was printed, and only that
 
 
-def test_ask_jsonl_streams_one_event_per_delta_then_done(env_dirs, bundled_fp32):
+def test_ask_jsonl_streams_one_event_per_delta_then_done(env_dirs, run):
     from chatbot.store import Store
 
     result = run(["ask", "Name three colours.", "--temperature", "0", "--max-new-tokens", "16", "--jsonl"], env_dirs)
@@ -151,14 +168,14 @@ def test_ask_jsonl_streams_one_event_per_delta_then_done(env_dirs, bundled_fp32)
         ["chat", "--plain", "--repetition-penalty", "0"],
     ],
 )
-def test_bad_streaming_and_plain_chat_options_are_one_line_and_exit_2(env_dirs, args):
+def test_bad_streaming_and_plain_chat_options_are_one_line_and_exit_2(env_dirs, run, args):
     result = run(args, env_dirs, stdin="hi\n")
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("chatbot: error:") and result.stderr.count("\n") == 1
     assert "no such option" not in result.stderr.lower()  # refused as a value, so the option exists
 
 
-def test_plain_chat_takes_the_sampling_options_of_ask(env_dirs, bundled_fp32):
+def test_plain_chat_takes_the_sampling_options_of_ask(env_dirs, run):
     from chatbot.store import Store
 
     args = ["chat", "--plain", "--temperature", "0.5", "--top-p", "0.5", "--top-k", "3", "--repetition-penalty", "1.0",
@@ -173,7 +190,7 @@ def test_plain_chat_takes_the_sampling_options_of_ask(env_dirs, bundled_fp32):
     assert reply.seed == 7
 
 
-def test_ask_continuing_a_conversation_keeps_its_own_settings_and_options_win(env_dirs, bundled_fp32):
+def test_ask_continuing_a_conversation_keeps_its_own_settings_and_options_win(env_dirs, run):
     """Settings kept with a conversation (the TUI's settings panel) apply when `ask` continues it."""
     from chatbot.store import Store
 
