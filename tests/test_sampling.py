@@ -2,7 +2,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from chatbot.engine.sampling import SamplingParams, filter_top_k_top_p, next_token, penalize_repetition
+from chatbot.engine.sampling import SamplingParams, filter_top_k_top_p, greedy_token, next_token, penalize_repetition
 
 
 def test_top_k_keeps_k_best():
@@ -23,6 +23,14 @@ def test_repetition_penalty_lowers_seen_tokens():
     logits = torch.tensor([2.0, -2.0, 1.0])
     out = penalize_repetition(logits.clone(), torch.tensor([0, 1]), 2.0)
     assert out.tolist() == [1.0, -4.0, 1.0]
+
+
+def test_greedy_takes_what_torch_argmax_takes_ties_and_nan_included():
+    rng = torch.Generator().manual_seed(0)
+    cases = [torch.tensor([1.0, 3.0, 3.0, 2.0]), torch.tensor([0.0, float("nan"), 5.0, float("nan")]),
+             torch.full((8,), float("-inf")), torch.randn(49152, generator=rng), torch.randn(7, generator=rng).to(torch.bfloat16)]
+    for logits in cases:
+        assert greedy_token(logits) == int(torch.argmax(logits)), logits
 
 
 def test_greedy_picks_argmax_and_sampling_respects_the_seed():
