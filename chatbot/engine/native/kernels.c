@@ -192,6 +192,7 @@ INLINE void k4_scale_min(int j, const uint8_t *sm, int *sc, int *mn) {
  * it too. */
 #define ROWS 4
 #define FIELD_BYTES(type) (HAS_OFFSET(type) ? 4 : 2)
+#define CENTRE(type) ((type) == T_Q4_0 ? 8 : (type) == T_Q5_0 ? 16 : 0) /* of the simple types */
 
 /* Block b of a row of a simple type: in a group at `base` as its row `lane`, or (lane < 0) in the
  * file's layout in the row at `base`. fields: its d (and m); blk: where the block would start in
@@ -215,7 +216,7 @@ INLINE block_view simple_view(const uint8_t *blk, int type) {
     v.shift = -1;
     v.qh = five ? blk + 2 + 2 * has_min : NULL;
     v.q = blk + 2 + 2 * has_min + 4 * five;
-    v.centre = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;
+    v.centre = CENTRE(type);
     return v;
 }
 
@@ -431,6 +432,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     __m256 acc[ROWS];                                                                                            \
     __m128 off[ROWS]; /* lane 1: the sum of offset * s (lane 0 is not read) */                                  \
     __m256 group_off = _mm256_setzero_ps(); /* a group of Q4_1/Q5_1, lane 2r + 1: row r's sum of m * s */       \
+    __m128 centre_off = _mm_setzero_ps(); /* a group of Q4_0/Q5_0, lane r: row r's sum of -centre * d * s */    \
     float scales[8]; /* a group's block: row r's d * xd in lane r (lane 2r with an m) */                        \
     float kscale[ROWS][16], koffset[ROWS][8]; /* K-quants: the current super-block's, per 16 weights / per block */ \
     for (int r = 0; r < n; r++) {                                                                                \
@@ -455,12 +457,15 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
                 const __m256 scaled = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)), xds4); \
                 group_off = _mm256_add_ps(group_off, scaled);                                                    \
                 _mm256_storeu_ps(scales, scaled);                                                                \
-            } else {                                                                                             \
-                _mm_storeu_ps(scales, _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group)), _mm_set1_ps(xd))); \
+            } else { /* d of 4 rows; a centre is taken off as an offset: per group, not per row's integers */   \
+                const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group));                         \
+                _mm_storeu_ps(scales, _mm_mul_ps(d4, _mm_set1_ps(xd)));                                          \
+                if (CENTRE(type)) centre_off = _mm_fmadd_ps(d4, _mm_set1_ps(-(float)CENTRE(type) * xs), centre_off); \
             }                                                                                                    \
             for (int r = 0; r < ROWS; r++) {                                                                     \
                 __m256i lo, hi;                                                                                  \
-                const block_view v = simple_view(simple_block(w, r, type, b).blk, type);                         \
+                block_view v = simple_view(simple_block(w, r, type, b).blk, type);                               \
+                v.centre = 0; /* in centre_off */                                                                \
                 weights16(&v, type, &lo, &hi);                                                                   \
                 const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
                 const __m256 d = _mm256_broadcast_ss(scales + (HAS_OFFSET(type) ? 2 * r : r));                   \
@@ -496,10 +501,11 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
             if (HAS_OFFSET(type)) off[r] = _mm_add_ps(off[r], _mm_setr_ps(0.0f, koffset[r][j] * xs, 0.0f, 0.0f)); \
         }                                                                                                        \
     }                                                                                                            \
-    float group_offs[8];                                                                                         \
+    float group_offs[8], centre_offs[4];                                                                         \
     _mm256_storeu_ps(group_offs, group_off);                                                                     \
+    _mm_storeu_ps(centre_offs, centre_off);                                                                      \
     for (int r = 0; r < n; r++)                                                                                  \
-        y[r] = hsum256(acc[r]) + (SIMPLE(type) && n == ROWS ? (HAS_OFFSET(type) ? group_offs[2 * r + 1] : 0.0f)  \
+        y[r] = hsum256(acc[r]) + (SIMPLE(type) && n == ROWS ? (HAS_OFFSET(type) ? group_offs[2 * r + 1] : centre_offs[r])  \
                                                             : _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1)));
 
 AVX2 INLINE void rows_avx2_of(const uint8_t *w, size_t stride, const int type, const int n, int nb, qvec x, float *y) {
