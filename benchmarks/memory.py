@@ -46,6 +46,7 @@ from pathlib import Path
 from benchmarks.common import report
 from chatbot.config import Settings
 from chatbot.engine.sampling import SamplingParams
+from chatbot.memory import recall
 from chatbot.memory.summary import message_ids, update_summary
 from chatbot.personas.registry import find
 from chatbot.runtime import open_runtime
@@ -302,14 +303,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--sequential", action="store_true", help="ask the three questions one after another")
+    parser.add_argument("--min-score-ratio", type=float, default=None,
+                        help="recall's cut-off: a candidate below this share of the best score is left out (default: recall's own)")
     parser.add_argument("--note", default="", help="e.g. 'measured while other jobs loaded the machine'")
     args = parser.parse_args()
+    if args.min_score_ratio is not None:
+        recall.MIN_SCORE_RATIO = args.min_score_ratio
     base = Settings()
     runtime = open_runtime(base)
     persona = find(base.persona, base.data_dir)
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens)
     rows, payload = [], {"conversations": args.conversations, "offset": args.offset, "controls": args.controls, "seed": args.seed, "note": args.note,
-                         "model": runtime.model_name, "engine": runtime.engine.name, "results": []}
+                         "min_score_ratio": recall.MIN_SCORE_RATIO, "model": runtime.model_name, "engine": runtime.engine.name, "results": []}
     started = time.perf_counter()
     for budget in args.budgets:
         rng = random.Random(f"{args.seed}:{budget}")

@@ -75,6 +75,18 @@ def test_a_dropped_fact_is_recalled_into_the_block_and_the_kept_window_is_not(st
     assert off.recalled == [] and "Talvoren" not in off.text
 
 
+def test_a_passage_that_matched_only_a_word_most_messages_hold_is_left_out(store, smol_tokenizer):
+    """The cut-off (recall.MIN_SCORE_RATIO): "something" is in every filler message, so beside the
+    castle's message those match next to nothing; two facts that each match one rare word both stay."""
+    conversation = stored(store, [("My name is Talvoren.", "Nice to meet you."),
+                                  ("I live in Brisquella, by the castle.", "Lovely.")] + FILLER)
+    name, _, place = [m.id for m in store.active_branch(conversation)[:3]]
+    castle = build(smol_tokenizer, store, conversation, "Tell me something about the castle.")
+    assert castle.dropped_turns > 2 and [p.message_id for p in castle.recalled] == [place]
+    both = build(smol_tokenizer, store, conversation, "What is my name and where do I live?")
+    assert [p.message_id for p in both.recalled] == [name, place]
+
+
 def test_nothing_dropped_no_block_and_the_whole_budget_for_the_window(store, smol_tokenizer):
     conversation = stored(store, [("My name is Talvoren.", "Nice to meet you.")])
     context = build(smol_tokenizer, store, conversation, "What is my name?")

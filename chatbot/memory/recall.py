@@ -4,7 +4,9 @@ The query is the latest message's content words (stop words left out, each word 
 light stem, any of them may match), ranked by the store (FTS5 bm25 on SQLite). A message with no
 content word ("and then?") asks with the last kept exchange instead. Candidates of the open
 conversation are kept only if they are among the dropped turns of the open branch: the kept
-window is in the prompt already, and other branches are not this conversation's story.
+window is in the prompt already, and other branches are not this conversation's story. A
+candidate scoring below `MIN_SCORE_RATIO` of the best one left is cut: it matched only words that
+most of the history holds.
 
 Scopes (`--memory`, setting `memory`): off; conversation (default: the open conversation only);
 persona (also every other conversation that had a reply from the same persona); all (every
@@ -22,6 +24,9 @@ from chatbot.store.recall import Scope
 
 SCOPES = ("off", "conversation", "persona", "all")
 PASSAGES = 8  # best candidates handed to the block (it keeps what fits)
+# A candidate scoring below this share of the best recallable one is left out: it matched only
+# words that most of the history holds ("something" in every "Tell me something about ...").
+MIN_SCORE_RATIO = 0.25
 WORD = re.compile(r"[^\W_]+")
 SUFFIXES = ("ing", "ed", "es", "s", "e")
 STOP_WORDS = frozenset(
@@ -82,10 +87,13 @@ class RecallSource:
             persona=self.persona,
         )
         hits = self.store.recall_candidates(fts_expression(words), [stem(w) for w in words], scope)
-        passages = []
+        passages, best = [], None
         for hit in hits:
             if hit.conversation_id == request.conversation_id and hit.message_id not in allowed:
                 continue  # in the kept window already, or on another branch
+            best = hit.score if best is None else best
+            if hit.score < MIN_SCORE_RATIO * best:
+                break  # best first: the rest score lower still
             passages.append(
                 MemoryPassage("recall", hit.content, hit.message_id, hit.conversation_id, hit.role,
                               hit.conversation_title)
