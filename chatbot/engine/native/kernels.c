@@ -405,23 +405,56 @@ INLINE block_view k_view(const uint8_t *row, int type, int b) {
     return v;
 }
 
+/* Blocks j and j + 1 (j even) of a Q4_K/Q5_K super-block at sb, as weights16 gives them: they are the
+ * low and the high nibbles of the same 32 bytes, read and widened once for both. */
+AVX2 INLINE void k4_pair(const uint8_t *sb, int type, int j, __m256i *lo0, __m256i *hi0, __m256i *lo1, __m256i *hi1) {
+    const int five = type == T_Q5_K;
+    const uint8_t *q = sb + 16 + 32 * five + 32 * (j / 2);
+    if (!five) {
+        const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
+        const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(q + QH)));
+        const __m256i low4 = _mm256_set1_epi16(0x0f);
+        *lo0 = _mm256_and_si256(a, low4), *hi0 = _mm256_and_si256(b, low4);
+        *lo1 = _mm256_srli_epi16(a, 4), *hi1 = _mm256_srli_epi16(b, 4);
+        return;
+    }
+    const __m256i bytes = _mm256_loadu_si256((const __m256i *)q), high = _mm256_loadu_si256((const __m256i *)(sb + 16));
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    const __m256i u0 = _mm256_or_si256(_mm256_and_si256(bytes, low4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, j), one), 4));
+    const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, j + 1), one), 4));
+    *lo0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u0)), *hi0 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u0, 1));
+    *lo1 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u1)), *hi1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u1, 1));
+}
+
 /* Super-block `sb` of a K-quant row: the scale of each 16 weights and the offset of each block. */
 AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float *scale, float *offset) {
     if (type == T_Q6_K) {
         const uint8_t *at = row + (size_t)sb * 210;
-        const float d = half_f16c(at + 208);
-        const int8_t *sc = (const int8_t *)(at + 192);
-        for (int i = 0; i < 16; i++) scale[i] = d * (float)sc[i];
+        const __m256 d = _mm256_set1_ps(half_f16c(at + 208));
+        const __m128i sc = _mm_loadu_si128((const __m128i *)(at + 192)); /* 16 int8 */
+        _mm256_storeu_ps(scale, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+        _mm256_storeu_ps(scale + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
         return;
     }
     const uint8_t *at = row + (size_t)sb * (type == T_Q5_K ? 176 : 144);
-    const float d = half_f16c(at), dmin = half_f16c(at + 2);
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        k4_scale_min(j, at + 4, &sc, &mn);
-        scale[2 * j] = scale[2 * j + 1] = d * (float)sc;
-        offset[j] = -dmin * (float)mn;
-    }
+    /* the eight 6-bit scales and mins (k4_scale_min's) as bytes, four to a word: scales 0-3 are the
+     * low 6 bits of bytes 0-3, scales 4-7 the low nibbles of bytes 8-11 with the top 2 bits of bytes
+     * 0-3; mins alike from bytes 4-7 and the high nibbles of 8-11 */
+    uint32_t u[3], six[4];
+    memcpy(u, at + 4, 12);
+    six[0] = u[0] & 0x3f3f3f3f;
+    six[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
+    six[2] = u[1] & 0x3f3f3f3f;
+    six[3] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
+    const __m256 scales = _mm256_mul_ps(_mm256_set1_ps(half_f16c(at)),
+                                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)six))));
+    const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(-half_f16c(at + 2)),
+                                      _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(six + 2)))));
+    _mm256_storeu_ps(offset, mins);
+    _mm256_storeu_ps(scale, _mm256_permutevar8x32_ps(scales, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+    _mm256_storeu_ps(scale + 8, _mm256_permutevar8x32_ps(scales, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)));
 }
 
 /* n (<= ROWS) rows, `stride` bytes apart, of one type, dotted with x into y. The simple types
@@ -430,7 +463,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
  * their block view. */
 #define ROWS_BODY(MADD)                                                                                          \
     __m256 acc[ROWS];                                                                                            \
-    __m128 off[ROWS]; /* lane 1: the sum of offset * s (lane 0 is not read) */                                  \
+    __m128 off[ROWS]; /* rows after the last group, lane 1: the sum of m * s (lane 0 is not read) */           \
     __m256 group_off = _mm256_setzero_ps(); /* a group of Q4_1/Q5_1, lane 2r + 1: row r's sum of m * s */       \
     __m128 centre_off = _mm_setzero_ps(); /* a group of Q4_0/Q5_0, lane r: row r's sum of -centre * d * s */    \
     float scales[8]; /* a group's block: row r's d * xd in lane r (lane 2r with an m) */                        \
@@ -442,6 +475,29 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     const __m256i zero = _mm256_setzero_si256();                                                                 \
     const uint8_t *ahead = w + (size_t)PF_GROUPS * n * stride;                                                   \
     const size_t share = (size_t)n * stride / nb;                                                                \
+    float koff[ROWS] = {0}; /* K-quants: the sum of offset * s */                                                \
+    if (type == T_Q4_K || type == T_Q5_K) { /* blocks in pairs (k4_pair)                                  */\
+        for (int b = 0; b < nb; b += 2) {                                                                        \
+            for (size_t off = 0; off < 2 * share; off += 64) _mm_prefetch((const char *)ahead + b * share + off, _MM_HINT_T0); \
+            if (b % 8 == 0)                                                                                      \
+                for (int r = 0; r < n; r++) super_block_scales(w + r * stride, type, b / 8, kscale[r], koffset[r]); \
+            const int j = b % 8;                                                                                 \
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK));                              \
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x.q + b * QK + QH));                         \
+            const __m256i x2 = _mm256_loadu_si256((const __m256i *)(x.q + (b + 1) * QK));                        \
+            const __m256i x3 = _mm256_loadu_si256((const __m256i *)(x.q + (b + 1) * QK + QH));                   \
+            for (int r = 0; r < n; r++) {                                                                        \
+                __m256i lo0, hi0, lo1, hi1;                                                                      \
+                k4_pair(w + r * stride + (size_t)(b / 8) * (type == T_Q5_K ? 176 : 144), type, j, &lo0, &hi0, &lo1, &hi1); \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(MADD(zero, lo0, x0), hi0, x1)),                 \
+                                         _mm256_set1_ps(kscale[r][2 * j] * x.d[b]), acc[r]);                     \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(MADD(zero, lo1, x2), hi1, x3)),                 \
+                                         _mm256_set1_ps(kscale[r][2 * j + 2] * x.d[b + 1]), acc[r]);             \
+                koff[r] += koffset[r][j] * x.s[b];                                                               \
+                koff[r] += koffset[r][j + 1] * x.s[b + 1];                                                       \
+            }                                                                                                    \
+        }                                                                                                        \
+    } else                                                                                                       \
     for (int b = 0; b < nb; b++) {                                                                               \
         for (size_t off = 0; off < share; off += 64) _mm_prefetch((const char *)ahead + b * share + off, _MM_HINT_T0); \
         if (!SIMPLE(type) && b % 8 == 0) /* a K-quant's super-block scales, decoded once at its first block */   \
@@ -498,7 +554,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
                 const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(kscale[r][2 * j] * xd), acc[r]); \
             }                                                                                                    \
-            if (HAS_OFFSET(type)) off[r] = _mm_add_ps(off[r], _mm_setr_ps(0.0f, koffset[r][j] * xs, 0.0f, 0.0f)); \
+            if (HAS_OFFSET(type)) koff[r] += koffset[r][j] * xs;                                                 \
         }                                                                                                        \
     }                                                                                                            \
     float group_offs[8], centre_offs[4];                                                                         \
@@ -506,7 +562,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     _mm_storeu_ps(centre_offs, centre_off);                                                                      \
     for (int r = 0; r < n; r++)                                                                                  \
         y[r] = hsum256(acc[r]) + (SIMPLE(type) && n == ROWS ? (HAS_OFFSET(type) ? group_offs[2 * r + 1] : centre_offs[r])  \
-                                                            : _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1)));
+                                                            : SIMPLE(type) ? _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1)) : koff[r]);
 
 AVX2 INLINE void rows_avx2_of(const uint8_t *w, size_t stride, const int type, const int n, int nb, qvec x, float *y) {
     ROWS_BODY(MADD_AVX2)
