@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbot import locations
+from chatbot.errors import UserError
 
 
 class Settings(BaseSettings):
@@ -53,3 +54,20 @@ class Settings(BaseSettings):
         if "://" in self.db:
             return self.db
         return f"sqlite:///{Path(self.db).expanduser()}"
+
+
+def settings_from(**overrides) -> Settings:
+    """The settings, these values over the environment's; an invalid one is one line (exit 2)."""
+    try:
+        return Settings(**overrides)
+    except Exception as exc:  # pydantic.ValidationError: bad env or option value
+        raise UserError(f"invalid setting: {_first_error(exc)}", exit_code=2) from exc
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg')}"
+    return str(exc)

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI turns them into one line and an exit status, never a traceback."""
 
+import sys
+
 
 class UserError(Exception):
     """A problem the user can fix: bad input, a missing file, a refused action."""
@@ -20,3 +22,13 @@ class UsageError(UserError):
 
 class NotFoundError(UserError):
     """An id, name or file that does not exist (exit status 1)."""
+
+
+def exit_in_one_line(message: str, code: int) -> None:
+    """`chatbot: error: ...` on stderr (the message's first line; what it quotes made visible),
+    then exit with `code`."""
+    from chatbot.terminal_text import visible
+
+    first_line = message.strip().splitlines()[0] if message.strip() else "error"
+    print(f"chatbot: error: {visible(first_line)}", file=sys.stderr)  # it may quote what was typed
+    raise SystemExit(code)

@@ -350,6 +350,37 @@ async def test_resume_last_with_nothing_saved_starts_a_new_conversation(tmp_path
     assert app.fatal is None and [m.content for m in branch(app.controller.settings)][0] == "first ever"
 
 
+async def test_until_the_settings_are_read_keys_needing_them_wait_and_a_message_is_kept(tmp_path):
+    """`chatbot` on a terminal reads its settings and personas behind the first frame
+    (cli/tui_start.py, `prepare`): until they are there, F2 and F9 do nothing (they are shown
+    disabled), a message sent waits; then the persona shows and everything works."""
+    from chatbot.tui.app import ChatApp
+    from chatbot.tui.widgets.dialogs import PersonaPicker
+
+    made = make_app(tmp_path)  # what `prepare` makes behind the first frame
+    gate = threading.Event()
+
+    def prepare(app):
+        gate.wait(10)
+        app.open_store, app.open_runtime = made.open_store, made.open_runtime
+        return made.controller
+
+    app = ChatApp(None, None, None, Preferences(tmp_path / "tui.toml"), prepare=prepare)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        screen = chat(app)
+        assert screen.controller is None and screen.status.persona == ""
+        await pilot.press("f2", "f9")
+        assert app.screen is screen
+        await type_and_send(pilot, "early bird")
+        gate.set()
+        await wait_for(pilot, lambda: screen.controller is not None and idle(app) and len(shown(app)) == 2, what="reply")
+        assert shown(app) == [("user", "early bird"), ("assistant", "You said: early bird")]
+        assert screen.status.persona == made.controller.persona.persona.title
+        await pilot.press("f2")
+        assert isinstance(app.screen, PersonaPicker)
+
+
 async def test_resume_unknown_id_ends_with_one_line_error(tmp_path):
     app = make_app(tmp_path, resume="999")
     async with app.run_test(size=SIZE) as pilot:

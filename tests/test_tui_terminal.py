@@ -64,7 +64,8 @@ class Terminal:
 
 @pytest.fixture
 def start(tmp_path, model_cache_dir):
-    """Starts `chatbot ARGS...` on a pseudo-terminal, with its own data dir and database."""
+    """Starts `chatbot ARGS...` on a pseudo-terminal, with its own data dir and database
+    (`start(..., python_code=CODE)`: `python -c CODE ARGS...` instead)."""
     started = []
     env = {
         **os.environ,
@@ -74,8 +75,9 @@ def start(tmp_path, model_cache_dir):
         "CHATBOT_DB": str(tmp_path / "chat.db"),
     }
 
-    def start(*args: str) -> Terminal:
-        started.append(Terminal([sys.executable, "-m", "chatbot", *args], env))
+    def start(*args: str, python_code: str | None = None) -> Terminal:
+        run = ["-c", python_code] if python_code is not None else ["-m", "chatbot"]
+        started.append(Terminal([sys.executable, *run, *args], env))
         return started[-1]
 
     yield start
@@ -174,6 +176,79 @@ def test_the_tui_starts_without_the_store_imported_and_help_still_lists_every_co
     assert out.split() == ["False", "False"]
     shown = subprocess.run([sys.executable, "-m", "chatbot", "--help"], capture_output=True, text=True, check=True, env=env).stdout
     assert "history" in shown and "ask" in shown
+
+
+HEAVY = ("pydantic", "typer", "sqlalchemy", "alembic", "torch", "transformers", "gguf")
+
+
+def test_the_first_frame_waits_for_no_settings_store_or_model_and_the_options_still_apply(start, tmp_path):
+    """The real entry point on a terminal: when the backend starts (after the chat screen's
+    first whole frame) none of the heavy modules has been imported; then `--persona` applies
+    (the status bar names the persona)."""
+    spy = (
+        "import sys\n"
+        "import chatbot.tui.screen as screen\n"
+        "started = screen.ChatScreen._start_backend\n"
+        "def spy(self):\n"
+        "    if not self._backend_started:  # the first call (the next ones do nothing)\n"
+        f"        open({str(tmp_path / 'imported')!r}, 'w').write(' '.join(m for m in {HEAVY!r} if m in sys.modules) + ' .')\n"
+        "    started(self)\n"
+        "screen.ChatScreen._start_backend = spy\n"
+        "from chatbot.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    tui = start("--persona", "pirate", python_code=spy)
+    assert tui.wait_for("Captain Redbeard".encode(), 60), tui.screen.decode("utf-8", "replace")[-2000:]
+    assert (tmp_path / "imported").read_text() == " ."  # none of them
+    tui.send(QUIT)
+    assert tui.close(30) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--engine", "bogus"], 2, "chatbot: error: invalid setting: engine: "),
+        (["--persona", "nobody"], 1, "chatbot: error: no persona named 'nobody'"),
+    ],
+)
+def test_what_the_first_frame_no_longer_waits_for_still_fails_in_one_line(start, args, code, message):
+    """Read behind the first frame, an invalid setting or an unknown persona still ends the UI
+    with the one line (and exit status) it had before the screen opened."""
+    tui = start(*args)
+    assert tui.close(60) == code
+    shown = tui.screen.decode("utf-8", "replace")
+    assert message in shown and "Traceback" not in shown, shown[-2000:]
+    assert len([line for line in shown.splitlines() if "chatbot: error:" in line]) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "taken"),
+    [
+        ([], True), (["--resume"], True), (["--resume", "7"], True), (["--resume=7"], True),
+        (["--resume", "--persona", "pirate"], True), (["--db", "x.db", "--resume"], True),
+        (["--db=x.db", "--model", "m.gguf", "--engine", "fast"], True), (["--db="], True),
+        (["--base-url", "http://h:1/v1", "--remote-model", "m", "--persona=bard"], True),
+        # left to typer, which parses (or refuses) them as before
+        (["--db", "--resume"], False), (["--db"], False), (["--help"], False), (["--db", "a", "--db", "b"], False),
+        (["ask", "hi"], False), (["-x"], False), (["--resume", "7", "extra"], False), (["--", "--db", "x"], False),
+    ],
+)
+def test_the_quick_start_reads_root_options_as_typer_does(args, taken):
+    """`cli/tui_start.py` reads the root options without typer: what it takes, typer's parse
+    (after cli/app.py's rewrites) gives the same values."""
+    import typer
+
+    from chatbot.cli.app import app, resume_alone_means_last, root_options_first
+    from chatbot.cli.tui_start import tui_start
+
+    quick = tui_start(args)
+    assert (quick is not None) is taken
+    if quick is None:
+        return
+    ctx = typer.main.get_command(app).make_context("chatbot", resume_alone_means_last(root_options_first(args)))
+    params = {k: v for k, v in ctx.params.items() if v is not None}
+    wanted = {**quick.overrides, "resume": quick.resume, "persona": quick.persona}
+    assert params == {k: v for k, v in wanted.items() if v is not None}
 
 
 def test_the_root_options_that_take_values_are_all_known():

@@ -5,9 +5,9 @@ import sys
 import typer
 
 from chatbot.cli.state import AppState
-from chatbot.config import Settings
-from chatbot.errors import UserError
-from chatbot.terminal_text import visible
+from chatbot.cli.tui_start import ROOT_VALUE_OPTIONS
+from chatbot.config import settings_from
+from chatbot.errors import UserError, exit_in_one_line as _fail
 
 app = typer.Typer(
     name="chatbot",
@@ -42,25 +42,12 @@ def root(
 ) -> None:
     given = {"db": db, "model": model, "engine": engine, "base_url": base_url, "remote_model": remote_model}
     overrides = {k: v for k, v in given.items() if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except Exception as exc:  # pydantic.ValidationError: bad env or option value
-        raise UserError(f"invalid setting: {_first_error(exc)}", exit_code=2) from exc
-    ctx.obj = AppState(settings=settings)
+    ctx.obj = AppState(settings=settings_from(**overrides))
     ctx.call_on_close(ctx.obj.close)
     if ctx.invoked_subcommand is None:
         from chatbot.cli.chat import open_default_chat
 
         open_default_chat(ctx.obj, resume=resume, persona=persona)
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{where}: {first.get('msg')}"
-    return str(exc)
 
 
 def _register_groups(everything: bool = True) -> None:
@@ -74,9 +61,6 @@ def _register_groups(everything: bool = True) -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"chatbot.cli.{optional}":
                 raise
-
-
-ROOT_VALUE_OPTIONS = ("--db", "--model", "--engine", "--persona", "--base-url", "--remote-model")
 
 
 def resume_alone_means_last(args: list[str]) -> list[str]:
@@ -195,9 +179,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()  # the reader went away (e.g. `| head`); nothing to say
         return 0
     return 0
-
-
-def _fail(message: str, code: int) -> None:
-    first_line = message.strip().splitlines()[0] if message.strip() else "error"
-    print(f"chatbot: error: {visible(first_line)}", file=sys.stderr)  # it may quote what was typed
-    raise SystemExit(code)

@@ -102,7 +102,7 @@ def open_default_chat(state: AppState, resume: str | None = None, persona: str |
     except ImportError:
         run_tui = None
     if run_tui is not None and sys.stdin.isatty() and sys.stdout.isatty():
-        run_tui(state, resume=resume, persona=persona)
+        run_tui(lambda: state, resume=resume, persona=persona)  # the settings already read
         return
     store = state.store()
     conversation_id = None

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from chatbot.config import Settings
+
+if TYPE_CHECKING:  # the TUI's quick start makes an AppState without typer (cli/tui_start.py)
+    import typer
 
 
 def echo_progress(message: str) -> None:

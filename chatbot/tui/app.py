@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,24 +28,34 @@ class ChatApp(App):
 
     def __init__(
         self,
-        controller: ChatController,
-        open_store: Callable[[], Any],
-        open_runtime: Callable[[Callable[[str], None]], Any],
+        controller: ChatController | None,
+        open_store: Callable[[], Any] | None,
+        open_runtime: Callable[[Callable[[str], None]], Any] | None,
         prefs: Preferences | None = None,
         resume: str | None = None,
         persona: str | None = None,
+        prepare: Callable[[ChatApp], ChatController] | None = None,
     ):
+        """Without a controller, `prepare(app)` makes it on the backend worker after the first
+        frame (and sets `open_store` and `open_runtime`): the settings and personas it reads
+        import pydantic, ~0.25 s of CPU the first paint need not wait for."""
         self.prefs = prefs if prefs is not None else Preferences(None)
         self.COMMAND_PALETTE_BINDING = self.prefs.keys.get("palette", BY_ID["palette"].keys)
         super().__init__()
         self.controller = controller
         self.open_store = open_store
         self.open_runtime = open_runtime
+        self._prepare = prepare
         self.resume = resume
         self.persona_asked = persona  # from the command line: it also applies to a resumed conversation
         self.fatal: Exception | None = None
         self.set_keymap(self.prefs.keys)
         self._probing_widths = False
+
+    def prepare(self) -> ChatController:
+        """On the backend worker: the controller (and store and model openers) not made yet."""
+        self.controller = self._prepare(self)
+        return self.controller
 
     @property
     def keymap(self) -> dict[str, str]:
@@ -89,34 +100,46 @@ class ChatApp(App):
             self.prefs.save()
 
 
-def run_tui(state, resume: str | None = None, persona: str | None = None) -> None:
-    """Open the UI at once; the store and the model open behind it."""
-    from chatbot.personas.registry import scan
-
+def run_tui(make_state: Callable[[], Any], resume: str | None = None, persona: str | None = None) -> None:
+    """Open the UI at once. `make_state()` (the settings: `cli.state.AppState`), the personas,
+    the store and the model are made behind the first frame, on the UI's backend worker."""
     os.environ["TQDM_DISABLE"] = "1"  # a conversion progress bar would draw over the screen
-    settings = state.settings
-    installed = state.persona(persona)  # an unknown name: one line, before the screen opens
-    personas, _problems = scan(settings.data_dir)
-    personas.setdefault(installed.persona.name, installed)
-    controller = ChatController(settings, personas, installed)
+    made = []
 
-    def open_runtime(progress):
-        # The model decodes in a process of its own: from a thread of this one, next to the UI's
-        # event loop, it ran at half the speed of `chatbot ask` (see engine/worker.py).
-        from textual.worker import get_current_worker
+    def prepare(app: ChatApp) -> ChatController:
+        from chatbot.personas.registry import scan
 
-        from chatbot.engine.remote import open_remote_runtime
+        state = make_state()  # an invalid setting: one line, once the UI has closed
+        made.append(state)
+        settings = state.settings
+        installed = state.persona(persona)  # an unknown name: the same
+        personas, _problems = scan(settings.data_dir)
+        personas.setdefault(installed.persona.name, installed)
 
-        loader = get_current_worker()  # cancelled when the UI closes: then stop loading at once
-        return open_remote_runtime(settings, progress=progress, cancelled=lambda: loader.is_cancelled)
+        def open_runtime(progress):
+            # The model decodes in a process of its own: from a thread of this one, next to the
+            # UI's event loop, it ran at half the speed of `chatbot ask` (see engine/worker.py).
+            from textual.worker import get_current_worker
 
-    app = ChatApp(controller, state.store, open_runtime, Preferences.load(default_path()), resume, persona)
+            from chatbot.engine.remote import open_remote_runtime
+
+            loader = get_current_worker()  # cancelled when the UI closes: then stop loading at once
+            return open_remote_runtime(settings, progress=progress, cancelled=lambda: loader.is_cancelled)
+
+        app.open_store, app.open_runtime = state.store, open_runtime
+        return ChatController(settings, personas, installed)
+
+    app = ChatApp(None, None, None, Preferences.load(default_path()), resume, persona, prepare=prepare)
     tolerate_malformed_input()
     try:
         app.run()
     finally:
-        from chatbot.engine.remote import stop_all_workers
-
-        stop_all_workers()  # the model's process, loaded or still loading
+        # The model's process, loaded or still loading. Not imported yet: none was started (an
+        # import here, for nothing, was torch's: seconds before an early error could be shown).
+        stop_all_workers = getattr(sys.modules.get("chatbot.engine.remote"), "stop_all_workers", None)
+        if stop_all_workers is not None:
+            stop_all_workers()
+        for state in made:
+            state.close()  # the store, if it opened
     if app.fatal is not None:
         raise app.fatal

@@ -29,8 +29,9 @@ ACTIONS = (
 class ChatCommands(Provider):
     def _commands(self):
         screen = self.app.get_screen("chat")
-        controller = screen.controller
-        for name, installed in sorted(controller.personas.items()):
+        controller = screen.controller  # None a moment after the first frame: no settings read yet
+        personas = controller.personas if controller is not None else {}
+        for name, installed in sorted(personas.items()):
             title = installed.persona.title
             yield (
                 f"Persona: {title}",
@@ -39,6 +40,8 @@ class ChatCommands(Provider):
             )
         for label, action, help_text in ACTIONS:
             yield label, partial(screen.run_action, action), help_text
+        if controller is None:
+            return
         from chatbot.tui.model_switch import model_names, switch_model
 
         if getattr(self, "_models", None) is None:  # once per palette opening, not per keystroke

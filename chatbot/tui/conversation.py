@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatbot.config import Settings
 from chatbot.errors import UserError
-from chatbot.personas.registry import InstalledPersona
-from chatbot import conversation_settings
+
+if TYPE_CHECKING:  # both import pydantic (~0.25 s of CPU): not before the UI's first frame
+    from chatbot.config import Settings
+    from chatbot.personas.registry import InstalledPersona
 
 
 @dataclass
@@ -74,6 +75,8 @@ class ChatController:
         session = self.session
         if session is None:
             return
+        from chatbot import conversation_settings
+
         session.settings = conversation_settings.session_settings(self.settings, self.conversation_settings)
         if self.conversation_id is None:
             session.start_new()
@@ -185,6 +188,8 @@ class ChatController:
 
     def check_settings(self, values: dict[str, Any]) -> dict[str, Any]:
         """ValueError (one line) unless every value is allowed."""
+        from chatbot import conversation_settings
+
         return conversation_settings.check(values, self.settings, self.persona)
 
     def set_conversation_settings(self, values: dict[str, Any]) -> None:
@@ -194,6 +199,8 @@ class ChatController:
             self.store.set_conversation_settings(self.conversation_id, values)
         self.conversation_settings = dict(values)
         if self.session is not None:
+            from chatbot import conversation_settings
+
             self.session.settings = conversation_settings.session_settings(self.settings, values)
 
     # -- personas -------------------------------------------------------------------------------

@@ -18,10 +18,6 @@ from chatbot.tui import keys
 from chatbot.tui.conversation import ChatController
 from chatbot.tui.widgets.chat_log import ChatLog, EventLine, MessageView
 from chatbot.tui.widgets.composer import Composer
-from chatbot.tui.widgets.dialogs import ConfirmDialog, ExportDialog, HelpScreen, PersonaPicker, TextPrompt
-from chatbot import conversation_settings
-from chatbot.tui.widgets.replay import ReplayScreen
-from chatbot.tui.widgets.settings_panel import SettingsPanel
 from chatbot.tui.widgets.sidebar import Sidebar, title_of
 from chatbot.tui.widgets.status_bar import StatusBar
 from chatbot.tui.widgets.text import literal
@@ -31,6 +27,11 @@ LOADING = "Loading the model… type away: your message is sent when it is ready
 # Below this many columns the conversation list starts hidden (Ctrl+B shows it): at 32 columns
 # of its own it would leave the conversation a narrow strip.
 SIDEBAR_MIN_WIDTH = 80
+# The backend opens once the first frame is out, or this long after mounting at the latest.
+BACKEND_AT_LATEST_S = 5.0  # a safety net (no layout at all: a terminal of size 0), well after the frame
+# What works before the settings are read (a moment after the first frame, see `open_backend`):
+# nothing here needs the conversation's controller.
+WITHOUT_CONTROLLER = {"cancel", "select", "toggle_sidebar", "search", "help", "pick_theme", "toggle_markdown"}
 
 
 _startup_frozen = False
@@ -51,9 +52,9 @@ def _freeze_startup() -> None:
 class ChatScreen(Screen):
     BINDINGS = keys.bindings("chat")
 
-    def __init__(self, controller: ChatController, resume: str | None = None, persona: str | None = None):
+    def __init__(self, controller: ChatController | None, resume: str | None = None, persona: str | None = None):
         super().__init__()
-        self.controller = controller
+        self.controller = controller  # None: made by the app's `prepare` after the first frame
         self.resume = resume
         self.persona_asked = persona  # `--persona`: wins over a resumed conversation's own
         self.pending: list[tuple[str, MessageView]] = []  # typed before the model was ready
@@ -61,6 +62,7 @@ class ChatScreen(Screen):
         self.streaming: MessageView | None = None
         self.editing: int | None = None  # the user message being edited
         self.sidebar_chosen = False  # shown or hidden by the user: no longer follows the width
+        self._backend_started = False
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -95,13 +97,32 @@ class ChatScreen(Screen):
         return self.cancel_event is not None
 
     def on_mount(self) -> None:
-        self._show_persona()
+        if self.controller is not None:
+            self._show_persona()
         self.composer.cursor_blink = self.app.prefs.cursor_blink
         self.composer.focus()
         self._loading_notice()
-        # After the first frame: opening the store and the tokenizer imports SQLAlchemy and
-        # transformers on a worker thread, and that thread holding the GIL delayed the first paint.
-        self.call_after_refresh(self.open_backend)
+        # Once the first frame is out: reading the settings and personas (pydantic), opening the
+        # store and the tokenizer (SQLAlchemy, transformers) import on a worker thread, which,
+        # holding the GIL, delayed the first paint. The first refresh callback came before the
+        # frame that holds the screen's widgets; the layout signal comes after it is written out.
+        self.screen_layout_refresh_signal.subscribe(self.log_view, self._laid_out)
+        self.set_timer(BACKEND_AT_LATEST_S, self._start_backend)
+
+    def _laid_out(self, _screen) -> None:
+        self.screen_layout_refresh_signal.unsubscribe(self.log_view)
+        self.composer.call_after_refresh(self._start_backend)
+
+    def _start_backend(self) -> None:
+        if not self._backend_started:
+            self._backend_started = True
+            gc.enable()  # off until now when started from the shell (cli/tui_start.py)
+            self.open_backend()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.controller is None and action not in WITHOUT_CONTROLLER:
+            return None  # shown, disabled, for the moment until the settings are read
+        return True
 
     def on_resize(self, event: events.Resize) -> None:
         if not self.sidebar_chosen:
@@ -115,6 +136,13 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, group="backend")
     def open_backend(self) -> None:
         app = self.app
+        if self.controller is None:
+            try:
+                controller = app.prepare()
+            except Exception as exc:  # noqa: BLE001 - e.g. an invalid setting: one line once the UI closes
+                self._post(self._prepare_failed, exc)
+                return
+            self._post(self._controller_ready, controller)
         try:
             store = app.open_store()
         except Exception as exc:  # noqa: BLE001 - shown, not raised: the UI stays up
@@ -142,6 +170,15 @@ class ChatScreen(Screen):
             self.app.call_from_thread(callback, *args)
         except Exception:  # noqa: BLE001 - the app is shutting down (or gone)
             pass
+
+    def _controller_ready(self, controller: ChatController) -> None:
+        self.controller = controller
+        self._show_persona()
+        self.refresh_bindings()
+
+    def _prepare_failed(self, exc: Exception) -> None:
+        self.app.fatal = exc
+        self.app.exit(return_code=getattr(exc, "exit_code", 1))
 
     def _show_progress(self, message: str) -> None:
         if self.is_attached:
@@ -269,6 +306,8 @@ class ChatScreen(Screen):
         return []
 
     def _show_persona(self) -> None:
+        from chatbot import conversation_settings
+
         p = self.controller.persona.persona
         self.status.persona = p.title
         self.status.persona_color = p.color
@@ -290,7 +329,7 @@ class ChatScreen(Screen):
             self._truncate_from(user_id, keep=False)
             self._start_turn("edit", text, user_id)
             return
-        if self.busy or not self.controller.ready:
+        if self.busy or self.controller is None or not self.controller.ready:
             view = MessageView("user", text, pending=True)
             self.pending.append((text, view))
             log.add_message(view)
@@ -298,7 +337,7 @@ class ChatScreen(Screen):
         self._start_turn("send", text)
 
     def _send_next_pending(self) -> None:
-        if self.pending and self.controller.ready and not self.busy:
+        if self.pending and self.controller is not None and self.controller.ready and not self.busy:
             text, view = self.pending.pop(0)
             view.remove()
             self._start_turn("send", text)
@@ -568,6 +607,8 @@ class ChatScreen(Screen):
     # -- personas -------------------------------------------------------------------------------
 
     def action_pick_persona(self) -> None:
+        from chatbot.tui.widgets.dialogs import PersonaPicker
+
         picker = PersonaPicker(self.controller.personas, self.controller.persona.persona.name)
         self.app.push_screen(picker, lambda name: name and self.switch_persona(name))
 
@@ -597,6 +638,7 @@ class ChatScreen(Screen):
             "memory": getattr(settings, "memory", None),
         }
         from chatbot.tui.model_switch import model_names
+        from chatbot.tui.widgets.settings_panel import SettingsPanel
 
         panel = SettingsPanel(
             controller.personas, controller.persona.persona.name, controller.conversation_settings, defaults,
@@ -691,6 +733,8 @@ class ChatScreen(Screen):
         self.delete(self.controller.conversation_id)
 
     def rename(self, conversation_id: int) -> None:
+        from chatbot.tui.widgets.dialogs import TextPrompt
+
         store = self.controller.store
         current = store.conversation(conversation_id).title or ""
 
@@ -704,6 +748,8 @@ class ChatScreen(Screen):
         self.app.push_screen(TextPrompt("New title:", current), done)
 
     def delete(self, conversation_id: int) -> None:
+        from chatbot.tui.widgets.dialogs import ConfirmDialog
+
         store = self.controller.store
         if conversation_id == self.controller.conversation_id and self.busy:
             self.notify("A reply is streaming: Esc stops it first.")
@@ -728,6 +774,8 @@ class ChatScreen(Screen):
         if cid is None:
             self.notify("Nothing saved yet to export.")
             return
+        from chatbot.tui.widgets.dialogs import ExportDialog
+
         dialog = ExportDialog(f"conversation-{cid}", Path.cwd())
         self.app.push_screen(dialog, lambda answer: answer and self.export(*answer))
 
@@ -754,9 +802,13 @@ class ChatScreen(Screen):
         if self.controller.conversation_id is None:
             self.notify("Open a saved conversation to replay it.")
             return
+        from chatbot.tui.widgets.replay import ReplayScreen
+
         self.app.push_screen(ReplayScreen(self.controller.view(), self._label, self._color))
 
     def action_help(self) -> None:
+        from chatbot.tui.widgets.dialogs import HelpScreen
+
         self.app.push_screen(HelpScreen(self.app.keymap, self.app.prefs.path))
 
     def action_pick_theme(self) -> None:
