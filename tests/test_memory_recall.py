@@ -266,3 +266,25 @@ def test_export_and_import_carry_what_each_reply_recalled_with_the_ids_remapped(
     doc["conversation"]["messages"][3]["recalled"] = [{"source": "recall", "message_id": other_id, "conversation_id": other}]
     again = store.import_conversation(exchange.parse_document(json.dumps(doc), "y.json"))
     assert store.recalled_of(store.active_branch(again)[-1].id) == []
+
+
+def test_the_memory_option_of_ask_and_chat_wins_over_the_setting(isolated_settings, tiny_runtime, monkeypatch, capsys):
+    from cli_invoke import invoke_main, share_runtime
+
+    monkeypatch.setenv("CHATBOT_CONTEXT_BUDGET", "384")
+    share_runtime(monkeypatch, Settings(), lambda: tiny_runtime)
+    with Store.open(Settings().database_url()) as store:
+        conversation = stored(store, [("My name is Talvoren.", "Nice to meet you.")] + FILLER)
+        fact = store.active_branch(conversation)[0].id
+    monkeypatch.setenv("CHATBOT_MEMORY", "all")
+    code, out, _ = invoke_main(capsys, "ask", "--continue", "--json", "--max-new-tokens", "2", "--memory", "off",
+                               "What is my name?")
+    asked = json.loads(out)
+    assert code == 0 and asked["dropped_turns"] > 0 and asked["recalled"] == []
+    monkeypatch.setenv("CHATBOT_MEMORY", "off")
+    code, _, _ = invoke_main(capsys, "chat", "--plain", "--continue", "--max-new-tokens", "2", "--memory", "conversation",
+                             stdin="What is my name?\n")
+    with Store.open(Settings().database_url()) as store:
+        replies = [m.id for m in store.active_branch(conversation) if m.role == "assistant"]
+        assert code == 0 and store.recalled_of(asked["message_id"]) is None  # memory was off for it
+        assert store.recalled_of(replies[-1]) == [{"source": "recall", "message_id": fact, "conversation_id": conversation}]
