@@ -41,3 +41,17 @@ def share_runtime(monkeypatch, settings, runtime_of) -> None:
         return runtime
 
     monkeypatch.setattr(chatbot.runtime, "open_runtime", open_runtime)
+
+
+def run_like_subprocess(bundled_cli, monkeypatch):
+    """`run(args, env, stdin=None)` giving what subprocess.run gives (returncode, stdout, stderr),
+    with the command run in this process (bundled_cli) and `env` set with monkeypatch."""
+    import subprocess
+
+    def run(args, env, stdin=None):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        code, out, err = bundled_cli(*args, stdin=stdin)
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

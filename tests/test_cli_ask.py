@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_invoke import run_like_subprocess
 
 
 def run_process(args, env_dirs, stdin=None):
@@ -16,28 +17,20 @@ def run_process(args, env_dirs, stdin=None):
 
 
 @pytest.fixture
-def env_dirs(tmp_path, model_cache_dir, monkeypatch):
-    dirs = {
+def env_dirs(tmp_path, model_cache_dir):
+    return {
         "CHATBOT_DATA_DIR": str(tmp_path / "data"),
         "CHATBOT_CACHE_DIR": str(model_cache_dir),
         "CHATBOT_DB": str(tmp_path / "chat.db"),
     }
-    for name, value in dirs.items():  # for the commands run in this process
-        monkeypatch.setenv(name, value)
-    return dirs
 
 
 @pytest.fixture
-def run(bundled_cli):
+def run(bundled_cli, monkeypatch):
     """`chatbot ARGS` in this process, over the session's bundled model: what the commands do is
     the point here; the process itself is tested by run_process (a fresh one gives the same reply)
     and the Ctrl+C test."""
-
-    def in_process(args, env_dirs, stdin=None):
-        code, out, err = bundled_cli(*args, stdin=stdin)
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return in_process
+    return run_like_subprocess(bundled_cli, monkeypatch)
 
 
 def test_ask_json_reply_and_stats(env_dirs, run):

@@ -4,10 +4,9 @@ the message to 0 tokens)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from cli_invoke import run_like_subprocess
 
 from chatbot.config import Settings
 from chatbot.engine.sampling import SamplingParams
@@ -20,9 +19,10 @@ from chatbot.session import ChatSession, prompt_budget
 pytestmark = pytest.mark.slow
 
 
-def run(args, env, stdin=None):
-    return subprocess.run([sys.executable, "-m", "chatbot", *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **env, "TQDM_DISABLE": "1"}, timeout=600)
+@pytest.fixture
+def run(bundled_cli, monkeypatch):
+    """`chatbot ARGS` in this process, over the session's bundled model."""
+    return run_like_subprocess(bundled_cli, monkeypatch)
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def add_persona(env, name, control_code):
         f.write(f'name = "{name}"\ndisplay_name = "Huge"\ndescription = "d"\ncontrol_code = """{control_code}"""\n')
 
 
-def test_a_budget_beyond_the_model_is_clamped_with_a_note(env, bundled_fp32):
+def test_a_budget_beyond_the_model_is_clamped_with_a_note(env, run):
     result = run(["ask", "hi", "--max-new-tokens", "4", "--temperature", "0", "--json"],
                  {**env, "CHATBOT_CONTEXT_BUDGET": "20000"})
     assert result.returncode == 0, result.stderr
@@ -60,14 +60,14 @@ def test_a_prompt_never_exceeds_the_model_s_positions(tiny_runtime, isolated_set
     assert reply.stats.new_tokens == 24  # the whole reply fits beside the prompt
 
 
-def test_no_room_for_a_prompt_is_a_usage_error(env, bundled_fp32):
+def test_no_room_for_a_prompt_is_a_usage_error(env, run):
     result = run(["ask", "hi", "--max-new-tokens", "8192"], env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "chatbot: error: max_new_tokens 8192 leaves no room for a prompt in the model's context of 8192 tokens")
 
 
-def test_a_control_code_that_leaves_no_room_is_refused_and_nothing_is_stored(env, bundled_fp32):
+def test_a_control_code_that_leaves_no_room_is_refused_and_nothing_is_stored(env, run):
     add_persona(env, "huge", "Talk like a pirate. " * 600)  # ~3000 tokens, budget 2048
     result = run(["ask", "What is the capital of France?", "-p", "huge"], env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -77,7 +77,7 @@ def test_a_control_code_that_leaves_no_room_is_refused_and_nothing_is_stored(env
     assert json.loads(listed.stdout or "[]") == []
 
 
-def test_a_10_mb_control_code_is_refused_in_one_line(env, bundled_fp32):
+def test_a_10_mb_control_code_is_refused_in_one_line(env, run):
     add_persona(env, "vast", "Talk like a pirate. " * 500_000)
     result = run(["ask", "hi", "-p", "vast"], env)
     assert result.returncode == 1 and "Traceback" not in result.stderr

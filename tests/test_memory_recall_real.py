@@ -14,7 +14,8 @@ FILLER = [(f"Tell me something about topic {i}.", f"Here is something about topi
           for i in range(24)]
 
 
-def test_ask_continue_recalls_a_fact_that_left_the_window(isolated_settings, monkeypatch, capsys):
+def test_ask_continue_recalls_a_fact_that_left_the_window(isolated_settings, monkeypatch, capsys, bundled_cli):
+    # bundled_cli: `ask` opens the session's bundled model instead of loading it again
     monkeypatch.setenv("CHATBOT_CONTEXT_BUDGET", "384")
     with Store.open(Settings().database_url()) as store:
         conversation = store.new_conversation(None, "test")
