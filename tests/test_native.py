@@ -205,7 +205,7 @@ def test_portable_c_computes_what_the_best_instruction_set_computes(fast_engine,
         engine = with_isa(fast_engine, isa)
         engine.reset()
         seq, logits = list(ids), []
-        for _ in range(8):
+        for _ in range(4):  # a kernel misreading a block shows at the first step; portable C is slow
             logits.append(engine.next_token_logits(seq))
             seq.append(int(logits[-1].argmax()))
         steps[isa] = torch.stack(logits)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from chatbot.config import Settings
 from chatbot.engine.sampling import SamplingParams
 from chatbot.memory.context import ContextBuilder
 from chatbot.personas import soft_prompt as sp
@@ -17,16 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runtime():
-    from chatbot.engine.loading import load_model
+def runtime(bundled_fp32):
     from chatbot.runtime import build_engine
 
-    settings = Settings()
-    try:
-        loaded = load_model("", settings.cache_dir, dtype="float32")
-    except Exception as exc:
-        pytest.skip(f"bundled model not available: {exc}")
-    return loaded, build_engine(loaded)
+    return bundled_fp32, build_engine(bundled_fp32)  # the session's fp32 load, not a second one
 
 
 def shipped_soft(tmp_path):
