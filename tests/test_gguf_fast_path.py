@@ -169,6 +169,22 @@ def test_a_mixed_file_keeps_each_tensor_in_its_own_form_and_caches(files, tmp_pa
     assert (first.float() - want).abs().max().item() <= TOLERANCE["Q6_K"]
 
 
+def test_a_conversion_writes_the_prefill_copies_as_it_makes_them(files, tmp_path):
+    """The dense prefill copies (2x the GGUF file in bf16) go to their cache file one layer at a
+    time: the model being built keeps none of them (meta placeholders), and the file holds exactly
+    the copies a build holding them all makes, a mixed file's split projections included."""
+    from safetensors.torch import load_file
+
+    path = write_tiny_gguf(files / "streamed.gguf", "llama", "Q4_K", seed=12,
+                           kinds={"attn_q": "Q5_0", "attn_v": "Q6_K", "ffn_up": "Q8_0"})
+    held = {name: t for name, t in loader.from_gguf(path).state_dict().items() if name.endswith(".dense")}
+    streamed = loader.from_gguf(path, dense_file=tmp_path / "copies.safetensors").state_dict()
+    assert "layers.1.wqkv.parts.0.dense" in held and all(streamed[name].is_meta for name in held)
+    written = load_file(str(tmp_path / "copies.safetensors"))
+    assert written.keys() == held.keys() and all(torch.equal(written[name], held[name]) for name in held)
+    assert [p.name for p in tmp_path.iterdir()] == ["copies.safetensors"]  # renamed into place, nothing left
+
+
 @pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "F16"])
 def test_the_int8_head_built_a_few_rows_at_a_time_is_the_whole_matrix_quantized(files, monkeypatch, kind):
     """The conversion quantizes the head in chunks of rows (the fp32 matrix is never whole in

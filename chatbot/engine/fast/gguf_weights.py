@@ -343,6 +343,16 @@ class GGUFWeights:
                 raw = raw.take_rows(unpermute_order(rows, self.shape.n_kv_heads))
         return raw
 
+    def release(self, prefix: str) -> None:
+        """The file's pages read for the tensors whose names start with `prefix`, given back: gguf's
+        reader maps the file read-only, and a conversion reads every block once (without this, the
+        whole file stays in RSS beside what is built from it)."""
+        from chatbot.engine.fast.pages import release_span
+
+        for name, t in self.tensors.items():
+            if name.startswith(prefix):
+                release_span(t.data.ctypes.data, t.data.nbytes)
+
     def has(self, name: str) -> bool:
         return name in self.tensors
 

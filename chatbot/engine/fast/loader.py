@@ -24,6 +24,7 @@ from chatbot.engine.fast.file_rows import FileEmbedding, RowsAt
 from chatbot.engine.fast.gguf_weights import GGUFWeights, LlamaShape, NotOnFastPath
 from chatbot.engine.fast.model import FastLlama, Layout, UninitEmbedding, UninitLinear
 from chatbot.engine.fast.pages import map_large_allocations
+from chatbot.engine.fast.tensor_stream import TensorStream
 
 # bump when the cached files' names or tensors' meaning change (4: dense copies in safetensors;
 # 5: packed int4 weights in a file of their own, per CPU kernel path). A FORMAT 5 cache without a
@@ -73,16 +74,18 @@ def _head(model: FastLlama, embedding: torch.Tensor, head: torch.Tensor | None, 
         model.output = _dense_linear(weight, dtype)
 
 
-HEAD_ROWS_AT_ONCE = 4096
+HEAD_ROWS_AT_ONCE = 1024  # 2.4 MB of fp32 rows (and a few times that in temporaries) at a time
 
 
-def _int8_head(raw, dtype) -> qz.Int8Linear:
+def _int8_head(raw, dtype, after_rows=lambda: None) -> qz.Int8Linear:
     """The int8 head (one scale per row) quantized a few thousand rows at a time: the whole matrix
-    in fp32 (4x its int8 form, and as much again in temporaries) is never in memory."""
+    in fp32 (4x its int8 form, and as much again in temporaries) is never in memory; `after_rows`
+    is called after each chunk (the file's pages read for it given back)."""
     head = qz.Int8Linear(raw.cols, raw.rows, dtype)
     for start in range(0, raw.rows, HEAD_ROWS_AT_ONCE):
         rows = raw.row_slice(start, start + HEAD_ROWS_AT_ONCE).dequantize().view(-1, raw.cols)
         head.weight[start : start + len(rows)], head.scales[start : start + len(rows)] = qz.quantize_int8_rows(rows, dtype)
+        after_rows()
     return head
 
 
@@ -91,10 +94,17 @@ def _stack_planes(all_planes: list[list]) -> list:
     return [tuple(torch.cat([planes[p][j] for planes in all_planes]) for j in range(3)) for p in range(len(all_planes[0]))]
 
 
-def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout()) -> FastLlama:
+# the prefill copies one layer can have: Q, K, V, O, gate, up, down each its own (a mixed file)
+MOST_COPIES_A_LAYER = 7
+
+
+def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Layout = Layout(),
+              dense_file: Path | None = None) -> FastLlama:
     """Each tensor by its own GGUF type: 4-bit types as one int4 plane, 5/8-bit as two (exact),
     the rest (Q6_K, floats) decoded to dense weights. NotOnFastPath where a type or the
-    architecture has no fast form."""
+    architecture has no fast form. `dense_file`: the dense prefill copies are written there as
+    each layer makes them (safetensors, renamed into place once whole) and the model keeps meta
+    placeholders of them: a conversion never holds them all (~2x the file in bf16)."""
     weights = GGUFWeights(path)
     weights.check()
     shape = weights.shape
@@ -102,6 +112,20 @@ def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Lay
         # an untied head has no embedding rows to re-score from: kept dense (exact up to bf16)
         layout = replace(layout, head="dense")
     model = FastLlama(shape, dtype, layout)
+    copies = TensorStream(dense_file, MOST_COPIES_A_LAYER * shape.n_layers) if dense_file and layout.dense_prefill else None
+    try:
+        _layers_from_gguf(model, weights, copies)
+    except BaseException:
+        if copies is not None:
+            copies.abort()
+        raise
+    if copies is not None:
+        copies.close()
+    return _head_from_gguf(model, weights, path, layout)
+
+
+def _layers_from_gguf(model: FastLlama, weights: GGUFWeights, copies: TensorStream | None) -> None:
+    shape, dtype, layout = model.shape, model.dtype, model.layout
 
     def part(raw):
         planes = raw.int4_planes() if layout.linear == "int4" else None
@@ -134,6 +158,21 @@ def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Lay
             block.bqkv = torch.cat([vector(i, r, "bias") for r in ("attn_q", "attn_k", "attn_v")])
         if shape.qk_norm:
             block.q_norm, block.k_norm = vector(i, "attn_q_norm"), vector(i, "attn_k_norm")
+        if copies is not None:
+            _stream_copies(block, f"layers.{i}.", copies)
+        weights.release(f"blk.{i}.")
+
+
+def _stream_copies(block: nn.Module, prefix: str, copies: TensorStream) -> None:
+    """A layer's prefill copies written out now, a meta placeholder of each left in its place."""
+    for name, module in block.named_modules():
+        if isinstance(module, qz.Int4Linear) and module.dense is not None and not module.dense.is_meta:
+            copies.add(f"{prefix}{name}.dense", module.dense)
+            module.dense = torch.empty(module.dense.shape, dtype=module.dense.dtype, device="meta")
+
+
+def _head_from_gguf(model: FastLlama, weights: GGUFWeights, path: str | Path, layout: Layout) -> FastLlama:
+    shape, dtype = model.shape, model.dtype
     model.norm = weights.output_norm().dequantize().to(dtype)
     embed = weights.embedding()
     if layout.embedding == "file":
@@ -143,7 +182,8 @@ def from_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, layout: Lay
     elif layout.embedding == "q8":
         model.layout = layout = replace(layout, embedding="dense")
     if layout.embedding != "dense" and layout.head.startswith("int8"):
-        model.output = _int8_head(weights.output(), dtype)  # from the tied embedding's blocks
+        head = weights.output()  # the tied embedding's blocks
+        model.output = _int8_head(head, dtype, after_rows=lambda: weights.release(head.name))
     else:
         dense_embed = embed.dequantize()
         _head(model, dense_embed, None if shape.tie_embeddings else weights.output().dequantize(), dtype)
@@ -305,8 +345,8 @@ def save(model: FastLlama, folder: Path, key: str) -> None:
     path = folder / f"{key}.safetensors"
     if packed:  # laid out for this process's kernel path: named and stamped with it
         _write_safetensors(packed, _packed_path(path), _packing_stamp())
-    if dense:  # the prefill copies: a file of their own, mapped lazily (see load)
-        _write_safetensors(dense, _dense_path(path))
+    if dense and not any(t.is_meta for t in dense.values()):  # the prefill copies: a file of their
+        _write_safetensors(dense, _dense_path(path))  # own, mapped lazily (see load); else written as made
     modules = {f"layers.{i}.{attr}": module_spec(getattr(block, attr))
                for i, block in enumerate(model.layers) for attr in PROJECTIONS}
     meta = {"shape": json.dumps(model.shape.__dict__), "layout": json.dumps(model.layout.as_dict()),
@@ -474,7 +514,9 @@ def load_or_build(gguf_path: Path, folder: Path, dtype: torch.dtype = torch.bflo
     if progress:
         progress(f"Repacking {Path(gguf_path).name} for the fast engine (once per CPU kernel path)...")
     map_large_allocations()  # the conversion's freed tensors go back to the system, not the heap
-    model = from_gguf(gguf_path, dtype, layout)  # NotOnFastPath before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    # NotOnFastPath before anything is written; the prefill copies written as they are made
+    model = from_gguf(gguf_path, dtype, layout, dense_file=_dense_path(path))
     save(model, folder, key)
     _remove_stale(folder)
     # The built model holds its dense prefill copies in memory (bf16: ~4x an int4 layer); read

@@ -30,10 +30,16 @@ M_MMAP_THRESHOLD = -3
 def release(tensor: torch.Tensor) -> None:
     """Drop the whole pages inside `tensor`'s storage from RSS (a tensor mapped from a file, never
     written). Pages it shares with a neighbour are kept: only those wholly inside it go."""
-    if _madvise is None or tensor.numel() == 0:
+    if tensor.numel():
+        release_span(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
+def release_span(start: int, size: int) -> None:
+    """`release` of the bytes start..start+size of a file-backed mapping (a GGUF file's blocks as
+    gguf's reader maps them, read-only)."""
+    if _madvise is None or size <= 0:
         return
-    start = tensor.data_ptr()
-    end = start + tensor.numel() * tensor.element_size()
+    end = start + size
     first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
     last = end // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:

@@ -43,9 +43,16 @@ def regroup(blocks: np.ndarray, kind: str) -> np.ndarray:
     rows, width = blocks.shape
     whole = rows // GROUP_ROWS * GROUP_ROWS
     grouped = blocks[:whole].reshape(whole // GROUP_ROWS, GROUP_ROWS, width // size, size).transpose(0, 2, 1, 3)
-    grouped = np.concatenate([grouped[..., :fields].reshape(*grouped.shape[:2], -1),
-                              grouped[..., fields:].reshape(*grouped.shape[:2], -1)], axis=2)
-    return np.concatenate([grouped.reshape(whole, width), blocks[whole:]])
+    # written in place into one array: no intermediate copies (3x a 30 MB head at a first start)
+    out = np.empty_like(blocks)
+    into = out[:whole].reshape(whole // GROUP_ROWS, width // size, GROUP_ROWS * size)
+    for part, (start, end) in ((grouped[..., :fields], (0, GROUP_ROWS * fields)),
+                               (grouped[..., fields:], (GROUP_ROWS * fields, GROUP_ROWS * size))):
+        target = into[..., start:end]
+        target.shape = part.shape  # splits the last axis: a view (raises rather than copy)
+        target[...] = part
+    out[whole:] = blocks[whole:]
+    return out
 
 
 class NotNative(Exception):
@@ -88,8 +95,11 @@ def build(gguf_path: Path, n_layers: int, progress=None) -> NativeWeights:
         raws[HEAD] = head
     if progress:
         progress(f"Laying out {Path(gguf_path).name} for the native decode kernels (once)...")
-    return NativeWeights({key: torch.from_numpy(regroup(raw.data, raw.kind)) for key, raw in raws.items()},
-                         {key: raw.kind for key, raw in raws.items()}, {key: raw.cols for key, raw in raws.items()})
+    tensors = {}
+    for key, raw in raws.items():
+        tensors[key] = torch.from_numpy(regroup(raw.data, raw.kind))
+        weights.release(raw.name)  # the file's pages read for it: not held beside the copy
+    return NativeWeights(tensors, {key: raw.kind for key, raw in raws.items()}, {key: raw.cols for key, raw in raws.items()})
 
 
 def save(weights: NativeWeights, path: Path) -> None:
@@ -117,9 +127,8 @@ def load_or_build(gguf_path: Path, folder: Path, n_layers: int, progress=None) -
             return load(path)
         except Exception:  # damaged or foreign: rebuilt whole below
             pass
-    weights = build(gguf_path, n_layers, progress)
-    save(weights, path)
+    save(build(gguf_path, n_layers, progress), path)
     for stale in Path(folder).glob("native-v*.safetensors"):  # another format's layout: never read again
         if stale != path:
             stale.unlink(missing_ok=True)
-    return weights
+    return load(path)  # mapped, as on every later start: the built copies are not kept
