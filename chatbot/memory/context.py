@@ -194,7 +194,7 @@ class ContextBuilder:
         ~20 s): no token covers more bytes than the vocabulary's longest entry, so its length in
         bytes over that bounds its tokens from below."""
         size = len((persona.control_code or "").encode("utf-8", "surrogatepass"))
-        if size and size > 4 * budget * self._longest_token_bytes():
+        if size > 4 * budget and size > 4 * budget * self._longest_token_bytes():  # the vocabulary only then
             raise too_little_room(persona, f"over {4 * budget}", budget)
 
     def _longest_token_bytes(self) -> int:
