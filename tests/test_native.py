@@ -109,6 +109,33 @@ def blocks_and_weights(kind: str, rows: int, cols: int, rng: np.random.Generator
     return blocks, weights
 
 
+@pytest.mark.parametrize("kind", list(BLOCK_TYPES))
+def test_rows_read_from_the_kernels_layout_are_the_files_weights(kernels_lib, kind):
+    """nd_rows (a tied embedding read from the head's blocks) gives gguf's own dequantization, for
+    rows in a group of four and the row after the last group."""
+    rows, cols = 37, 512
+    blocks, weights = blocks_and_weights(kind, rows, cols, np.random.default_rng(3))
+    packed = np.ascontiguousarray(regroup(blocks, kind))
+    ids = np.array([0, 5, 36, 17, 2, 36], dtype=np.int32)
+    out = np.zeros((len(ids), cols), dtype=np.float32)
+    matrix = QMat(packed.ctypes.data, BLOCK_TYPES[kind], rows, cols)
+    assert kernels_lib.nd_rows(ctypes.byref(matrix), ids.ctypes.data, len(ids), out.ctypes.data) == 0
+    np.testing.assert_allclose(out, weights[ids], rtol=1e-6, atol=1e-6 * np.abs(weights).max())
+    bad = np.array([37], dtype=np.int32)
+    assert kernels_lib.nd_rows(ctypes.byref(matrix), bad.ctypes.data, 1, out.ctypes.data) == -1
+
+
+def test_a_tied_embedding_is_read_from_the_heads_blocks(fast_engine):
+    native = fast_engine.native
+    if native is None:
+        pytest.skip("the kernels do not run here")
+    assert native.embeds_from_head  # the bundled model ties its Q8_0 embedding to the head
+    ids = torch.tensor([0, 1, 2, 3, 4, 49151, 1234])
+    assert torch.equal(native.embedding_rows(ids), native.model.embedding_rows(ids))  # Q8_0: d * q, exact
+    with pytest.raises(IndexError, match="token id out of range"):
+        native.embedding_rows(torch.tensor([49152]))
+
+
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("kind", list(BLOCK_TYPES))
 def test_gemv_matches_dequantize_then_matmul(kernels_lib, isa, kind):

@@ -46,6 +46,9 @@ class NativeDecoder:
         elif native_head:
             head = self._head(model)
         self.has_native_head = bool(output.w) or head is not None
+        # a tied embedding is the head's own blocks: its rows are read from them, already mapped
+        # and read every step, not with a read of the file per token
+        self.embeds_from_head = bool(output.w) and s.tie_embeddings
         self.head_rescored = head is not None and head[1]
         self.struct = ModelWeights(s.n_layers, s.dim, s.n_heads, s.n_kv_heads, s.head_dim, s.hidden_dim,
                                    s.norm_eps, layers, self._keep(model.norm), output, head[0] if head else Q8Rows())
@@ -59,6 +62,16 @@ class NativeDecoder:
             if self.kernels.lib.nd_gemv(ctypes.byref(head), h[t].data_ptr(), out[t].data_ptr(),
                                         torch.get_num_threads(), self.kernels.isa_id):
                 raise RuntimeError("native head failed")
+        return out
+
+    def embedding_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """float32 rows of the token embedding `[len(ids), dim]`, as FastLlama.embedding_rows."""
+        if not self.embeds_from_head:
+            return self.model.embedding_rows(ids)
+        wanted = ids.reshape(-1).to(torch.int32).contiguous()
+        out = torch.empty(wanted.shape[0], self.model.shape.dim)
+        if self.kernels.lib.nd_rows(ctypes.byref(self.struct.output), wanted.data_ptr(), wanted.shape[0], out.data_ptr()):
+            raise IndexError(f"token id out of range (vocabulary of {self.struct.output.rows})")
         return out
 
     def _qmat(self, key: str) -> QMat:
@@ -101,7 +114,7 @@ class NativeDecoder:
         """As FastLlama.forward: token ids `[T]` or input embeddings `[T, dim]` after the cached
         positions; logits `[1, vocab]` for the last ("last"), `[T, vocab]` ("all") or None ("none")."""
         model, cache = self.model, self.model.cache
-        x = (model.embedding_rows(x) if x.dtype == torch.long else x).float().contiguous()
+        x = (self.embedding_rows(x) if x.dtype == torch.long else x).float().contiguous()
         T, pos = x.shape[0], cache.length
         cache.reserve(pos + T)
         rows = {"none": 0, "last": 1, "all": T}[logits]

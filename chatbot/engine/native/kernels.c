@@ -1200,6 +1200,27 @@ int nd_head(const q8_rows *m, const float *x, float *y, int nthreads, int isa) {
     return rc;
 }
 
+/* Rows ids[0..n - 1] of a matrix in the kernels' layout, as floats into out [n, cols]: a token
+ * embedding tied to the head, read from the head's blocks (each weight scale * (u - centre) +
+ * offset, in that order: Q8_0's d * q exactly). -1: an id out of range. */
+int nd_rows(const qmat *m, const int32_t *ids, int n, float *out) {
+    const size_t stride = row_bytes_of(m->type, m->cols);
+    const int nb = m->cols / QK, grouped = m->rows / ROWS * ROWS;
+    for (int i = 0; i < n; i++) {
+        const int r = ids[i];
+        if (r < 0 || r >= m->rows) return -1;
+        const int lane = SIMPLE(m->type) && r < grouped ? r % ROWS : -1;
+        const uint8_t *base = m->w + (size_t)(lane < 0 ? r : r - lane) * stride;
+        for (int b = 0; b < nb; b++) {
+            const block_view v = view_of(base, lane, m->type, b);
+            float *at = out + (size_t)i * m->cols + b * QK;
+            for (int k = 0; k < QK; k++)
+                at[k] = v.scale[k / QH] * (float)(integer_at(&v, m->type, k) - v.centre) + v.offset;
+        }
+    }
+    return 0;
+}
+
 /* Which instruction sets this CPU runs: a bit per ISA_* value. */
 int nd_cpu_isas(void) {
     __builtin_cpu_init();

@@ -70,6 +70,8 @@ def _open() -> ctypes.CDLL | None:
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.nd_gemv.restype = ctypes.c_int
     lib.nd_gemv.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.nd_rows.restype = ctypes.c_int
+    lib.nd_rows.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     lib.nd_head.restype = ctypes.c_int
     lib.nd_head.argtypes = [ctypes.POINTER(Q8Rows), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     return lib
