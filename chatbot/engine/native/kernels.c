@@ -457,10 +457,10 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     _mm256_storeu_ps(scale + 8, _mm256_permutevar8x32_ps(scales, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)));
 }
 
-/* n (<= ROWS) rows, `stride` bytes apart, of one type, dotted with x into y. The simple types
- * (a block: fp16 d, for Q4_1/Q5_1 then fp16 m, then its integers) read d and m with one vector
- * conversion and scale them by the activation's (d, s) in one multiply; the K-quants go through
- * their block view. */
+/* n (<= ROWS) rows, `stride` bytes apart, of one type, dotted with x into y: a whole group of a
+ * simple type (its four rows' scales loaded and converted together, see simple_block), a row after
+ * the last group (the file's layout, scales one row at a time), or K-quant rows (Q4_K/Q5_K two
+ * blocks at a time, k4_pair; Q6_K through its block view), their super-block scales decoded once. */
 #define ROWS_BODY(MADD)                                                                                          \
     __m256 acc[ROWS];                                                                                            \
     __m128 off[ROWS]; /* rows after the last group, lane 1: the sum of m * s (lane 0 is not read) */           \
@@ -476,7 +476,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     const uint8_t *ahead = w + (size_t)PF_GROUPS * n * stride;                                                   \
     const size_t share = (size_t)n * stride / nb;                                                                \
     float koff[ROWS] = {0}; /* K-quants: the sum of offset * s */                                                \
-    if (type == T_Q4_K || type == T_Q5_K) { /* blocks in pairs (k4_pair)                                  */\
+    if (type == T_Q4_K || type == T_Q5_K) { /* blocks in pairs (k4_pair) */                                 \
         for (int b = 0; b < nb; b += 2) {                                                                        \
             for (size_t off = 0; off < 2 * share; off += 64) _mm_prefetch((const char *)ahead + b * share + off, _MM_HINT_T0); \
             if (b % 8 == 0)                                                                                      \
