@@ -125,6 +125,18 @@ def test_rows_read_from_the_kernels_layout_are_the_files_weights(kernels_lib, ki
     assert kernels_lib.nd_rows(ctypes.byref(matrix), bad.ctypes.data, 1, out.ctypes.data) == -1
 
 
+def test_the_heads_logits_of_several_states_come_from_one_pass(fast_engine):
+    """A long prefill's logits over the file's head (nd_matmul's tile kernel) are what one state at a
+    time gives (the bundled Q8_0 head: bit for bit)."""
+    native = fast_engine.native
+    if native is None or not native.struct.output.w:
+        pytest.skip("the kernels do not run the file's head here")
+    h = torch.randn(9, native.model.shape.dim, generator=torch.Generator().manual_seed(0))
+    together = native.head_logits(h)
+    assert together.shape == (9, native.model.shape.vocab_size)
+    assert torch.equal(together, torch.cat([native.head_logits(h[i : i + 1]) for i in range(9)]))
+
+
 def test_a_tied_embedding_is_read_from_the_heads_blocks(fast_engine):
     native = fast_engine.native
     if native is None:

@@ -58,10 +58,9 @@ class NativeDecoder:
         h = h.float().contiguous()
         head = self.struct.output
         out = torch.empty(h.shape[0], head.rows)
-        for t in range(h.shape[0]):
-            if self.kernels.lib.nd_gemv(ctypes.byref(head), h[t].data_ptr(), out[t].data_ptr(),
-                                        torch.get_num_threads(), self.kernels.isa_id):
-                raise RuntimeError("native head failed")
+        if self.kernels.lib.nd_matmul(ctypes.byref(head), h.data_ptr(), h.shape[0], out.data_ptr(),
+                                      torch.get_num_threads(), self.kernels.isa_id):
+            raise RuntimeError("native head failed")
         return out
 
     def embedding_rows(self, ids: torch.Tensor) -> torch.Tensor:

@@ -868,11 +868,6 @@ static void matmul_rows(const qmat *m, qvec x, int T, float *y, int ldy, kernel_
     }
 }
 
-static void matmul_chunk(const qmat *m, qvec x, int T, float *y, int ldy, kernel_set k, int c) {
-    const int first = c * CHUNK;
-    matmul_rows(m, x, T, y, ldy, k, first, first + CHUNK < m->rows ? first + CHUNK : m->rows);
-}
-
 static void head_chunk(const q8_rows *m, qvec x, float *y, head_fn rows, int c) {
     const int first = c * HEAD_CHUNK;
     rows(m, first, m->rows - first < HEAD_CHUNK ? m->rows - first : HEAD_CHUNK, x, y);
@@ -1174,18 +1169,26 @@ static void release(qvec v) {
     free(v.q); free(v.d); free(v.s);
 }
 
-/* y = W x for one matrix (tests), in the decoder step's chunks. */
-int nd_gemv(const qmat *m, const float *x, float *y, int nthreads, int isa) {
+/* Y = X W^T for T tokens (x: [T, cols], y: [T, rows]) in the decoder step's chunks: one token
+ * through the GEMV, several through the tile kernel (each weight block read once for up to TOKENS
+ * of them: a long prefill's logits over the head, one pass instead of one a token). */
+int nd_matmul(const qmat *m, const float *x, int T, float *y, int nthreads, int isa) {
     qvec act;
-    const int rc = quantized(x, m->cols, &act);
+    const int rc = T < 1 ? -1 : quantized(x, T * m->cols, &act);
     const kernel_set k = {rows_for(isa), tile_for(isa)};
     if (rc == 0) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic)
-        for (int c = 0; c < row_chunks(m->rows); c++) matmul_chunk(m, act, 1, y, 0, k, c);
+        for (int c = 0; c < row_chunks(m->rows); c++) {
+            const int first = c * CHUNK;
+            matmul_rows(m, act, T, y, m->rows, k, first, first + CHUNK < m->rows ? first + CHUNK : m->rows);
+        }
     }
-    release(act);
+    if (rc != -1) release(act);
     return rc;
 }
+
+/* y = W x for one matrix (tests). */
+int nd_gemv(const qmat *m, const float *x, float *y, int nthreads, int isa) { return nd_matmul(m, x, 1, y, nthreads, isa); }
 
 /* logits = head x (tests), as the decoder step's last phase. */
 int nd_head(const q8_rows *m, const float *x, float *y, int nthreads, int isa) {

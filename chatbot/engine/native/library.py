@@ -68,6 +68,8 @@ def _open() -> ctypes.CDLL | None:
     lib.nd_forward.argtypes = [ctypes.POINTER(ModelWeights), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.nd_matmul.restype = ctypes.c_int
+    lib.nd_matmul.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.nd_gemv.restype = ctypes.c_int
     lib.nd_gemv.argtypes = [ctypes.POINTER(QMat), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.nd_rows.restype = ctypes.c_int
