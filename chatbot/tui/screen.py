@@ -149,6 +149,8 @@ class ChatScreen(Screen):
             self._post(self._backend_failed, f"cannot open the database: {exc}")
             return
         self._post(self._store_ready, store)
+        if app.fatal is not None:  # `--resume` of no such conversation: closing, load no model
+            return  # (importing torch here held the one-line error up by seconds)
         # The Markdown widgets, before the first reply needs them (~0.07 s; not before the
         # first frame, which holds no reply): the model loads for seconds after this anyway.
         import chatbot.tui.widgets.reply_markdown  # noqa: F401
