@@ -6,7 +6,8 @@ Greedy decode tok/s (128 tokens, the bundled Q4_1 model, the engines' own decode
 the native kernels (with their own head over the Q8_0 embedding, and with the torch int8 head
 after them), the torch fast path,
 transformers `generate` in bf16, and llama.cpp on the same Q4_1 file and on a Q4_0 re-quantization
-of it (llama-cpp-python's own quantizer; both only with the optional `bench` extra). Then TTFT at
+of it (llama-cpp-python's own quantizer; both only with the optional `bench` extra), and the
+native kernels on that Q4_0 file too (the same file as llama.cpp's row). Then TTFT at
 turns 1 and 20, cold start to the first token and peak RSS of `chatbot ask` with the kernels on
 and off, and the memory-bandwidth floor: bytes of weights a decode step reads / a measured copy
 bandwidth.
@@ -142,9 +143,9 @@ def main() -> None:
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
     native.eos_token_ids = torch_engine.eos_token_ids = set()  # exactly new_tokens every time
 
-    def fast_rate(decoder) -> float:
-        engine = native if decoder is not None else torch_engine
-        if decoder is not None:
+    def fast_rate(decoder, engine=None) -> float:
+        engine = engine or (native if decoder is not None else torch_engine)
+        if decoder is not None and engine is native:
             native.native = decoder
         engine.reset()
         generation = engine.generate(ids, params)
@@ -159,7 +160,7 @@ def main() -> None:
                                      max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)
         return args.new_tokens / (time.perf_counter() - started)
 
-    llamas = {}
+    llamas, native_q4_0 = {}, None
     if fastbench.llama_cpp_available():
         import llama_cpp
 
@@ -168,17 +169,22 @@ def main() -> None:
         qparams = llama_cpp.llama_model_quantize_default_params()
         qparams.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
         qparams.allow_requantize = True  # the source is Q4_1: llama.cpp refuses that unless told
-        llamas = {"Q4_1": fastbench.LlamaCpp(source)}
         if llama_cpp.llama_model_quantize(str(source).encode(), str(q4_0).encode(), qparams) == 0:
+            # its own cache (a temp folder), converted before llama.cpp's threads are about
+            native_q4_0 = build_fast_engine(load_fast(str(q4_0), q4_0.parent / "cache"))
+            native_q4_0.eos_token_ids = set()
             llamas["Q4_0"] = fastbench.LlamaCpp(str(q4_0))
         else:
             print("llama.cpp could not re-quantize the model to Q4_0: that row is skipped")
+        llamas = {"Q4_1": fastbench.LlamaCpp(source), **llamas}
     else:
         print(fastbench.LLAMA_CPP_NOTE)
 
     runs = {"native": lambda: fast_rate(default_decoder)}
     runs.update({"torch fast path": lambda: fast_rate(None), "transformers generate bf16": generate_rate})
     runs.update({f"llama.cpp {kind}": (lambda llm=llm: llm.decode(ids, args.new_tokens)) for kind, llm in llamas.items()})
+    if native_q4_0 is not None and native_q4_0.native is not None:
+        runs["native, Q4_0 file"] = lambda: fast_rate(None, native_q4_0)
     for fn in runs.values():
         fn()  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -220,6 +226,9 @@ def main() -> None:
         if "llama.cpp Q4_0" in best:
             rows.append(("native / llama.cpp Q4_0", f"{n / best['llama.cpp Q4_0']:.2f}x",
                          f"target >= 1.0x: {ok(n >= best['llama.cpp Q4_0'])}"))
+        if "native, Q4_0 file" in best:
+            rows.append(("native / llama.cpp, both on the Q4_0 file", f"{best['native, Q4_0 file'] / best['llama.cpp Q4_0']:.2f}x",
+                         "the same file (the target above is the bundled Q4_1's)"))
     else:
         rows.append(("llama.cpp", "skipped", "llama-cpp-python not installed (optional `bench` extra)"))
     rows += [
