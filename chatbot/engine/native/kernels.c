@@ -61,15 +61,16 @@ typedef struct {
     float *d, *s;
 } qvec;
 
+/* Bytes of one 256-weight super-block of a K-quant. */
+static inline size_t super_block_bytes(int type) { return type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210; }
+
 static size_t row_bytes_of(int type, int cols) {
     switch (type) {
     case T_Q4_0: return (size_t)cols / QK * 18;
     case T_Q4_1: return (size_t)cols / QK * 20;
     case T_Q5_0: return (size_t)cols / QK * 22;
     case T_Q5_1: return (size_t)cols / QK * 24;
-    case T_Q4_K: return (size_t)cols / QK_K * 144;
-    case T_Q5_K: return (size_t)cols / QK_K * 176;
-    case T_Q6_K: return (size_t)cols / QK_K * 210;
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return (size_t)cols / QK_K * super_block_bytes(type);
     default: return (size_t)cols / QK * 34; /* Q8_0 */
     }
 }
@@ -228,7 +229,7 @@ INLINE block_view simple_view(const uint8_t *blk, int type) {
     v.shift = -1;                                                                                                           \
     if (type == T_Q4_K || type == T_Q5_K) {                                                                                 \
         const int five = type == T_Q5_K;                                                                                    \
-        const uint8_t *sb = row + (size_t)(b / 8) * (five ? 176 : 144);                                                     \
+        const uint8_t *sb = row + (size_t)(b / 8) * super_block_bytes(type);                                                \
         const int j = b % 8;                                                                                                \
         int sc, mn;                                                                                                         \
         k4_scale_min(j, sb + 4, &sc, &mn);                                                                                  \
@@ -241,7 +242,7 @@ INLINE block_view simple_view(const uint8_t *blk, int type) {
         return v;                                                                                                           \
     }                                                                                                                       \
     if (type == T_Q6_K) {                                                                                                   \
-        const uint8_t *sb = row + (size_t)(b / 8) * 210;                                                                    \
+        const uint8_t *sb = row + (size_t)(b / 8) * super_block_bytes(type);                                                \
         const int j = b % 8, n = j / 4, g = j % 4;                                                                          \
         const int8_t *sc = (const int8_t *)(sb + 192) + n * 8 + 2 * g;                                                      \
         const float d = HALF(sb + 208);                                                                                     \
@@ -387,7 +388,7 @@ INLINE block_view k_view(const uint8_t *row, int type, int b) {
     block_view v = {0};
     const int j = b % 8;
     if (type == T_Q6_K) {
-        const uint8_t *sb = row + (size_t)(b / 8) * 210;
+        const uint8_t *sb = row + (size_t)(b / 8) * super_block_bytes(type);
         const int n = j / 4, g = j % 4;
         v.q = sb + n * 64 + (g & 1) * 32;
         v.shift = g < 2 ? 0 : 4;
@@ -397,7 +398,7 @@ INLINE block_view k_view(const uint8_t *row, int type, int b) {
         return v;
     }
     const int five = type == T_Q5_K;
-    const uint8_t *sb = row + (size_t)(b / 8) * (five ? 176 : 144);
+    const uint8_t *sb = row + (size_t)(b / 8) * super_block_bytes(type);
     v.q = sb + 16 + 32 * five + 32 * (j / 2);
     v.qh = five ? sb + 16 : NULL;
     v.hshift = j;
@@ -431,14 +432,14 @@ AVX2 INLINE void k4_pair(const uint8_t *sb, int type, int j, __m256i *lo0, __m25
 /* Super-block `sb` of a K-quant row: the scale of each 16 weights and the offset of each block. */
 AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float *scale, float *offset) {
     if (type == T_Q6_K) {
-        const uint8_t *at = row + (size_t)sb * 210;
+        const uint8_t *at = row + (size_t)sb * super_block_bytes(type);
         const __m256 d = _mm256_set1_ps(half_f16c(at + 208));
         const __m128i sc = _mm_loadu_si128((const __m128i *)(at + 192)); /* 16 int8 */
         _mm256_storeu_ps(scale, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
         _mm256_storeu_ps(scale + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
         return;
     }
-    const uint8_t *at = row + (size_t)sb * (type == T_Q5_K ? 176 : 144);
+    const uint8_t *at = row + (size_t)sb * super_block_bytes(type);
     /* the eight 6-bit scales and mins (k4_scale_min's) as bytes, four to a word: scales 0-3 are the
      * low 6 bits of bytes 0-3, scales 4-7 the low nibbles of bytes 8-11 with the top 2 bits of bytes
      * 0-3; mins alike from bytes 4-7 and the high nibbles of 8-11 */
@@ -488,7 +489,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
             const __m256i x3 = _mm256_loadu_si256((const __m256i *)(x.q + (b + 1) * QK + QH));                   \
             for (int r = 0; r < n; r++) {                                                                        \
                 __m256i lo0, hi0, lo1, hi1;                                                                      \
-                k4_pair(w + r * stride + (size_t)(b / 8) * (type == T_Q5_K ? 176 : 144), type, j, &lo0, &hi0, &lo1, &hi1); \
+                k4_pair(w + r * stride + (size_t)(b / 8) * super_block_bytes(type), type, j, &lo0, &hi0, &lo1, &hi1); \
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(MADD(zero, lo0, x0), hi0, x1)),                 \
                                          _mm256_set1_ps(kscale[r][2 * j] * x.d[b]), acc[r]);                     \
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MADD(MADD(zero, lo1, x2), hi1, x3)),                 \
