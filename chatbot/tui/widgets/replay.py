@@ -30,6 +30,7 @@ class ReplayScreen(Screen):
         self.skipping = False
         self.finished = False
         self.position = 0
+        self._streaming: MessageView | None = None  # the reply being played, while it plays
         self.total = sum(1 for i in view.items if getattr(i, "role", None) == "assistant")
 
     def compose(self) -> ComposeResult:
@@ -72,9 +73,11 @@ class ReplayScreen(Screen):
                 )
                 await log.mount(reply)
                 reply.start_stream()
+                self._streaming = reply
                 for chunk in plan_reply(item, 1.0):
                     await self._wait(chunk.delay_s)
                     reply.push(chunk.text)
+                self._streaming = None
                 await reply.end_stream(item.status, item.content)
                 self.skipping = False
         self.finished = True
@@ -88,9 +91,13 @@ class ReplayScreen(Screen):
             if not self.paused:
                 left -= TICK_S * self.speed
 
-    def action_toggle_pause(self) -> None:
+    async def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         self._show_status()
+        if self.paused and self._streaming is not None:
+            # Show every word played so far now, not at the next repaint: a pause freezes what
+            # is on screen, and nothing is pushed while paused.
+            await self._streaming.flush()
 
     def action_skip(self) -> None:
         self.skipping = True
