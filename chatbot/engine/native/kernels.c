@@ -458,6 +458,12 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     _mm256_storeu_ps(scale + 8, _mm256_permutevar8x32_ps(scales, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)));
 }
 
+/* Four rows' 8-lane int32 dots reduced in the integers: row r's in lanes r and r + 4 (the two
+ * 128-bit halves), so a block takes one conversion and one multiply-add per token, not four. */
+AVX2 INLINE __m256i group_dot(const __m256i ints[ROWS]) {
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(ints[0], ints[1]), _mm256_hadd_epi32(ints[2], ints[3]));
+}
+
 /* n (<= ROWS) rows, `stride` bytes apart, of one type, dotted with x into y: a whole group of a
  * simple type (its four rows' scales loaded and converted together, see simple_block), a row after
  * the last group (the file's layout, scales one row at a time), or K-quant rows (Q4_K/Q5_K two
@@ -467,7 +473,7 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
     __m128 off[ROWS]; /* rows after the last group, lane 1: the sum of m * s (lane 0 is not read) */           \
     __m256 group_off = _mm256_setzero_ps(); /* a group of Q4_1/Q5_1, lane 2r + 1: row r's sum of m * s */       \
     __m128 centre_off = _mm_setzero_ps(); /* a group of Q4_0/Q5_0, lane r: row r's sum of -centre * d * s */    \
-    float scales[8]; /* a group's block: row r's d * xd in lane r (lane 2r with an m) */                        \
+    __m256 group_acc = _mm256_setzero_ps(); /* a group: row r's sum in lanes r and r + 4 (group_dot) */         \
     float kscale[ROWS][16], koffset[ROWS][8]; /* K-quants: the current super-block's, per 16 weights / per block */ \
     for (int r = 0; r < n; r++) {                                                                                \
         acc[r] = _mm256_setzero_ps();                                                                            \
@@ -509,25 +515,27 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
         const __m128 xds = _mm_setr_ps(xd, xs, 0.0f, 0.0f);                                                      \
         if (SIMPLE(type) && n == ROWS) { /* a group: its rows' fields, then their integers */                   \
             const uint8_t *group = w + (size_t)b * ROWS * SIMPLE_BYTES[type];                                    \
+            __m256 scale8; /* row r's d * xd in lanes r and r + 4, as group_dot's sums */                        \
             if (HAS_OFFSET(type)) { /* (d, m) of 4 rows: 8 halves, scaled by (xd, xs) pairs */                  \
                 const __m256 xds4 = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(xds)));                 \
                 const __m256 scaled = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)), xds4); \
                 group_off = _mm256_add_ps(group_off, scaled);                                                    \
-                _mm256_storeu_ps(scales, scaled);                                                                \
+                scale8 = _mm256_permutevar8x32_ps(scaled, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));            \
             } else { /* d of 4 rows; a centre is taken off as an offset: per group, not per row's integers */   \
                 const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group));                         \
-                _mm_storeu_ps(scales, _mm_mul_ps(d4, _mm_set1_ps(xd)));                                          \
+                const __m128 s4 = _mm_mul_ps(d4, _mm_set1_ps(xd));                                               \
+                scale8 = _mm256_set_m128(s4, s4);                                                                \
                 if (CENTRE(type)) centre_off = _mm_fmadd_ps(d4, _mm_set1_ps(-(float)CENTRE(type) * xs), centre_off); \
             }                                                                                                    \
+            __m256i ints[ROWS];                                                                                  \
             for (int r = 0; r < ROWS; r++) {                                                                     \
                 __m256i lo, hi;                                                                                  \
                 block_view v = simple_view(simple_block(w, r, type, b).blk, type);                               \
                 v.centre = 0; /* in centre_off */                                                                \
                 weights16(&v, type, &lo, &hi);                                                                   \
-                const __m256i ints = MADD(MADD(zero, lo, x0), hi, x1);                                           \
-                const __m256 d = _mm256_broadcast_ss(scales + (HAS_OFFSET(type) ? 2 * r : r));                   \
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), d, acc[r]);                                   \
+                ints[r] = MADD(MADD(zero, lo, x0), hi, x1);                                                      \
             }                                                                                                    \
+            group_acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_dot(ints)), scale8, group_acc);                 \
             continue;                                                                                            \
         }                                                                                                        \
         for (int r = 0; r < n; r++) {                                                                            \
@@ -558,11 +566,12 @@ AVX2 INLINE void super_block_scales(const uint8_t *row, int type, int sb, float 
             if (HAS_OFFSET(type)) koff[r] += koffset[r][j] * xs;                                                 \
         }                                                                                                        \
     }                                                                                                            \
-    float group_offs[8], centre_offs[4];                                                                         \
+    float group_offs[8], centre_offs[4], group_sums[4];                                                          \
     _mm256_storeu_ps(group_offs, group_off);                                                                     \
     _mm_storeu_ps(centre_offs, centre_off);                                                                      \
+    _mm_storeu_ps(group_sums, _mm_add_ps(_mm256_castps256_ps128(group_acc), _mm256_extractf128_ps(group_acc, 1))); \
     for (int r = 0; r < n; r++)                                                                                  \
-        y[r] = hsum256(acc[r]) + (SIMPLE(type) && n == ROWS ? (HAS_OFFSET(type) ? group_offs[2 * r + 1] : centre_offs[r])  \
+        y[r] = (SIMPLE(type) && n == ROWS ? group_sums[r] : hsum256(acc[r])) + (SIMPLE(type) && n == ROWS ? (HAS_OFFSET(type) ? group_offs[2 * r + 1] : centre_offs[r])  \
                                                             : SIMPLE(type) ? _mm_cvtss_f32(_mm_shuffle_ps(off[r], off[r], 1)) : koff[r]);
 
 AVX2 INLINE void rows_avx2_of(const uint8_t *w, size_t stride, const int type, const int n, int nb, qvec x, float *y) {
@@ -817,6 +826,96 @@ VNNI static void tile_vnni(const uint8_t *row, int lane, int type, int n, int nb
     TILE_DISPATCH(tile_vnni_of)
 }
 
+/* A whole group of a simple type (ROWS rows in the kernels' layout) times n <= TOKENS tokens: each
+ * block's four rows are unpacked once for every token (the one-row tile unpacks a row per token
+ * group and spends a conversion and a multiply-add per row and token). The rows' scales (and
+ * minima) load as one vector, as in the GEMV; the centre of Q4_0/Q5_0 and the minima of Q4_1/Q5_1
+ * are offsets per token (s: the sum of its block). The same floats in the same order as the GEMV's
+ * group (ROWS_BODY), so one token's logits are bit for bit those of several. */
+#define GROUP_TILE_BODY(MADD)                                                                                    \
+    __m256 acc[TOKENS];                                                                                          \
+    __m128 off[TOKENS];                                                                                          \
+    for (int t = 0; t < n; t++) acc[t] = _mm256_setzero_ps(), off[t] = _mm_setzero_ps();                         \
+    const __m256i zero = _mm256_setzero_si256();                                                                 \
+    const size_t bytes = SIMPLE_BYTES[type];                                                                     \
+    for (int b = 0; b < nb; b++) {                                                                               \
+        const uint8_t *group = w + (size_t)b * ROWS * bytes;                                                     \
+        __m128 d4, m4 = _mm_setzero_ps(); /* the rows' d (and m) */                                              \
+        if (HAS_OFFSET(type)) {                                                                                  \
+            const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group));                          \
+            d4 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))); \
+            m4 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7))); \
+        } else {                                                                                                 \
+            d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group));                                          \
+        }                                                                                                        \
+        const __m256 d8 = _mm256_set_m128(d4, d4);                                                               \
+        __m256i lo[ROWS], hi[ROWS];                                                                              \
+        for (int r = 0; r < ROWS; r++) {                                                                         \
+            block_view v = simple_view(simple_block(w, r, type, b).blk, type);                                   \
+            v.centre = 0; /* in o4 */                                                                            \
+            weights16(&v, type, &lo[r], &hi[r]);                                                                 \
+        }                                                                                                        \
+        for (int t = 0; t < n; t++) {                                                                            \
+            const int16_t *xq = x.q + ((size_t)t * nb + b) * QK;                                                 \
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq);                                          \
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + QH));                                   \
+            __m256i ints[ROWS];                                                                                  \
+            for (int r = 0; r < ROWS; r++) ints[r] = MADD(MADD(zero, lo[r], x0), hi[r], x1);                     \
+            const __m256 scale = _mm256_mul_ps(d8, _mm256_set1_ps(x.d[(size_t)t * nb + b]));                     \
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_dot(ints)), scale, acc[t]);                        \
+            const float xs = x.s[(size_t)t * nb + b]; /* the offsets as the GEMV takes them: the same floats */ \
+            if (HAS_OFFSET(type)) off[t] = _mm_add_ps(off[t], _mm_mul_ps(m4, _mm_set1_ps(xs)));                   \
+            else if (CENTRE(type)) off[t] = _mm_fmadd_ps(d4, _mm_set1_ps(-(float)CENTRE(type) * xs), off[t]);     \
+        }                                                                                                        \
+    }                                                                                                            \
+    for (int t = 0; t < n; t++) {                                                                                \
+        float sums[4];                                                                                           \
+        _mm_storeu_ps(sums, _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1)), off[t])); \
+        memcpy(y + (size_t)t * ldy, sums, sizeof sums);                                                          \
+    }
+
+AVX2 INLINE void group_tile_avx2_of(const uint8_t *w, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+    GROUP_TILE_BODY(MADD_AVX2)
+}
+
+VNNI INLINE void group_tile_vnni_of(const uint8_t *w, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+    GROUP_TILE_BODY(MADD_VNNI)
+}
+
+/* One loop per simple type and token count; returns 0 for a type it does not take (K-quants). */
+#define GROUP_TILE_FOR_TYPE(FN, T)                                                               \
+    case T:                                                                                      \
+        if (n == TOKENS) FN(w, T, TOKENS, nb, x, y, ldy);                                        \
+        else FN(w, T, n, nb, x, y, ldy);                                                         \
+        return 1;
+#define GROUP_TILE_DISPATCH(FN)                                                                  \
+    switch (type) {                                                                              \
+        GROUP_TILE_FOR_TYPE(FN, T_Q4_0) GROUP_TILE_FOR_TYPE(FN, T_Q4_1)                          \
+        GROUP_TILE_FOR_TYPE(FN, T_Q5_0) GROUP_TILE_FOR_TYPE(FN, T_Q5_1)                          \
+        GROUP_TILE_FOR_TYPE(FN, T_Q8_0)                                                          \
+    }                                                                                            \
+    return 0;
+
+AVX2 static int group_tile_avx2(const uint8_t *w, int type, int n, int nb, qvec x, float *y, int ldy) {
+    GROUP_TILE_DISPATCH(group_tile_avx2_of)
+}
+
+VNNI static int group_tile_vnni(const uint8_t *w, int type, int n, int nb, qvec x, float *y, int ldy) {
+    GROUP_TILE_DISPATCH(group_tile_vnni_of)
+}
+
+typedef int (*group_tile_fn)(const uint8_t *, int, int, int, qvec, float *, int);
+
+/* The portable path has no group tile (0: its rows go through the one-row tile). */
+static int group_tile_none(const uint8_t *w, int type, int n, int nb, qvec x, float *y, int ldy) {
+    (void)w, (void)type, (void)n, (void)nb, (void)x, (void)y, (void)ldy;
+    return 0;
+}
+
+static group_tile_fn group_tile_for(int isa) {
+    return isa == ISA_AVX512VNNI ? group_tile_vnni : isa == ISA_AVX2 ? group_tile_avx2 : group_tile_none;
+}
+
 typedef void (*tile_fn)(const uint8_t *, int, int, int, int, qvec, float *, int);
 
 static tile_fn tile_for(int isa) {
@@ -827,6 +926,7 @@ static tile_fn tile_for(int isa) {
 typedef struct {
     rows_fn rows;
     tile_fn tile;
+    group_tile_fn group_tile;
 } kernel_set;
 
 /* The chunks the threads claim: 128 rows of a matrix (whole activation blocks, for the SiLU output
@@ -864,6 +964,11 @@ static void matmul_rows(const qmat *m, qvec x, int T, float *y, int ldy, kernel_
         const int n = T - t0 < TOKENS ? T - t0 : TOKENS;
         for (int r = first; r < last; r++) { /* a simple type's row in a group: the group and its lane */
             const int lane = SIMPLE(m->type) && r < m->rows / ROWS * ROWS ? r % ROWS : -1;
+            if (lane == 0 && r + ROWS <= last &&
+                k.group_tile(m->w + (size_t)r * stride, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy)) {
+                r += ROWS - 1; /* the whole group at once */
+                continue;
+            }
             k.tile(m->w + (size_t)(lane < 0 ? r : r - lane) * stride, lane, m->type, n, nb, xt, y + (size_t)t0 * ldy + r, ldy);
         }
     }
@@ -1119,7 +1224,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
         (logits && !m->head.q && !m->output.w) || hidden % QK)
         return -1;
     step s = {
-        .m = m, .k = {rows_for(isa), tile_for(isa)}, .head_rows = head_for(isa),
+        .m = m, .k = {rows_for(isa), tile_for(isa), group_tile_for(isa)}, .head_rows = head_for(isa),
         .attend = isa == ISA_GENERIC ? attend_group_generic : attend_group_avx2,
         .T = T, .pos = pos, .capacity = capacity, .logit_rows = logits ? logit_rows : 0,
         .n_phases = m->n_layers * PER_LAYER + (logits && logit_rows ? 1 : 0),
@@ -1176,7 +1281,7 @@ static void release(qvec v) {
 int nd_matmul(const qmat *m, const float *x, int T, float *y, int nthreads, int isa) {
     qvec act;
     const int rc = T < 1 ? -1 : quantized(x, T * m->cols, &act);
-    const kernel_set k = {rows_for(isa), tile_for(isa)};
+    const kernel_set k = {rows_for(isa), tile_for(isa), group_tile_for(isa)};
     if (rc == 0) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic)
         for (int c = 0; c < row_chunks(m->rows); c++) {
