@@ -729,49 +729,128 @@ static void attend_group_generic(const float *q, const uint16_t *k, const uint16
     for (int h = 0; h < heads; h++) attend_generic(q + h * d, k, v, n, d, scores + h * stride, out + h * d);
 }
 
-/* The same with 8 lanes, the group together: each cached K and V row is read and widened once for
- * all its heads, not once a head (SmolLM2: 9 query heads over 3 K/V heads; at 2000 positions the
- * cache a step reads is ~45 MB this way, three times that a head at a time). Per head, the same
- * operations in the same order as alone. d a multiple of 8, at most MAX_GROUP heads (else the
- * portable loop). */
+/* Four 8-lane dot products summed to four floats (lane i: a[i]'s sum). */
+AVX2 INLINE __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 #define MAX_GROUP 8
+
+/* out[h] = sum over positions t of p[h][t] * V[t] (p: the scores rows, already weights), sixteen
+ * dimensions at a time (eight for a last odd chunk) with each head's sums in registers over the
+ * positions: a weight is broadcast once for sixteen dimensions. With `heads` a constant (see the
+ * switch below) the sums stay in registers; a variable count kept them in memory. */
+AVX2 INLINE void attend_values(const float *p, size_t stride, const uint16_t *v, int n, int d, const int heads, float *out) {
+    int i = 0;
+    for (; i + 16 <= d; i += 16) {
+        __m256 lo[MAX_GROUP], hi[MAX_GROUP];
+        for (int h = 0; h < heads; h++) lo[h] = hi[h] = _mm256_setzero_ps();
+        for (int t = 0; t < n; t++) {
+            const __m256 v0 = bf16x8(v + (size_t)t * d + i), v1 = bf16x8(v + (size_t)t * d + i + 8);
+            for (int h = 0; h < heads; h++) {
+                const __m256 weight = _mm256_broadcast_ss(p + h * stride + t);
+                lo[h] = _mm256_fmadd_ps(weight, v0, lo[h]);
+                hi[h] = _mm256_fmadd_ps(weight, v1, hi[h]);
+            }
+        }
+        for (int h = 0; h < heads; h++) {
+            _mm256_storeu_ps(out + h * d + i, lo[h]);
+            _mm256_storeu_ps(out + h * d + i + 8, hi[h]);
+        }
+    }
+    if (i < d) {
+        __m256 sum[MAX_GROUP];
+        for (int h = 0; h < heads; h++) sum[h] = _mm256_setzero_ps();
+        for (int t = 0; t < n; t++) {
+            const __m256 value = bf16x8(v + (size_t)t * d + i);
+            for (int h = 0; h < heads; h++) sum[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + h * stride + t), value, sum[h]);
+        }
+        for (int h = 0; h < heads; h++) _mm256_storeu_ps(out + h * d + i, sum[h]);
+    }
+}
+
+/* e^x for 8 lanes (x <= 0 here: scores less their maximum), within ~2 ulp of expf: x = k ln2 + r
+ * with |r| <= ln2 / 2 (ln2 in two parts), a degree-6 polynomial for e^r, 2^k into the exponent.
+ * Below -87.3 (where expf leaves the normal range) it is 0. expf a score at a time, through the
+ * library's call, cost a fifth of a long prefill's attention. */
+AVX2 INLINE __m256 exp8(__m256 x) {
+    const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i two_k = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(two_k)));
+}
+
+/* A scores row to its softmax weights in place: e^(s - best) / their sum. */
+AVX2 INLINE void softmax_row(float *row, int n, float best) {
+    __m256 total8 = _mm256_setzero_ps();
+    const __m256 top = _mm256_set1_ps(best);
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + t), top));
+        _mm256_storeu_ps(row + t, e);
+        total8 = _mm256_add_ps(total8, e);
+    }
+    float total = hsum256(total8);
+    for (; t < n; t++) total += (row[t] = expf(row[t] - best));
+    const float inv = 1.0f / total;
+    for (t = 0; t + 8 <= n; t += 8) _mm256_storeu_ps(row + t, _mm256_mul_ps(_mm256_loadu_ps(row + t), _mm256_set1_ps(inv)));
+    for (; t < n; t++) row[t] *= inv;
+}
+
+/* The same with 8 lanes, the group together: each cached K and V row is read and widened from
+ * bf16 once for all its heads, not once a head (SmolLM2: 9 query heads over 3 K/V heads; at 2000
+ * positions the cache a step reads is ~45 MB this way, three times that a head at a time). Scores
+ * go four positions at a time (their keys widened once into a small buffer, each head's four dots
+ * summed together), the softmax eight at a time (exp8), the values as attend_values. d a multiple
+ * of 8 up to 512, at most MAX_GROUP heads (else the portable loop). */
 AVX2 static void attend_group_avx2(const float *q, const uint16_t *k, const uint16_t *v, int n, int d, int heads,
                                    float *scores, size_t stride, float *out) {
-    if (d % 8 || heads > MAX_GROUP) {
+    if (d % 8 || d > 512 || heads > MAX_GROUP) {
         attend_group_generic(q, k, v, n, d, heads, scores, stride, out);
         return;
     }
     const float scale = 1.0f / sqrtf((float)d);
-    float best[MAX_GROUP], total[MAX_GROUP];
-    for (int h = 0; h < heads; h++) best[h] = -INFINITY, total[h] = 0.0f;
-    for (int t = 0; t < n; t++) {
-        const uint16_t *kt = k + (size_t)t * d;
-        __m256 dot[MAX_GROUP];
-        for (int h = 0; h < heads; h++) dot[h] = _mm256_setzero_ps();
-        for (int i = 0; i < d; i += 8) {
-            const __m256 key = bf16x8(kt + i);
-            for (int h = 0; h < heads; h++) dot[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * d + i), key, dot[h]);
-        }
+    float best[MAX_GROUP];
+    float keys[4 * 512] __attribute__((aligned(32)));
+    for (int h = 0; h < heads; h++) best[h] = -INFINITY;
+    for (int t0 = 0; t0 < n; t0 += 4) {
+        const int m = n - t0 < 4 ? n - t0 : 4;
+        for (int j = 0; j < 4; j++) /* a missing position: zeros, its score not kept */
+            for (int i = 0; i < d; i += 8)
+                _mm256_store_ps(keys + j * d + i, j < m ? bf16x8(k + (size_t)(t0 + j) * d + i) : _mm256_setzero_ps());
         for (int h = 0; h < heads; h++) {
-            const float score = hsum256(dot[h]) * scale;
-            scores[h * stride + t] = score;
-            best[h] = fmaxf(best[h], score);
+            const float *qh = q + h * d;
+            __m256 dot[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int i = 0; i < d; i += 8) {
+                const __m256 query = _mm256_loadu_ps(qh + i);
+                for (int j = 0; j < 4; j++) dot[j] = _mm256_fmadd_ps(query, _mm256_load_ps(keys + j * d + i), dot[j]);
+            }
+            float four[4];
+            _mm_storeu_ps(four, _mm_mul_ps(hsum4(dot[0], dot[1], dot[2], dot[3]), _mm_set1_ps(scale)));
+            for (int j = 0; j < m; j++) {
+                scores[h * stride + t0 + j] = four[j];
+                best[h] = fmaxf(best[h], four[j]);
+            }
         }
     }
-    for (int h = 0; h < heads; h++) {
-        float *row = scores + h * stride;
-        for (int t = 0; t < n; t++) total[h] += (row[t] = expf(row[t] - best[h]));
-        for (int i = 0; i < d; i++) out[h * d + i] = 0.0f;
-    }
-    for (int t = 0; t < n; t++) {
-        const uint16_t *vt = v + (size_t)t * d;
-        __m256 p[MAX_GROUP];
-        for (int h = 0; h < heads; h++) p[h] = _mm256_set1_ps(scores[h * stride + t] / total[h]);
-        for (int i = 0; i < d; i += 8) {
-            const __m256 value = bf16x8(vt + i);
-            for (int h = 0; h < heads; h++)
-                _mm256_storeu_ps(out + h * d + i, _mm256_fmadd_ps(p[h], value, _mm256_loadu_ps(out + h * d + i)));
-        }
+    for (int h = 0; h < heads; h++) softmax_row(scores + h * stride, n, best[h]);
+    switch (heads) {
+    case 1: attend_values(scores, stride, v, n, d, 1, out); return;
+    case 2: attend_values(scores, stride, v, n, d, 2, out); return;
+    case 3: attend_values(scores, stride, v, n, d, 3, out); return;
+    case 4: attend_values(scores, stride, v, n, d, 4, out); return;
+    default: attend_values(scores, stride, v, n, d, heads, out); return;
     }
 }
 
