@@ -46,9 +46,33 @@ def _busy_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def _stat_fields(pid: str) -> list[str] | None:
+    """/proc/PID/stat after the command's name (field 3 on), or None for a process gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _own_jiffies() -> int:
-    parts = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return int(parts[11]) + int(parts[12]) + int(parts[13]) + int(parts[14])  # utime stime cutime cstime
+    """CPU jiffies of this process and every live process under it (the llama.cpp rows' child
+    runs beside us: counted as a neighbour, it failed every try), with the children reaped."""
+    parents, times = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)) is not None:
+            parents[entry.name] = fields[1]
+            times[entry.name] = int(fields[11]) + int(fields[12])  # utime stime
+    own = str(os.getpid())
+    mine = {own}
+    grew = True
+    while grew:  # descendants: processes whose parent is already ours
+        grew = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    fields = _stat_fields("self") or ["0"] * 15
+    return sum(times.get(pid, 0) for pid in mine) + int(fields[13]) + int(fields[14])  # + cutime cstime
 
 
 class LoadGate:
