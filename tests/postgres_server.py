@@ -1,5 +1,6 @@
 """A real PostgreSQL server for the tests: `initdb` in a temporary folder, `pg_ctl start` on a free
-port of 127.0.0.1 (and a socket in that folder), stopped at the end of the session. Run as the
+port of 127.0.0.1 (and a socket in that folder), stopped at the end of the session, or by a
+watchdog once the test process is gone however it ended (a SIGKILL runs no atexit). Run as the
 `postgres` user when the tests run as root (PostgreSQL refuses root). Where no PostgreSQL is
 installed, `why_not()` says so in one line and the tests skip with it (`make postgres` installs
 Debian's package)."""
@@ -10,6 +11,7 @@ import atexit
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -45,6 +47,7 @@ class PostgresServer:
             os.chown(self.folder, owner.pw_uid, owner.pw_gid)
             self.run_as = ["runuser", "-u", "postgres", "--"]
         self._databases = 0
+        self._watchdog: subprocess.Popen | None = None
 
     def _run(self, *args: str) -> None:
         done = subprocess.run([*self.run_as, *args], capture_output=True, text=True, timeout=120, cwd=self.folder)
@@ -58,13 +61,29 @@ class PostgresServer:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
                   "-w", "-t", "60", "start")
         atexit.register(self.stop)
+        self._watch(os.getpid())
         return self
+
+    def _stop_command(self) -> list[str]:
+        return [*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+
+    def _watch(self, pid: int) -> None:
+        """A shell in its own session (a kill of our process group leaves it) that waits for `pid`
+        to end, then stops the server and removes its folder: pg_ctl's server is not our child,
+        so nothing else ends it when the tests are killed."""
+        stop = " ".join(shlex.quote(part) for part in self._stop_command())
+        script = (f"while kill -0 {pid} 2>/dev/null; do sleep 1; done; cd /; {stop} >/dev/null 2>&1; "
+                  f"rm -rf {shlex.quote(str(self.folder))}")
+        self._watchdog = subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
         if self.data.exists():
-            subprocess.run([*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                            "stop"], capture_output=True, timeout=60, cwd=self.folder)
+            subprocess.run(self._stop_command(), capture_output=True, timeout=60, cwd=self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            self._watchdog.kill()
+            self._watchdog.wait()
 
     def new_database(self) -> str:
         """A fresh, empty database's SQLAlchemy URL."""

@@ -295,3 +295,36 @@ def test_recall_uses_the_tsvector_index_ranks_any_word_and_keeps_the_scopes(pg_u
                                                      query=recall_postgres._QUERY, where="1 = 1")
             plan = connection.execute(text("EXPLAIN " + sql), {"words": ["talvoren"], "limit": 8}).scalars()
             assert "messages_content_tsv" in "\n".join(plan)
+
+
+SERVER_THEN_WAIT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import postgres_server
+server = postgres_server.PostgresServer(postgres_server._bin_dir()).start()
+print(server.port, server.folder, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_test_process_leaves_no_server_running(postgres, tmp_path):
+    """SIGKILL runs no atexit: the watchdog stops the server and removes its folder."""
+    import socket
+    import time
+    from pathlib import Path
+
+    child = subprocess.Popen([sys.executable, "-c", SERVER_THEN_WAIT, str(Path(__file__).parent)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        port, folder = child.stdout.readline().split()
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=5):
+            pass  # it is up
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 30
+    while Path(folder).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(folder).exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()
