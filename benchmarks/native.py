@@ -8,9 +8,9 @@ after them), the torch fast path,
 transformers `generate` in bf16, and llama.cpp on the same Q4_1 file and on a Q4_0 re-quantization
 of it (llama-cpp-python's own quantizer; both only with the optional `bench` extra), and the
 native kernels on that Q4_0 file too (the same file as llama.cpp's row). Then TTFT at
-turns 1 and 20 (each turn the median of --repeats conversations), cold start to the first token and peak RSS of `chatbot ask` with the kernels on
-and off, and the memory-bandwidth floor: bytes of weights a decode step reads / a measured copy
-bandwidth.
+turns 1 and 20 (each turn the median of --repeats conversations), cold start to the first token
+and peak RSS of `chatbot ask` with the kernels on and off, and the memory-bandwidth floor: bytes
+of weights a decode step reads / a measured copy bandwidth.
 
 Load-gated: each timed run starts only once the CPUs have been idle (other processes < 10% of the
 machine for a second, waiting up to a minute), and a run during which other processes took more
@@ -56,8 +56,8 @@ def _stat_fields(pid: str) -> list[str] | None:
 
 
 def _own_jiffies() -> int:
-    """CPU jiffies of this process and every live process under it (the llama.cpp rows' child
-    runs beside us: counted as a neighbour, it failed every try), with the children reaped."""
+    """CPU jiffies of this process, of every live process under it (the llama.cpp rows' child runs
+    beside us: counted as a neighbour, it failed every try) and of the children it has reaped."""
     parents, times = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat_fields(entry.name)) is not None:
