@@ -969,7 +969,7 @@ VNNI static void tile_vnni(const uint8_t *row, int lane, int type, int n, int nb
         __m256i lo[ROWS], hi[ROWS];                                                                              \
         for (int r = 0; r < ROWS; r++) {                                                                         \
             block_view v = simple_view(simple_block(w, r, type, b).blk, type);                                   \
-            v.centre = 0; /* in o4 */                                                                            \
+            v.centre = 0; /* in off: the offsets per token */                                                    \
             weights16(&v, type, &lo[r], &hi[r]);                                                                 \
         }                                                                                                        \
         for (int t = 0; t < n; t++) {                                                                            \
