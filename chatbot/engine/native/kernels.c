@@ -794,6 +794,28 @@ AVX2 INLINE __m256 exp8(__m256 x) {
     return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(two_k)));
 }
 
+/* h = SiLU(g) * u over n values, eight at a time: sigmoid from exp8(-|g|) (its argument never
+ * positive, where exp8 holds), e / (1 + e) for negative g. expf a value at a time, through the
+ * library's call, was ~10% of the gate/up phase of a step. */
+AVX2 static void silu_mul_avx2(const float *g, const float *u, int n, float *h) {
+    const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 x = _mm256_loadu_ps(g + j);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_and_ps(x, magnitude)));
+        const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), x); /* sign bit set: e / (1 + e) */
+        _mm256_storeu_ps(h + j, _mm256_mul_ps(_mm256_mul_ps(x, sigmoid), _mm256_loadu_ps(u + j)));
+    }
+    for (; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+static void silu_mul_generic(const float *g, const float *u, int n, float *h) {
+    for (int j = 0; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+typedef void (*silu_fn)(const float *, const float *, int, float *);
+
 /* A scores row to its softmax weights in place: e^(s - best) / their sum. */
 AVX2 INLINE void softmax_row(float *row, int n, float best) {
     __m256 total8 = _mm256_setzero_ps();
@@ -1165,6 +1187,7 @@ typedef struct {
     kernel_set k;
     head_fn head_rows;
     attend_fn attend;
+    silu_fn silu_mul;
     int T, pos, capacity, logit_rows, n_phases, q_rows, kv_rows, qkv_rows, nthreads;
     size_t n_max, layer_stride;
     float *x, *logits;          /* the residual stream [T, dim]; logits [logit_rows, vocab] or NULL */
@@ -1224,7 +1247,7 @@ static void ffn_rows(step *s, const layer_weights *lw, int first, int last) {
     for (int t = 0; t < s->T; t++) {
         const float *g = s->gu + (size_t)t * 2 * hidden, *u = g + hidden;
         float *h = s->h + (size_t)t * hidden;
-        for (int j = first; j < last; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+        s->silu_mul(g + first, u + first, last - first, h + first);
         s->k.quantize(h + first, last - first, token_part(s->wide, t, hidden, first));
     }
 }
@@ -1364,6 +1387,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
     step s = {
         .m = m, .k = {rows_for(isa), tile_for(isa), group_tile_for(isa), quantize_for(isa)}, .head_rows = head_for(isa),
         .attend = isa == ISA_GENERIC ? attend_group_generic : attend_group_avx2,
+        .silu_mul = isa == ISA_GENERIC ? silu_mul_generic : silu_mul_avx2,
         .T = T, .pos = pos, .capacity = capacity, .logit_rows = logits ? logit_rows : 0,
         .n_phases = m->n_layers * PER_LAYER + (logits && logit_rows ? 1 : 0),
         .q_rows = q_rows, .kv_rows = kv_rows, .qkv_rows = q_rows + 2 * kv_rows, .nthreads = nthreads > 0 ? nthreads : 1,
