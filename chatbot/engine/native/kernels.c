@@ -794,9 +794,14 @@ AVX2 INLINE __m256 exp8(__m256 x) {
     return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(two_k)));
 }
 
-/* h = SiLU(g) * u over n values, eight at a time: sigmoid from exp8(-|g|) (its argument never
- * positive, where exp8 holds), e / (1 + e) for negative g. expf a value at a time, through the
- * library's call, was ~10% of the gate/up phase of a step. */
+/* h = SiLU(g) * u over n values. */
+static void silu_mul_generic(const float *g, const float *u, int n, float *h) {
+    for (int j = 0; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+/* The same eight at a time: sigmoid from exp8(-|g|) (its argument never positive, where exp8
+ * holds), e / (1 + e) for negative g. expf a value at a time, through the library's call, was
+ * 1.9% of a decode step's perf samples on the AMD EPYC (Zen 4); this is 1.3%. */
 AVX2 static void silu_mul_avx2(const float *g, const float *u, int n, float *h) {
     const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     int j = 0;
@@ -807,11 +812,7 @@ AVX2 static void silu_mul_avx2(const float *g, const float *u, int n, float *h) 
         const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), x); /* sign bit set: e / (1 + e) */
         _mm256_storeu_ps(h + j, _mm256_mul_ps(_mm256_mul_ps(x, sigmoid), _mm256_loadu_ps(u + j)));
     }
-    for (; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
-}
-
-static void silu_mul_generic(const float *g, const float *u, int n, float *h) {
-    for (int j = 0; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    silu_mul_generic(g + j, u + j, n - j, h + j);
 }
 
 typedef void (*silu_fn)(const float *, const float *, int, float *);
