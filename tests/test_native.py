@@ -168,6 +168,33 @@ def test_gemv_matches_dequantize_then_matmul(kernels_lib, isa, kind):
     assert np.abs(y - exact).max() <= 1e-3 * scale, (isa, kind)
 
 
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+def test_the_vnni_gemv_of_4_bit_groups_is_the_avx2_gemv_and_the_tile_bit_for_bit(kernels_lib, kind):
+    """The VNNI GEMV multiplies Q4_0/Q4_1 groups byte by byte on 512-bit registers (the activation
+    split into high and low bytes): the same integers as the 16-bit products of AVX2's, reduced to
+    the same halves, so the same floats; and so the tile's (several tokens), which match AVX2's."""
+    if "avx512vnni" not in runnable():
+        pytest.skip("this CPU cannot run avx512vnni")
+    rng = np.random.default_rng(11)
+    rows, cols, T = 37, 1536, 4  # 9 groups and a row after them; 48 blocks a row
+    blocks, _ = blocks_and_weights(kind, rows, cols, rng)
+    blocks = np.ascontiguousarray(regroup(blocks, kind))
+    matrix = QMat(blocks.ctypes.data, BLOCK_TYPES[kind], rows, cols)
+    x = (rng.standard_normal((T, cols)) * rng.uniform(0.01, 30, (T, 1))).astype(np.float32)
+    def gemv(isa, row):
+        y = np.zeros(rows, dtype=np.float32)
+        assert kernels_lib.nd_gemv(ctypes.byref(matrix), np.ascontiguousarray(row).ctypes.data, y.ctypes.data, 2,
+                                   ISAS.index(isa)) == 0
+        return y
+    tiled = np.zeros((T, rows), dtype=np.float32)
+    assert kernels_lib.nd_matmul(ctypes.byref(matrix), x.ctypes.data, T, tiled.ctypes.data, 2,
+                                 ISAS.index("avx512vnni")) == 0
+    for t in range(T):
+        vnni = gemv("avx512vnni", x[t])
+        assert np.array_equal(vnni, gemv("avx2", x[t])), (kind, t)
+        assert np.array_equal(vnni, tiled[t]), (kind, t)
+
+
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("per_row", [0, 1], ids=["q8_0-embedding", "int8-head"])
 def test_head_matches_its_int8_rows_dequantized(kernels_lib, isa, per_row):

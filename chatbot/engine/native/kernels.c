@@ -59,6 +59,7 @@ typedef struct {
 typedef struct {
     int16_t *q;
     float *d, *s;
+    uint8_t *b; /* NULL, or (the VNNI path) each block's q as bytes for vpdpbusd: see split_bytes */
 } qvec;
 
 /* Bytes of one 256-weight super-block of a K-quant. */
@@ -349,7 +350,30 @@ AVX2 static void quantize_row_avx2(const float *x, int n, qvec out) {
 
 typedef void (*quantize_fn)(const float *, int, qvec);
 
-static quantize_fn quantize_for(int isa) { return isa == ISA_GENERIC ? quantize_row : quantize_row_avx2; }
+/* The VNNI GEMV of Q4_0/Q4_1 multiplies bytes (vpdpbusd: unsigned x signed), so it takes each int16
+ * q as q = 256 * hi + lo, hi = q >> 8 signed and lo = q & 255 unsigned: the same integer products,
+ * exactly. Per block 64 bytes: hi of weights 0-15, hi of 16-31, lo of 0-15, lo of 16-31. */
+AVX2 static void split_bytes(const int16_t *q, int n, uint8_t *out) {
+    const __m256i low8 = _mm256_set1_epi16(0xff);
+    for (int b = 0; b < n / QK; b++) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(q + b * QK));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(q + b * QK + QH));
+        /* packs works within 128-bit halves: (0 1 2 3) of its two inputs come out as 0 2 1 3 */
+        const __m256i hi = _mm256_packs_epi16(_mm256_srai_epi16(x0, 8), _mm256_srai_epi16(x1, 8));
+        const __m256i lo = _mm256_packus_epi16(_mm256_and_si256(x0, low8), _mm256_and_si256(x1, low8));
+        _mm256_storeu_si256((__m256i *)(out + b * 64), _mm256_permute4x64_epi64(hi, 0xd8));
+        _mm256_storeu_si256((__m256i *)(out + b * 64 + 32), _mm256_permute4x64_epi64(lo, 0xd8));
+    }
+}
+
+AVX2 static void quantize_row_vnni(const float *x, int n, qvec out) {
+    quantize_row_avx2(x, n, out);
+    if (out.b) split_bytes(out.q, n, out.b);
+}
+
+static quantize_fn quantize_for(int isa) {
+    return isa == ISA_GENERIC ? quantize_row : isa == ISA_AVX2 ? quantize_row_avx2 : quantize_row_vnni;
+}
 
 AVX2 INLINE float half_f16c(const uint8_t *p) {
     uint16_t h;
@@ -638,7 +662,61 @@ AVX2 static void rows_avx2(const uint8_t *w, size_t stride, int type, int n, int
     ROWS_DISPATCH(rows_avx2_of)
 }
 
+/* A group of Q4_0/Q4_1 rows on 512-bit registers, bytes multiplied as bytes: one load takes the
+ * group's 64 bytes of nibbles (16 a row, in 128-bit lane r), two masks give the weights 0-15 and
+ * 16-31 of all four rows, and four vpdpbusd against the activation's split bytes (split_bytes)
+ * give their dots: a third of the 256-bit path's integer work (widening to 16 bits, a vpdpwssd
+ * per row and half, three hadds). The integers are the same, reduced to the same two halves a row
+ * (weights 0-7 and 16-23; 8-15 and 24-31) in lanes 4r and 4r + 2, so the floats are ROWS_BODY's
+ * group's, bit for bit (and so the tile's, which matches it). */
+VNNI INLINE void q4_group_vnni_of(const uint8_t *w, size_t stride, const int type, int nb, qvec x, float *y) {
+    const size_t bytes = SIMPLE_BYTES[type], share = ROWS * bytes;
+    const uint8_t *ahead = w + (size_t)PF_GROUPS_VNNI * ROWS * stride;
+    const __m512i low4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
+    const __m512i row_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6); /* (d, m) pairs */
+    const __m512i row_of_lane_d = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc = _mm512_setzero_ps();
+    __m256 group_off = _mm256_setzero_ps(); /* Q4_1, lane 2r + 1: row r's sum of m * s */
+    __m128 centre_off = _mm_setzero_ps();   /* Q4_0, lane r: row r's sum of -8 * d * s */
+    for (int b = 0; b < nb; b++) {
+        for (size_t off = 0; off < share; off += 64) _mm_prefetch((const char *)ahead + b * share + off, _MM_HINT_T0);
+        const uint8_t *group = w + (size_t)b * share;
+        const float xd = x.d[b], xs = x.s[b];
+        __m512 scale; /* row r's d * xd in its 128-bit lane */
+        if (type == T_Q4_1) {
+            const __m256 xds4 = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(_mm_setr_ps(xd, xs, 0.0f, 0.0f))));
+            const __m256 scaled = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)), xds4);
+            group_off = _mm256_add_ps(group_off, scaled);
+            scale = _mm512_permutexvar_ps(row_of_lane, _mm512_castps256_ps512(scaled));
+        } else {
+            const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group));
+            scale = _mm512_permutexvar_ps(row_of_lane_d, _mm512_castps128_ps512(_mm_mul_ps(d4, _mm_set1_ps(xd))));
+            centre_off = _mm_fmadd_ps(d4, _mm_set1_ps(-8.0f * xs), centre_off);
+        }
+        const __m512i q = _mm512_loadu_si512((const void *)(group + ROWS * FIELD_BYTES(type)));
+        const __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+        const uint8_t *xb = x.b + (size_t)b * 64;
+        const __m512i hi0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xb));
+        const __m512i hi1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 16)));
+        const __m512i lo0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 32)));
+        const __m512i lo1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 48)));
+        const __m512i high = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, hi0), hi, hi1);
+        const __m512i low = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo0, lo), lo1, hi);
+        __m512i ints = _mm512_add_epi32(_mm512_slli_epi32(high, 8), low);
+        ints = _mm512_add_epi32(ints, _mm512_shuffle_epi32(ints, _MM_PERM_CDAB)); /* lanes 4r, 4r + 2: the halves */
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, acc);
+    }
+    float sums[16], group_offs[8], centre_offs[4];
+    _mm512_storeu_ps(sums, acc);
+    _mm256_storeu_ps(group_offs, group_off);
+    _mm_storeu_ps(centre_offs, centre_off);
+    for (int r = 0; r < ROWS; r++)
+        y[r] = (sums[4 * r] + sums[4 * r + 2]) + (type == T_Q4_1 ? group_offs[2 * r + 1] : centre_offs[r]);
+}
+
 VNNI static void rows_vnni(const uint8_t *w, size_t stride, int type, int n, int nb, qvec x, float *y) {
+    if (n == ROWS && x.b && type == T_Q4_0) return q4_group_vnni_of(w, stride, T_Q4_0, nb, x, y);
+    if (n == ROWS && x.b && type == T_Q4_1) return q4_group_vnni_of(w, stride, T_Q4_1, nb, x, y);
     ROWS_DISPATCH(rows_vnni_of)
 }
 
@@ -1146,7 +1224,7 @@ static void head_chunk(const q8_rows *m, qvec x, float *y, head_fn rows, int c) 
 /* Token t's part of a quantized activation of rows of `cols`, from column `first` (a block edge). */
 static qvec token_part(qvec v, int t, int cols, int first) {
     const size_t at = (size_t)t * cols + first;
-    return (qvec){v.q + at, v.d + at / QK, v.s + at / QK};
+    return (qvec){v.q + at, v.d + at / QK, v.s + at / QK, v.b ? v.b + 2 * at : NULL};
 }
 
 /* ---- the decoder step --------------------------------------------------------------------- */
@@ -1406,6 +1484,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
         acts[i]->q = malloc(sizeof(int16_t) * T * widest);
         acts[i]->d = malloc(sizeof(float) * T * (widest / QK));
         acts[i]->s = malloc(sizeof(float) * T * (widest / QK));
+        acts[i]->b = isa == ISA_AVX512VNNI && T == 1 ? malloc(2 * (size_t)widest) : NULL; /* for the GEMV only */
     }
     s.counters = calloc(s.n_phases, sizeof(phase_counter));
     int rc = -2;
@@ -1419,23 +1498,25 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
     }
     free(s.h); free(s.qkv); free(s.attn); free(s.proj); free(s.gu); free(s.scores); free(s.counters);
     for (int i = 0; i < 2; i++) {
-        free(acts[i]->q); free(acts[i]->d); free(acts[i]->s);
+        free(acts[i]->q); free(acts[i]->d); free(acts[i]->s); free(acts[i]->b);
     }
     return rc;
 }
 
-/* x quantized as the decoder step does, into buffers released with release(); 0 when allocated. */
-static int quantized(const float *x, int n, qvec *out, quantize_fn quantize) {
+/* x quantized as the decoder step does (with split bytes for a VNNI GEMV: `bytes`), into buffers
+ * released with release(); 0 when allocated. */
+static int quantized(const float *x, int n, qvec *out, quantize_fn quantize, int bytes) {
     out->q = malloc(sizeof(int16_t) * n);
     out->d = malloc(sizeof(float) * (n / QK));
     out->s = malloc(sizeof(float) * (n / QK));
-    if (!out->q || !out->d || !out->s) return -2;
+    out->b = bytes ? malloc(2 * (size_t)n) : NULL;
+    if (!out->q || !out->d || !out->s || (bytes && !out->b)) return -2;
     quantize(x, n, *out);
     return 0;
 }
 
 static void release(qvec v) {
-    free(v.q); free(v.d); free(v.s);
+    free(v.q); free(v.d); free(v.s); free(v.b);
 }
 
 /* Y = X W^T for T tokens (x: [T, cols], y: [T, rows]) in the decoder step's chunks: one token
@@ -1444,7 +1525,7 @@ static void release(qvec v) {
 int nd_matmul(const qmat *m, const float *x, int T, float *y, int nthreads, int isa) {
     qvec act;
     const kernel_set k = {rows_for(isa), tile_for(isa), group_tile_for(isa), quantize_for(isa)};
-    const int rc = T < 1 ? -1 : quantized(x, T * m->cols, &act, k.quantize);
+    const int rc = T < 1 ? -1 : quantized(x, T * m->cols, &act, k.quantize, isa == ISA_AVX512VNNI && T == 1);
     if (rc == 0) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic)
         for (int c = 0; c < row_chunks(m->rows); c++) {
@@ -1462,7 +1543,7 @@ int nd_gemv(const qmat *m, const float *x, float *y, int nthreads, int isa) { re
 /* logits = head x (tests), as the decoder step's last phase. */
 int nd_head(const q8_rows *m, const float *x, float *y, int nthreads, int isa) {
     qvec act;
-    const int rc = quantized(x, m->cols, &act, quantize_for(isa));
+    const int rc = quantized(x, m->cols, &act, quantize_for(isa), 0);
     const head_fn rows = head_for(isa);
     if (rc == 0) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic)
