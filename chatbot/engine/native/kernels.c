@@ -669,10 +669,31 @@ AVX2 static void rows_avx2(const uint8_t *w, size_t stride, int type, int n, int
  * per row and half, three hadds). The integers are the same, reduced to the same two halves a row
  * (weights 0-7 and 16-23; 8-15 and 24-31) in lanes 4r and 4r + 2, so the floats are ROWS_BODY's
  * group's, bit for bit (and so the tile's, which matches it). */
+/* A group's block of Q4_0/Q4_1 integers (4 rows x 16 bytes at q): weights 0-15 of row r in bytes
+ * 16r.. of *lo, weights 16-31 in *hi. */
+VNNI INLINE void q4_group_nibbles(const uint8_t *q, __m512i *lo, __m512i *hi) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bytes = _mm512_loadu_si512((const void *)q);
+    *lo = _mm512_and_si512(bytes, low4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+}
+
+/* Their dots with an activation block's split bytes xb: row r's two halves (weights 0-7 and 16-23;
+ * 8-15 and 24-31) in lanes 4r and 4r + 2, exact. */
+VNNI INLINE __m512i q4_group_dots(__m512i lo, __m512i hi, const uint8_t *xb) {
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i hi0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xb));
+    const __m512i hi1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 16)));
+    const __m512i lo0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 32)));
+    const __m512i lo1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 48)));
+    const __m512i high = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, hi0), hi, hi1); /* weights x signed */
+    const __m512i low = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo0, lo), lo1, hi);  /* unsigned x weights */
+    const __m512i ints = _mm512_add_epi32(_mm512_slli_epi32(high, 8), low);
+    return _mm512_add_epi32(ints, _mm512_shuffle_epi32(ints, _MM_PERM_CDAB));
+}
+
 VNNI INLINE void q4_group_vnni_of(const uint8_t *w, size_t stride, const int type, int nb, qvec x, float *y) {
     const size_t bytes = SIMPLE_BYTES[type], share = ROWS * bytes;
     const uint8_t *ahead = w + (size_t)PF_GROUPS_VNNI * ROWS * stride;
-    const __m512i low4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
     const __m512i row_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6); /* (d, m) pairs */
     const __m512i row_of_lane_d = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     __m512 acc = _mm512_setzero_ps();
@@ -693,18 +714,9 @@ VNNI INLINE void q4_group_vnni_of(const uint8_t *w, size_t stride, const int typ
             scale = _mm512_permutexvar_ps(row_of_lane_d, _mm512_castps128_ps512(_mm_mul_ps(d4, _mm_set1_ps(xd))));
             centre_off = _mm_fmadd_ps(d4, _mm_set1_ps(-8.0f * xs), centre_off);
         }
-        const __m512i q = _mm512_loadu_si512((const void *)(group + ROWS * FIELD_BYTES(type)));
-        const __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
-        const uint8_t *xb = x.b + (size_t)b * 64;
-        const __m512i hi0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xb));
-        const __m512i hi1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 16)));
-        const __m512i lo0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 32)));
-        const __m512i lo1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xb + 48)));
-        const __m512i high = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, hi0), hi, hi1);
-        const __m512i low = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo0, lo), lo1, hi);
-        __m512i ints = _mm512_add_epi32(_mm512_slli_epi32(high, 8), low);
-        ints = _mm512_add_epi32(ints, _mm512_shuffle_epi32(ints, _MM_PERM_CDAB)); /* lanes 4r, 4r + 2: the halves */
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, acc);
+        __m512i lo, hi;
+        q4_group_nibbles(group + ROWS * FIELD_BYTES(type), &lo, &hi);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q4_group_dots(lo, hi, x.b + (size_t)b * 64)), scale, acc);
     }
     float sums[16], group_offs[8], centre_offs[4];
     _mm512_storeu_ps(sums, acc);
@@ -1118,7 +1130,53 @@ AVX2 static int group_tile_avx2(const uint8_t *w, int type, int n, int nb, qvec 
     GROUP_TILE_DISPATCH(group_tile_avx2_of)
 }
 
+/* GROUP_TILE_BODY for Q4_0/Q4_1 on 512-bit registers, as the VNNI GEMV's group (q4_group_vnni_of):
+ * the group's block unpacked once for up to TOKENS tokens, the same floats as that GEMV's. */
+VNNI INLINE void q4_group_tile_vnni_of(const uint8_t *w, const int type, const int n, int nb, qvec x, float *y, int ldy) {
+    const size_t share = ROWS * SIMPLE_BYTES[type];
+    const __m512i row_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc[TOKENS];
+    __m128 off[TOKENS];
+    for (int t = 0; t < n; t++) acc[t] = _mm512_setzero_ps(), off[t] = _mm_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *group = w + (size_t)b * share;
+        __m128 d4, m4 = _mm_setzero_ps(); /* the rows' d (and m) */
+        if (type == T_Q4_1) {
+            const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group));
+            d4 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+            m4 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)));
+        } else {
+            d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group));
+        }
+        __m512i lo, hi;
+        q4_group_nibbles(group + ROWS * FIELD_BYTES(type), &lo, &hi);
+        for (int t = 0; t < n; t++) {
+            const size_t at = (size_t)t * nb + b;
+            const __m512 scale = _mm512_permutexvar_ps(row_of_lane, _mm512_castps128_ps512(_mm_mul_ps(d4, _mm_set1_ps(x.d[at]))));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q4_group_dots(lo, hi, x.b + at * 64)), scale, acc[t]);
+            if (type == T_Q4_1) off[t] = _mm_add_ps(off[t], _mm_mul_ps(m4, _mm_set1_ps(x.s[at])));
+            else off[t] = _mm_fmadd_ps(d4, _mm_set1_ps(-8.0f * x.s[at]), off[t]);
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        float sums[16], offs[4];
+        _mm512_storeu_ps(sums, acc[t]);
+        _mm_storeu_ps(offs, off[t]);
+        for (int r = 0; r < ROWS; r++) y[(size_t)t * ldy + r] = (sums[4 * r] + sums[4 * r + 2]) + offs[r];
+    }
+}
+
 VNNI static int group_tile_vnni(const uint8_t *w, int type, int n, int nb, qvec x, float *y, int ldy) {
+    if (x.b && type == T_Q4_0) {
+        if (n == TOKENS) q4_group_tile_vnni_of(w, T_Q4_0, TOKENS, nb, x, y, ldy);
+        else q4_group_tile_vnni_of(w, T_Q4_0, n, nb, x, y, ldy);
+        return 1;
+    }
+    if (x.b && type == T_Q4_1) {
+        if (n == TOKENS) q4_group_tile_vnni_of(w, T_Q4_1, TOKENS, nb, x, y, ldy);
+        else q4_group_tile_vnni_of(w, T_Q4_1, n, nb, x, y, ldy);
+        return 1;
+    }
     GROUP_TILE_DISPATCH(group_tile_vnni_of)
 }
 
@@ -1202,7 +1260,8 @@ static void matmul_rows(const qmat *m, qvec x, int T, float *y, int ldy, kernel_
         return;
     }
     for (int t0 = 0; t0 < T; t0 += TOKENS) {
-        const qvec xt = {x.q + (size_t)t0 * m->cols, x.d + (size_t)t0 * nb, x.s + (size_t)t0 * nb};
+        const qvec xt = {x.q + (size_t)t0 * m->cols, x.d + (size_t)t0 * nb, x.s + (size_t)t0 * nb,
+                         x.b ? x.b + 2 * (size_t)t0 * m->cols : NULL};
         const int n = T - t0 < TOKENS ? T - t0 : TOKENS;
         for (int r = first; r < last; r++) { /* a simple type's row in a group: the group and its lane */
             const int lane = SIMPLE(m->type) && r < m->rows / ROWS * ROWS ? r % ROWS : -1;
@@ -1484,7 +1543,7 @@ int nd_forward(const model_weights *m, float *x, int T, float *logits, int logit
         acts[i]->q = malloc(sizeof(int16_t) * T * widest);
         acts[i]->d = malloc(sizeof(float) * T * (widest / QK));
         acts[i]->s = malloc(sizeof(float) * T * (widest / QK));
-        acts[i]->b = isa == ISA_AVX512VNNI && T == 1 ? malloc(2 * (size_t)widest) : NULL; /* for the GEMV only */
+        acts[i]->b = isa == ISA_AVX512VNNI ? malloc(2 * (size_t)T * widest) : NULL;
     }
     s.counters = calloc(s.n_phases, sizeof(phase_counter));
     int rc = -2;
@@ -1525,7 +1584,7 @@ static void release(qvec v) {
 int nd_matmul(const qmat *m, const float *x, int T, float *y, int nthreads, int isa) {
     qvec act;
     const kernel_set k = {rows_for(isa), tile_for(isa), group_tile_for(isa), quantize_for(isa)};
-    const int rc = T < 1 ? -1 : quantized(x, T * m->cols, &act, k.quantize, isa == ISA_AVX512VNNI && T == 1);
+    const int rc = T < 1 ? -1 : quantized(x, T * m->cols, &act, k.quantize, isa == ISA_AVX512VNNI);
     if (rc == 0) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic)
         for (int c = 0; c < row_chunks(m->rows); c++) {
