@@ -286,6 +286,10 @@ INLINE int integer_at(const block_view *v, int type, int i) {
  * distance is per instruction set, as measured on the CPU each was tuned on. */
 #define PF_GROUPS_AVX2 2
 #define PF_GROUPS_VNNI 1
+/* The VNNI byte kernel of Q4_0/Q4_1 (q4_group_vnni_of) runs through a group in half the time: on
+ * the AMD EPYC (Zen 5) two groups ahead beat one in 7 of 8 alternated rounds, twice in a row
+ * (+5-8%); 4, 8 and 16 about as 2. */
+#define PF_GROUPS_Q4_VNNI 2
 
 static float dot_generic(const uint8_t *row, int lane, int type, int nb, qvec x) {
     float sum = 0.0f;
@@ -693,7 +697,7 @@ VNNI INLINE __m512i q4_group_dots(__m512i lo, __m512i hi, const uint8_t *xb) {
 
 VNNI INLINE void q4_group_vnni_of(const uint8_t *w, size_t stride, const int type, int nb, qvec x, float *y) {
     const size_t bytes = SIMPLE_BYTES[type], share = ROWS * bytes;
-    const uint8_t *ahead = w + (size_t)PF_GROUPS_VNNI * ROWS * stride;
+    const uint8_t *ahead = w + (size_t)PF_GROUPS_Q4_VNNI * ROWS * stride;
     const __m512i row_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6); /* (d, m) pairs */
     const __m512i row_of_lane_d = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     __m512 acc = _mm512_setzero_ps();
