@@ -348,6 +348,18 @@ def test_no_compiler_is_a_reason_not_a_failure(tmp_path, monkeypatch):
     assert not target.exists()
 
 
+def test_head_sizes_the_kernels_take():
+    """Q, K and V are chunked end to end in four-row groups: a head size that is not a multiple of 4
+    (K/V rows of 2 mod 4 put V mid-group) stays on torch, as does one over 512."""
+    from types import SimpleNamespace
+
+    from chatbot.engine.native.decoder import _takes
+
+    assert _takes(SimpleNamespace(head_dim=64)) and _takes(SimpleNamespace(head_dim=512))
+    assert not _takes(SimpleNamespace(head_dim=34))
+    assert not _takes(SimpleNamespace(head_dim=516))
+
+
 def test_missing_library_leaves_torch_in_charge_with_one_note(tmp_path, monkeypatch, bundled_fp32):
     monkeypatch.setattr(build, "LIBRARY", tmp_path / "_kernels.so")
     library._open.cache_clear()

@@ -153,11 +153,14 @@ def will_decode(gguf_path: Path, folder: Path | None, progress=None) -> bool:
     return native_weights.path_in(Path(folder)).is_file()
 
 
-NOT_THIS_SHAPE = "the native decode kernels take bf16 caches and even head sizes up to 512: decoding through torch"
+NOT_THIS_SHAPE = ("the native decode kernels take bf16 caches and head sizes up to 512 that are a multiple of 4: "
+                  "decoding through torch")
 
 
 def _takes(shape) -> bool:
-    return shape.head_dim <= 512 and shape.head_dim % 2 == 0
+    # Q, K and V are one phase of rows end to end, cut at multiples of the kernels' four-row groups:
+    # a K or V of heads x head_dim rows not a multiple of 4 would start V mid-group
+    return shape.head_dim <= 512 and shape.head_dim % 4 == 0
 
 
 def decoder_for(model, gguf_path: Path | None, folder: Path | None, progress=None) -> NativeDecoder | None:

@@ -666,13 +666,6 @@ AVX2 static void rows_avx2(const uint8_t *w, size_t stride, int type, int n, int
     ROWS_DISPATCH(rows_avx2_of)
 }
 
-/* A group of Q4_0/Q4_1 rows on 512-bit registers, bytes multiplied as bytes: one load takes the
- * group's 64 bytes of nibbles (16 a row, in 128-bit lane r), two masks give the weights 0-15 and
- * 16-31 of all four rows, and four vpdpbusd against the activation's split bytes (split_bytes)
- * give their dots: a third of the 256-bit path's integer work (widening to 16 bits, a vpdpwssd
- * per row and half, three hadds). The integers are the same, reduced to the same two halves a row
- * (weights 0-7 and 16-23; 8-15 and 24-31) in lanes 4r and 4r + 2, so the floats are ROWS_BODY's
- * group's, bit for bit (and so the tile's, which matches it). */
 /* A group's block of Q4_0/Q4_1 integers (4 rows x 16 bytes at q): weights 0-15 of row r in bytes
  * 16r.. of *lo, weights 16-31 in *hi. */
 VNNI INLINE void q4_group_nibbles(const uint8_t *q, __m512i *lo, __m512i *hi) {
@@ -695,6 +688,12 @@ VNNI INLINE __m512i q4_group_dots(__m512i lo, __m512i hi, const uint8_t *xb) {
     return _mm512_add_epi32(ints, _mm512_shuffle_epi32(ints, _MM_PERM_CDAB));
 }
 
+/* A group of Q4_0/Q4_1 rows on 512-bit registers, bytes multiplied as bytes: one load takes the
+ * group's 64 bytes of nibbles (16 a row, in 128-bit lane r), masks give the weights 0-15 and
+ * 16-31 of all four rows, and four vpdpbusd against the activation's split bytes (split_bytes)
+ * give their dots, in about half the vector instructions of the 16-bit form (widening, a
+ * vpdpwssd per row and half, three hadds). The integers are the same, reduced to the same two
+ * halves a row, so the floats are ROWS_BODY's group's, bit for bit (and so the tile's). */
 VNNI INLINE void q4_group_vnni_of(const uint8_t *w, size_t stride, const int type, int nb, qvec x, float *y) {
     const size_t bytes = SIMPLE_BYTES[type], share = ROWS * bytes;
     const uint8_t *ahead = w + (size_t)PF_GROUPS_Q4_VNNI * ROWS * stride;
