@@ -730,8 +730,6 @@ VNNI INLINE void q4_group_vnni_of(const uint8_t *w, size_t stride, const int typ
 }
 
 VNNI static void rows_vnni(const uint8_t *w, size_t stride, int type, int n, int nb, qvec x, float *y) {
-    if (n == ROWS && x.b && type == T_Q4_0) return q4_group_vnni_of(w, stride, T_Q4_0, nb, x, y);
-    if (n == ROWS && x.b && type == T_Q4_1) return q4_group_vnni_of(w, stride, T_Q4_1, nb, x, y);
     ROWS_DISPATCH(rows_vnni_of)
 }
 
@@ -1287,16 +1285,10 @@ VNNI INLINE void q4_group_tile_vnni_of(const uint8_t *w, const int type, const i
 }
 
 VNNI static int group_tile_vnni(const uint8_t *w, int type, int n, int nb, qvec x, float *y, int ldy) {
-    if (x.b && type == T_Q4_0) {
-        if (n == TOKENS) q4_group_tile_vnni_of(w, T_Q4_0, TOKENS, nb, x, y, ldy);
-        else q4_group_tile_vnni_of(w, T_Q4_0, n, nb, x, y, ldy);
-        return 1;
-    }
-    if (x.b && type == T_Q4_1) {
-        if (n == TOKENS) q4_group_tile_vnni_of(w, T_Q4_1, TOKENS, nb, x, y, ldy);
-        else q4_group_tile_vnni_of(w, T_Q4_1, n, nb, x, y, ldy);
-        return 1;
-    }
+    if (x.b)
+        switch (type) {
+            GROUP_TILE_FOR_TYPE(q4_group_tile_vnni_of, T_Q4_0) GROUP_TILE_FOR_TYPE(q4_group_tile_vnni_of, T_Q4_1)
+        }
     GROUP_TILE_DISPATCH(group_tile_vnni_of)
 }
 
